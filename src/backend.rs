@@ -1,0 +1,248 @@
+//! Live per-backend state that outlives config snapshots: health, passive-failure count,
+//! in-flight and request counters. Keyed by backend id in [`crate::state::Shared`], so a reload
+//! neither resets health nor counters of a backend that stays.
+//!
+//! Reads on the request path are single atomic loads; the health machine sits behind a mutex
+//! that only checks and ejections take.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::health::{HealthMachine, Transition};
+
+struct HealthCell {
+    machine: HealthMachine,
+    ejected_at: Option<Instant>,
+}
+
+/// Live state of one backend.
+pub struct BackendLive {
+    id: Arc<str>,
+    healthy: AtomicBool,
+    health: Mutex<HealthCell>,
+    connect_failures: AtomicU32,
+    in_flight: AtomicI64,
+    requests: AtomicU64,
+    /// Responses by status class: index 0 for 1xx .. 4 for 5xx.
+    statuses: [AtomicU64; 5],
+    /// Requests that got no response from this backend (errors, timeouts).
+    failures: AtomicU64,
+}
+
+impl std::fmt::Debug for BackendLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendLive")
+            .field("id", &self.id)
+            .field("healthy", &self.is_healthy())
+            .field("in_flight", &self.in_flight())
+            .field("requests", &self.requests())
+            .finish()
+    }
+}
+
+impl BackendLive {
+    /// New live state for backend `id`, starting healthy or not.
+    pub fn new(id: &str, up: bool, rise: u32, fall: u32) -> BackendLive {
+        BackendLive {
+            id: id.into(),
+            healthy: AtomicBool::new(up),
+            health: Mutex::new(HealthCell {
+                machine: HealthMachine::new(up, rise, fall),
+                ejected_at: None,
+            }),
+            connect_failures: AtomicU32::new(0),
+            in_flight: AtomicI64::new(0),
+            requests: AtomicU64::new(0),
+            statuses: Default::default(),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The backend's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the backend is healthy now.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    fn with_health<T>(&self, f: impl FnOnce(&mut HealthCell) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of plain data; the
+        // machine is still consistent, so keep going.
+        let mut cell = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut cell);
+        self.healthy.store(cell.machine.is_up(), Ordering::Release);
+        out
+    }
+
+    /// Feeds an active check result.
+    pub fn check_result(&self, ok: bool) -> Option<Transition> {
+        self.with_health(|c| {
+            let t = c.machine.observe(ok);
+            if t == Some(Transition::Up) {
+                c.ejected_at = None;
+                self.connect_failures.store(0, Ordering::Relaxed);
+            }
+            t
+        })
+    }
+
+    /// Records a failed connect; ejects the backend at `threshold` consecutive failures
+    /// (0 never ejects).
+    pub fn connect_failed(&self, threshold: u32, now: Instant) -> Option<Transition> {
+        let n = self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold == 0 || n < threshold {
+            return None;
+        }
+        self.with_health(|c| {
+            let t = c.machine.eject();
+            if t.is_some() {
+                c.ejected_at = Some(now);
+            }
+            t
+        })
+    }
+
+    /// Records a successful exchange: the consecutive connect-failure count starts over.
+    pub fn connect_ok(&self) {
+        if self.connect_failures.load(Ordering::Relaxed) != 0 {
+            self.connect_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// With active checks off: brings an ejected backend back once `after` has passed.
+    pub fn restore_if_ejected_before(&self, cutoff: Instant) -> Option<Transition> {
+        self.with_health(|c| match c.ejected_at {
+            Some(at) if at <= cutoff => {
+                c.ejected_at = None;
+                self.connect_failures.store(0, Ordering::Relaxed);
+                c.machine.restore()
+            }
+            _ => None,
+        })
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to this backend since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Responses received with status class `class` (1 to 5).
+    pub fn responses(&self, class: u16) -> u64 {
+        match class {
+            1..=5 => self.statuses[usize::from(class - 1)].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// Requests that got no response from this backend.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts a response with `status`.
+    pub fn record_status(&self, status: u16) {
+        if let 100..=599 = status {
+            self.statuses[usize::from(status / 100 - 1)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request that got no response.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds one in-flight request on a backend; released on drop (when the response body is done
+/// or abandoned).
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendLive>);
+
+impl InFlight {
+    /// Starts a request on `live`.
+    pub fn start(live: &Arc<BackendLive>) -> InFlight {
+        live.in_flight.fetch_add(1, Ordering::Relaxed);
+        live.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(live.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn passive_ejection_needs_consecutive_failures() {
+        let b = BackendLive::new("a", true, 2, 3);
+        let now = Instant::now();
+        assert_eq!(b.connect_failed(3, now), None);
+        assert_eq!(b.connect_failed(3, now), None);
+        b.connect_ok();
+        assert_eq!(b.connect_failed(3, now), None);
+        assert_eq!(b.connect_failed(3, now), None);
+        assert_eq!(b.connect_failed(3, now), Some(Transition::Down));
+        assert!(!b.is_healthy());
+        assert_eq!(b.connect_failed(3, now), None, "logged once");
+    }
+
+    #[test]
+    fn zero_threshold_never_ejects() {
+        let b = BackendLive::new("a", true, 1, 1);
+        for _ in 0..10 {
+            assert_eq!(b.connect_failed(0, Instant::now()), None);
+        }
+        assert!(b.is_healthy());
+    }
+
+    #[test]
+    fn an_ejected_backend_returns_after_rise_checks_or_the_ejection_time() {
+        let b = BackendLive::new("a", true, 2, 3);
+        let t0 = Instant::now();
+        b.connect_failed(1, t0);
+        assert_eq!(
+            b.restore_if_ejected_before(t0 - Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(b.restore_if_ejected_before(t0), Some(Transition::Up));
+        b.connect_failed(1, t0);
+        assert_eq!(b.check_result(true), None);
+        assert_eq!(b.check_result(true), Some(Transition::Up));
+        assert!(b.is_healthy());
+        assert_eq!(
+            b.restore_if_ejected_before(t0),
+            None,
+            "a recovered backend is not ejected"
+        );
+    }
+
+    #[test]
+    fn in_flight_follows_guards_and_statuses_are_counted_by_class() {
+        let b = Arc::new(BackendLive::new("a", true, 1, 1));
+        let g1 = InFlight::start(&b);
+        let g2 = InFlight::start(&b);
+        assert_eq!(b.in_flight(), 2);
+        drop(g1);
+        assert_eq!(b.in_flight(), 1);
+        drop(g2);
+        assert_eq!((b.in_flight(), b.requests()), (0, 2));
+        for s in [200, 204, 302, 404, 503, 99, 600] {
+            b.record_status(s);
+        }
+        assert_eq!([1, 2, 3, 4, 5].map(|c| b.responses(c)), [0, 2, 1, 1, 1]);
+    }
+}

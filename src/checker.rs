@@ -1,0 +1,149 @@
+//! Active health checks: one task per backend sends `GET <path>` every `interval` over a fresh
+//! connection and feeds the result to the backend's health machine. With active checks off, the
+//! task only brings passively ejected backends back after `eject_time`.
+//!
+//! The I/O side of health; the rules live in [`crate::health`]. Each transition is logged once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::backend::BackendLive;
+use crate::config::Health;
+use crate::health::{StatusRange, Transition};
+use crate::state::Snapshot;
+
+/// The running checkers of one snapshot; stopped when dropped.
+#[derive(Debug, Default)]
+pub struct Checkers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Checkers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts one checker per backend of `snap`.
+pub fn spawn(snap: &Snapshot) -> Checkers {
+    let h = &snap.config.health;
+    let tasks = snap
+        .backends
+        .iter()
+        .map(|b| {
+            let probe = Probe {
+                address: b.authority.to_string(),
+                host: h.host.clone().unwrap_or_else(|| b.authority.to_string()),
+                path: h.path.get_ref().clone(),
+                timeout: h.timeout.get_ref().get(),
+                expect: h.expect_status.0,
+            };
+            tokio::spawn(run(b.live.clone(), probe, settings(h)))
+        })
+        .collect();
+    Checkers { tasks }
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    active: bool,
+    interval: Duration,
+    eject_time: Duration,
+}
+
+fn settings(h: &Health) -> Settings {
+    Settings {
+        active: h.enabled,
+        interval: h.interval.get_ref().get(),
+        eject_time: h.eject_time.get(),
+    }
+}
+
+struct Probe {
+    address: String,
+    host: String,
+    path: String,
+    timeout: Duration,
+    expect: StatusRange,
+}
+
+async fn run(live: Arc<BackendLive>, probe: Probe, s: Settings) {
+    let mut tick = tokio::time::interval(if s.active {
+        s.interval
+    } else {
+        s.eject_time.min(s.interval).max(Duration::from_millis(100))
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let t = if s.active {
+            let result = probe.check().await;
+            if let Err(why) = &result {
+                debug!(backend = %live.id(), error = %why, "health check failed");
+            }
+            live.check_result(result.is_ok())
+                .map(|t| (t, result.err().unwrap_or_default()))
+        } else {
+            let cutoff = Instant::now().checked_sub(s.eject_time);
+            cutoff
+                .and_then(|c| live.restore_if_ejected_before(c))
+                .map(|t| (t, "ejection time elapsed".to_string()))
+        };
+        match t {
+            Some((Transition::Up, _)) => info!(backend = %live.id(), "backend is up"),
+            Some((Transition::Down, why)) => {
+                warn!(backend = %live.id(), reason = %why, "backend is down")
+            }
+            None => {}
+        }
+    }
+}
+
+impl Probe {
+    /// One check: connect, `GET path`, judge the status. The whole exchange is bounded by the
+    /// timeout; the connection is not reused.
+    async fn check(&self) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.exchange()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn exchange(&self) -> Result<(), String> {
+        let stream = TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let driver = tokio::spawn(conn);
+        let req = Request::get(self.path.as_str())
+            .header(header::HOST, self.host.as_str())
+            .header(header::USER_AGENT, "stickyd-health")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"));
+        driver.abort();
+        let status = resp?.status().as_u16();
+        if self.expect.contains(status) {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    }
+}

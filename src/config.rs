@@ -1,0 +1,716 @@
+//! Configuration: the TOML schema, its defaults, validation, and key loading.
+//!
+//! Parsing works from a `&str` so tests need no files; [`load`] adds the file read. Unknown keys
+//! are rejected, and every error carries `file:line:col` (spans are kept with `toml::Spanned`
+//! where a rule spans more than one value). Every key and default is documented in
+//! `config/example.toml`. This module owns the only I/O of config loading: reading the file and
+//! the key files and environment variables its `keys` name.
+
+mod duration;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use duration::Dur;
+
+use crate::affinity::{AdminState, AllDown, OnPinnedDown, Policy};
+use crate::headers::is_cookie_name;
+use crate::health::StatusRange;
+use crate::token::MIN_SECRET_LEN;
+
+/// A config error, displayed as one line `PATH:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}:{col}: {message}")]
+pub struct ConfigError {
+    /// The file (or a label for in-memory text).
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A secret key. Its bytes never appear in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: client-facing listeners and limits.
+    #[serde(default)]
+    pub server: Server,
+    /// `[affinity]`: the cookie and its lifetimes.
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// `[balance]`: placement when things are down.
+    #[serde(default)]
+    pub balance: Balance,
+    /// `[upstream]`: the connection pool to backends.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// `[health]`: active and passive health checks.
+    #[serde(default)]
+    pub health: Health,
+    /// `[log]`: logging.
+    #[serde(default)]
+    pub log: Log,
+    /// `[[backend]]`: the pool.
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Backend>,
+    /// Secrets resolved from `affinity.keys`; the first signs.
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
+    /// True when no key was configured and a random one was generated.
+    #[serde(skip)]
+    pub generated_key: bool,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Plain HTTP listeners (HTTP/1.1, and h2c with prior knowledge).
+    pub listen: Spanned<Vec<SocketAddr>>,
+    /// Runtime worker threads; 0 means one per CPU.
+    pub worker_threads: usize,
+    /// Client connections open at once; the accept loop waits above it.
+    pub max_connections: usize,
+    /// Time allowed to receive a full request head, idle keep-alive time included.
+    pub header_read_timeout: Dur,
+    /// Largest request head in bytes (answered 431 above it); at least 8192.
+    pub max_header_bytes: Spanned<usize>,
+    /// Most header fields in one request (431 above it).
+    pub max_headers: Spanned<usize>,
+    /// Time in-flight requests get to finish on SIGTERM/SIGINT.
+    pub shutdown_grace: Dur,
+    /// Peers (CIDRs or addresses) whose X-Forwarded-* headers are trusted and appended to.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Add `Via: <version> stickyd` to forwarded requests.
+    pub via: bool,
+    /// HTTP/2: concurrent streams per client connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            listen: Spanned::new(0..0, vec![SocketAddr::from(([127, 0, 0, 1], 8080))]),
+            worker_threads: 0,
+            max_connections: 10_000,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_header_bytes: Spanned::new(0..0, 65_536),
+            max_headers: Spanned::new(0..0, 100),
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            trusted_proxies: Vec::new(),
+            via: true,
+            h2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`) or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    /// Whether `ip` is inside. IPv4-mapped IPv6 addresses match their IPv4 form.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        from_str_with(d, "a network such as \"10.0.0.0/8\"", |s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map(Cidr)
+                .map_err(|_| {
+                    format!("invalid network {s:?} (expected e.g. \"10.0.0.0/8\" or \"192.0.2.1\")")
+                })
+        })
+    }
+}
+
+/// Deserializes a string through `parse`, raising its error while the string is the current
+/// value, so the error's position is the value's own (not its enclosing array or table).
+fn from_str_with<'de, D, T>(
+    d: D,
+    expecting: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct V<F>(&'static str, F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'_> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.1)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(expecting, parse))
+}
+
+/// `[affinity]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Affinity {
+    /// Cookie name.
+    pub cookie: Spanned<String>,
+    /// Sliding idle lifetime.
+    pub max_idle: Spanned<Dur>,
+    /// Absolute lifetime from first issue.
+    pub max_life: Spanned<Dur>,
+    /// Fraction of `max_idle` after which a valid token is re-issued.
+    pub refresh_fraction: Spanned<f64>,
+    /// Allowed clock skew between instances for tokens dated in the future.
+    pub clock_skew: Dur,
+    /// Key specs, `file:PATH` or `env:NAME`; the first signs, all verify.
+    pub keys: Vec<Spanned<String>>,
+    /// What to do when the pinned backend is unusable.
+    pub on_pinned_down: OnPinnedDown,
+    /// Add `Secure` to the cookie on plain listeners (set behind a TLS-terminating proxy).
+    pub secure: bool,
+    /// Optional cookie `Domain`.
+    pub domain: Option<Spanned<String>>,
+}
+
+impl Default for Affinity {
+    fn default() -> Affinity {
+        Affinity {
+            cookie: Spanned::new(0..0, "stickyd".to_string()),
+            max_idle: Spanned::new(0..0, Dur(Duration::from_secs(30 * 60))),
+            max_life: Spanned::new(0..0, Dur(Duration::from_secs(24 * 3600))),
+            refresh_fraction: Spanned::new(0..0, 0.25),
+            clock_skew: Dur(Duration::from_secs(30)),
+            keys: Vec::new(),
+            on_pinned_down: OnPinnedDown::Repin,
+            secure: false,
+            domain: None,
+        }
+    }
+}
+
+/// `[balance]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Balance {
+    /// What to do when no backend is usable.
+    pub all_down: AllDown,
+    /// `Retry-After` sent with 503s.
+    pub retry_after: Dur,
+}
+
+impl Default for Balance {
+    fn default() -> Balance {
+        Balance {
+            all_down: AllDown::Fail,
+            retry_after: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// TCP connect timeout to a backend.
+    pub connect_timeout: Dur,
+    /// Time to the response head after the request was sent.
+    pub response_timeout: Dur,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Dur,
+    /// Idle pooled connections kept per backend.
+    pub pool_max_idle: usize,
+    /// Extra attempts on another backend when a retry is safe (0 disables).
+    pub retries: Spanned<u32>,
+}
+
+impl Default for Upstream {
+    fn default() -> Upstream {
+        Upstream {
+            connect_timeout: Dur(Duration::from_secs(3)),
+            response_timeout: Dur(Duration::from_secs(60)),
+            pool_idle_timeout: Dur(Duration::from_secs(90)),
+            pool_max_idle: 256,
+            retries: Spanned::new(0..0, 1),
+        }
+    }
+}
+
+/// Initial health of a backend before its first checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Initial {
+    /// Serve at once; `fall` failed checks take it down.
+    Up,
+    /// Serve only after `rise` good checks.
+    Down,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Run active checks.
+    pub enabled: bool,
+    /// Path (and query) checked with GET.
+    pub path: Spanned<String>,
+    /// Host header of checks; the backend address when unset.
+    pub host: Option<String>,
+    /// Time between checks of one backend.
+    pub interval: Spanned<Dur>,
+    /// Time allowed for one check (connect + response head).
+    pub timeout: Spanned<Dur>,
+    /// Consecutive passing checks to come up.
+    pub rise: Spanned<u32>,
+    /// Consecutive failing checks to go down.
+    pub fall: Spanned<u32>,
+    /// Statuses that pass, e.g. "200-399".
+    pub expect_status: StatusRangeCfg,
+    /// Health before the first checks.
+    pub initial: Initial,
+    /// Consecutive connect failures seen by the proxy that eject a backend (0: never).
+    pub passive_failures: u32,
+    /// With active checks off, how long an ejected backend stays out.
+    pub eject_time: Dur,
+}
+
+/// A [`StatusRange`] read from a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRangeCfg(pub StatusRange);
+
+impl<'de> Deserialize<'de> for StatusRangeCfg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StatusRangeCfg, D::Error> {
+        from_str_with(d, "a status or range such as \"200-399\"", |s| {
+            s.parse().map(StatusRangeCfg)
+        })
+    }
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            enabled: true,
+            path: Spanned::new(0..0, "/healthz".into()),
+            host: None,
+            interval: Spanned::new(0..0, Dur(Duration::from_secs(2))),
+            timeout: Spanned::new(0..0, Dur(Duration::from_secs(1))),
+            rise: Spanned::new(0..0, 2),
+            fall: Spanned::new(0..0, 3),
+            expect_status: StatusRangeCfg(StatusRange { lo: 200, hi: 399 }),
+            initial: Initial::Up,
+            passive_failures: 3,
+            eject_time: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A level (`info`) or tracing filter (`stickyd=debug,info`); `RUST_LOG` overrides it.
+    pub level: Spanned<String>,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            level: Spanned::new(0..0, "info".into()),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[[backend]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Stable, operator-assigned id: sessions are pinned to it, not to the address.
+    pub id: Spanned<String>,
+    /// `host:port` of the backend.
+    pub address: Spanned<String>,
+    /// Share of new sessions, 1 to 1000.
+    #[serde(default = "one")]
+    pub weight: Spanned<u32>,
+    /// Admin state at start.
+    #[serde(default = "active")]
+    pub state: AdminState,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+fn active() -> AdminState {
+    AdminState::Active
+}
+
+/// Where key specs and relative key paths are resolved.
+pub trait KeySource {
+    /// Contents of a key file.
+    fn file(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// Value of an environment variable.
+    fn env(&self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// Keys from the real file system and environment.
+pub struct SystemKeys;
+
+impl KeySource for SystemKeys {
+    fn file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn env(&self, name: &str) -> Option<Vec<u8>> {
+        std::env::var_os(name).map(|v| v.into_encoded_bytes())
+    }
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: label.clone(),
+        line: 1,
+        col: 1,
+        message: format!("cannot read config: {e}"),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &label, dir, &SystemKeys)
+}
+
+/// Parses and validates config text. `label` names it in errors; relative key paths are taken
+/// from `dir`.
+pub fn parse(
+    text: &str,
+    label: &str,
+    dir: &Path,
+    keys: &dyn KeySource,
+) -> Result<Config, ConfigError> {
+    let at = |span: std::ops::Range<usize>, message: String| {
+        let (line, col) = line_col(text, span.start);
+        ConfigError {
+            path: label.to_string(),
+            line,
+            col,
+            message,
+        }
+    };
+    let mut cfg: Config = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim_end().replace('\n', " "),
+        )
+    })?;
+    cfg.validate().map_err(|(span, msg)| at(span, msg))?;
+    cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
+    if cfg.secrets.is_empty() {
+        let mut k = vec![0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| at(0..0, format!("cannot generate a key: {e}")))?;
+        cfg.secrets.push(Secret(k));
+        cfg.generated_key = true;
+    }
+    Ok(cfg)
+}
+
+type Invalid = (std::ops::Range<usize>, String);
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn resolve_keys(
+    specs: &[Spanned<String>],
+    dir: &Path,
+    src: &dyn KeySource,
+) -> Result<Vec<Secret>, Invalid> {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let err = |m: String| (spec.span(), m);
+        let raw = if let Some(p) = spec.get_ref().strip_prefix("file:") {
+            let path: PathBuf = dir.join(p);
+            src.file(&path)
+                .map_err(|e| err(format!("cannot read key file {}: {e}", path.display())))?
+        } else if let Some(name) = spec.get_ref().strip_prefix("env:") {
+            src.env(name)
+                .ok_or_else(|| err(format!("environment variable {name} is not set")))?
+        } else {
+            return Err(err(format!(
+                "invalid key spec {:?}: expected \"file:PATH\" or \"env:NAME\" (keys are never written inline)",
+                spec.get_ref()
+            )));
+        };
+        let secret = raw.trim_ascii();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(err(format!(
+                "key {:?} is {} bytes; at least {MIN_SECRET_LEN} are required (e.g. `openssl rand -base64 48`)",
+                spec.get_ref(),
+                secret.len()
+            )));
+        }
+        out.push(Secret(secret.to_vec()));
+    }
+    Ok(out)
+}
+
+fn check(
+    ok: bool,
+    span: std::ops::Range<usize>,
+    msg: impl FnOnce() -> String,
+) -> Result<(), Invalid> {
+    if ok { Ok(()) } else { Err((span, msg())) }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), Invalid> {
+        let s = &self.server;
+        check(!s.listen.get_ref().is_empty(), s.listen.span(), || {
+            "server.listen needs at least one address".into()
+        })?;
+        check(s.max_connections >= 1, 0..0, || {
+            "server.max_connections must be at least 1".into()
+        })?;
+        let hb = *s.max_header_bytes.get_ref();
+        check(
+            (8192..=1 << 20).contains(&hb),
+            s.max_header_bytes.span(),
+            || format!("server.max_header_bytes must be 8192 to 1048576, not {hb}"),
+        )?;
+        let mh = *s.max_headers.get_ref();
+        check((1..=1000).contains(&mh), s.max_headers.span(), || {
+            format!("server.max_headers must be 1 to 1000, not {mh}")
+        })?;
+        check(!s.header_read_timeout.get().is_zero(), 0..0, || {
+            "server.header_read_timeout must be more than 0".into()
+        })?;
+
+        let a = &self.affinity;
+        check(is_cookie_name(a.cookie.get_ref()), a.cookie.span(), || {
+            format!("invalid cookie name {:?}", a.cookie.get_ref())
+        })?;
+        check(
+            a.max_idle.get_ref().get() >= Duration::from_secs(1),
+            a.max_idle.span(),
+            || "affinity.max_idle must be at least 1s".into(),
+        )?;
+        check(
+            a.max_life.get_ref().get() >= Duration::from_secs(1),
+            a.max_life.span(),
+            || "affinity.max_life must be at least 1s".into(),
+        )?;
+        for (v, name) in [(&a.max_idle, "max_idle"), (&a.max_life, "max_life")] {
+            check(
+                v.get_ref().get().as_secs() <= u64::from(u32::MAX / 2),
+                v.span(),
+                || format!("affinity.{name} is too long"),
+            )?;
+        }
+        let f = *a.refresh_fraction.get_ref();
+        check((0.0..1.0).contains(&f), a.refresh_fraction.span(), || {
+            format!("affinity.refresh_fraction must be at least 0 and below 1, not {f}")
+        })?;
+        if let Some(d) = &a.domain {
+            let ok = !d.get_ref().is_empty()
+                && d.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            check(ok, d.span(), || {
+                format!("invalid cookie domain {:?}", d.get_ref())
+            })?;
+        }
+
+        let u = &self.upstream;
+        check(*u.retries.get_ref() <= 3, u.retries.span(), || {
+            "upstream.retries must be 0 to 3".into()
+        })?;
+        for (d, name) in [
+            (u.connect_timeout, "connect_timeout"),
+            (u.response_timeout, "response_timeout"),
+        ] {
+            check(!d.get().is_zero(), 0..0, || {
+                format!("upstream.{name} must be more than 0")
+            })?;
+        }
+
+        let h = &self.health;
+        let path = h.path.get_ref();
+        let path_ok = path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok();
+        check(path_ok, h.path.span(), || {
+            format!("invalid health.path {path:?} (must start with /)")
+        })?;
+        if let Some(host) = &h.host {
+            check(http::HeaderValue::from_str(host).is_ok(), 0..0, || {
+                format!("invalid health.host {host:?}")
+            })?;
+        }
+        for d in [&h.interval, &h.timeout] {
+            check(!d.get_ref().get().is_zero(), d.span(), || {
+                "must be more than 0".into()
+            })?;
+        }
+        for (v, name) in [(&h.rise, "rise"), (&h.fall, "fall")] {
+            check(*v.get_ref() >= 1, v.span(), || {
+                format!("health.{name} must be at least 1")
+            })?;
+        }
+
+        check(
+            tracing_subscriber::EnvFilter::try_new(self.log.level.get_ref()).is_ok(),
+            self.log.level.span(),
+            || format!("invalid log.level {:?}", self.log.level.get_ref()),
+        )?;
+
+        // Nothing to point at for what is missing: the error names the start of the file.
+        check(!self.backends.is_empty(), 0..0, || {
+            "no [[backend]] is configured; add at least one with an id and an address".into()
+        })?;
+        let mut seen: Vec<&str> = Vec::with_capacity(self.backends.len());
+        for b in &self.backends {
+            let id = b.id.get_ref();
+            let id_ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c));
+            check(id_ok, b.id.span(), || {
+                format!("invalid backend id {id:?}: 1 to 64 of A-Z a-z 0-9 - _ . :")
+            })?;
+            check(!seen.contains(&id.as_str()), b.id.span(), || {
+                format!("duplicate backend id {id:?}")
+            })?;
+            seen.push(id);
+            check(
+                parse_address(b.address.get_ref()).is_some(),
+                b.address.span(),
+                || {
+                    format!(
+                        "invalid backend address {:?}: expected host:port, e.g. \"127.0.0.1:3001\"",
+                        b.address.get_ref()
+                    )
+                },
+            )?;
+            let w = *b.weight.get_ref();
+            check((1..=1000).contains(&w), b.weight.span(), || {
+                format!("backend weight must be 1 to 1000, not {w}")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The affinity policy in whole seconds.
+    pub fn policy(&self) -> Policy {
+        let a = &self.affinity;
+        let max_idle = a.max_idle.get_ref().secs_u32();
+        Policy {
+            max_idle,
+            max_life: a.max_life.get_ref().secs_u32(),
+            refresh_after: (f64::from(max_idle) * *a.refresh_fraction.get_ref()) as u32,
+            skew: a.clock_skew.secs_u32(),
+            on_pinned_down: a.on_pinned_down,
+            all_down: self.balance.all_down,
+        }
+    }
+
+    /// A few lines describing the config, printed by `stickyd check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let listen: Vec<String> = self
+            .server
+            .listen
+            .get_ref()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let _ = writeln!(s, "listen: {}", listen.join(", "));
+        let a = &self.affinity;
+        let _ = writeln!(
+            s,
+            "affinity: cookie {:?}, max_idle {}, max_life {}, on_pinned_down {:?}, {} key(s){}",
+            a.cookie.get_ref(),
+            a.max_idle.get_ref(),
+            a.max_life.get_ref(),
+            a.on_pinned_down,
+            self.secrets.len(),
+            if self.generated_key {
+                " (generated at start: configure affinity.keys)"
+            } else {
+                ""
+            }
+        );
+        let h = &self.health;
+        if h.enabled {
+            let _ = writeln!(
+                s,
+                "health: GET {} every {}, timeout {}, rise {}, fall {}",
+                h.path.get_ref(),
+                h.interval.get_ref(),
+                h.timeout.get_ref(),
+                h.rise.get_ref(),
+                h.fall.get_ref()
+            );
+        } else {
+            let _ = writeln!(s, "health: active checks off");
+        }
+        let _ = writeln!(s, "backends: {}", self.backends.len());
+        for b in &self.backends {
+            let _ = writeln!(
+                s,
+                "  {} {} weight {} {:?}",
+                b.id.get_ref(),
+                b.address.get_ref(),
+                b.weight.get_ref(),
+                b.state
+            );
+        }
+        s
+    }
+}
+
+/// Parses a backend address `host:port` into an authority, or `None`.
+pub fn parse_address(s: &str) -> Option<http::uri::Authority> {
+    let a: http::uri::Authority = s.parse().ok()?;
+    (a.port_u16().is_some() && !a.host().is_empty() && !s.contains('@')).then_some(a)
+}
+
+#[cfg(test)]
+mod tests;

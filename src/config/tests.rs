@@ -1,0 +1,349 @@
+use super::*;
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct FakeKeys {
+    files: HashMap<PathBuf, Vec<u8>>,
+    env: HashMap<String, Vec<u8>>,
+}
+
+impl KeySource for FakeKeys {
+    fn file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"))
+    }
+    fn env(&self, name: &str) -> Option<Vec<u8>> {
+        self.env.get(name).cloned()
+    }
+}
+
+const MINIMAL: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[[backend]]
+id = "app-1"
+address = "127.0.0.1:3001"
+"#;
+
+fn parse_ok(text: &str) -> Config {
+    parse(
+        text,
+        "t.toml",
+        Path::new("/etc/stickyd"),
+        &FakeKeys::default(),
+    )
+    .unwrap()
+}
+
+fn parse_err(text: &str) -> ConfigError {
+    parse(
+        text,
+        "t.toml",
+        Path::new("/etc/stickyd"),
+        &FakeKeys::default(),
+    )
+    .unwrap_err()
+}
+
+fn err_at(text: &str, line: usize, col: usize, needle: &str) {
+    let e = parse_err(text);
+    assert_eq!((e.line, e.col), (line, col), "{e}");
+    assert!(e.message.contains(needle), "{e} should mention {needle:?}");
+    assert!(
+        e.to_string().starts_with(&format!("t.toml:{line}:{col}: ")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn a_minimal_config_takes_every_default() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.backends.len(), 1);
+    assert_eq!(*c.backends[0].weight.get_ref(), 1);
+    assert_eq!(c.backends[0].state, AdminState::Active);
+    assert_eq!(c.affinity.cookie.get_ref(), "stickyd");
+    assert_eq!(c.affinity.on_pinned_down, OnPinnedDown::Repin);
+    assert!(c.generated_key);
+    assert_eq!(c.secrets.len(), 1);
+    assert_eq!(c.secrets[0].0.len(), 32);
+    let p = c.policy();
+    assert_eq!(
+        (p.max_idle, p.max_life, p.refresh_after, p.skew),
+        (1800, 86_400, 450, 30)
+    );
+    assert_eq!(c.health.expect_status.0, StatusRange { lo: 200, hi: 399 });
+}
+
+#[test]
+fn the_shipped_example_config_is_valid_and_documents_every_key() {
+    let text = include_str!("../../config/example.toml");
+    let mut keys = FakeKeys::default();
+    keys.files
+        .insert(PathBuf::from("/etc/stickyd/key.current"), vec![b'k'; 48]);
+    keys.env
+        .insert("STICKYD_KEY_PREVIOUS".into(), vec![b'p'; 40]);
+    let c = parse(text, "example.toml", Path::new("/etc/stickyd"), &keys).unwrap();
+    assert_eq!(c.secrets.len(), 2);
+    assert!(!c.generated_key);
+    // Every field of every section appears in the example (as a key or commented key).
+    let debug = format!("{c:?}");
+    for section in ["server", "affinity", "balance", "upstream", "health", "log"] {
+        assert!(
+            text.contains(&format!("[{section}]")),
+            "[{section}] missing"
+        );
+    }
+    for key in [
+        "listen",
+        "worker_threads",
+        "max_connections",
+        "header_read_timeout",
+        "max_header_bytes",
+        "max_headers",
+        "shutdown_grace",
+        "trusted_proxies",
+        "via",
+        "h2_max_concurrent_streams",
+        "cookie",
+        "max_idle",
+        "max_life",
+        "refresh_fraction",
+        "clock_skew",
+        "keys",
+        "on_pinned_down",
+        "secure",
+        "domain",
+        "all_down",
+        "retry_after",
+        "connect_timeout",
+        "response_timeout",
+        "pool_idle_timeout",
+        "pool_max_idle",
+        "retries",
+        "enabled",
+        "path",
+        "host",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+        "expect_status",
+        "initial",
+        "passive_failures",
+        "eject_time",
+        "level",
+        "format",
+        "id",
+        "address",
+        "weight",
+        "state",
+    ] {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "example.toml does not document {key}"
+        );
+        assert!(
+            debug.contains(key),
+            "{key} is documented but is not a config field"
+        );
+    }
+}
+
+#[test]
+fn durations_and_enums_parse() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[affinity]\nmax_idle = \"1h30m\"\nmax_life = \"7d\"\non_pinned_down = \"return\"\n[balance]\nall_down = \"open\"\n"
+    ));
+    assert_eq!(
+        c.affinity.max_idle.get_ref().get(),
+        Duration::from_secs(5400)
+    );
+    assert_eq!(c.affinity.on_pinned_down, OnPinnedDown::Return);
+    assert_eq!(c.balance.all_down, AllDown::Open);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_position() {
+    err_at(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nlisten_typo = 1\n",
+        3,
+        1,
+        "listen_typo",
+    );
+    err_at("[serve]\n", 1, 2, "serve");
+    err_at(&format!("{MINIMAL}color = \"red\"\n"), 8, 1, "color");
+}
+
+#[test]
+fn bad_values_point_at_the_value() {
+    err_at("[affinity]\nmax_idle = \"30 minutes\"\n", 2, 12, "duration");
+    err_at("[affinity]\nmax_idle = 30\n", 2, 12, "duration");
+    err_at("[affinity]\non_pinned_down = \"retry\"\n", 2, 18, "retry");
+    err_at(
+        "[server]\nlisten = [\"127.0.0.1:8080\", \"nope\"]\n",
+        2,
+        29,
+        "socket address",
+    );
+    err_at(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        2,
+        20,
+        "invalid network",
+    );
+    err_at("[health]\nexpect_status = \"200-99\"\n", 2, 17, "status");
+    err_at("[server\n", 1, 8, "");
+}
+
+#[test]
+fn semantic_errors_point_at_the_offending_value() {
+    let dup = format!("{MINIMAL}\n[[backend]]\nid = \"app-1\"\naddress = \"127.0.0.1:3002\"\n");
+    err_at(&dup, 10, 6, "duplicate backend id");
+    let bad_addr = "[[backend]]\nid = \"a\"\naddress = \"http://x:1/\"\n";
+    err_at(bad_addr, 3, 11, "invalid backend address");
+    err_at(
+        "[[backend]]\nid = \"a\"\naddress = \"localhost\"\n",
+        3,
+        11,
+        "host:port",
+    );
+    err_at(
+        "[[backend]]\nid = \"a b\"\naddress = \"h:1\"\n",
+        2,
+        6,
+        "invalid backend id",
+    );
+    err_at(
+        "[[backend]]\nid = \"a\"\naddress = \"h:1\"\nweight = 0\n",
+        4,
+        10,
+        "weight",
+    );
+    err_at(
+        &format!("{MINIMAL}[affinity]\ncookie = \"a;b\"\n"),
+        9,
+        10,
+        "cookie name",
+    );
+    err_at(
+        &format!("{MINIMAL}[affinity]\nrefresh_fraction = 1.5\n"),
+        9,
+        20,
+        "refresh_fraction",
+    );
+    err_at(
+        &format!("{MINIMAL}[health]\npath = \"healthz\"\n"),
+        9,
+        8,
+        "health.path",
+    );
+    err_at(&format!("{MINIMAL}[health]\nrise = 0\n"), 9, 8, "rise");
+    err_at(&format!("{MINIMAL}[server]\n"), 8, 2, "duplicate key");
+    err_at(
+        "[server]\nlisten = []\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
+        2,
+        10,
+        "at least one",
+    );
+    err_at(
+        "[server]\nmax_header_bytes = 100\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
+        2,
+        20,
+        "8192",
+    );
+    err_at(
+        "[log]\nlevel = \"loud=!!\"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
+        2,
+        9,
+        "log.level",
+    );
+}
+
+#[test]
+fn a_config_without_backends_is_refused() {
+    err_at(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n",
+        1,
+        1,
+        "no [[backend]]",
+    );
+}
+
+#[test]
+fn keys_load_from_files_relative_to_the_config_and_from_env() {
+    let mut keys = FakeKeys::default();
+    keys.files.insert(
+        PathBuf::from("/etc/stickyd/k1"),
+        b"  0123456789abcdef0123456789abcdef\n".to_vec(),
+    );
+    keys.files.insert(PathBuf::from("/abs/k2"), vec![b'x'; 32]);
+    keys.env.insert("K3".into(), vec![b'y'; 64]);
+    let text = format!("{MINIMAL}[affinity]\nkeys = [\"file:k1\", \"file:/abs/k2\", \"env:K3\"]\n");
+    let c = parse(&text, "t.toml", Path::new("/etc/stickyd"), &keys).unwrap();
+    assert_eq!(c.secrets.len(), 3);
+    assert_eq!(
+        c.secrets[0].0, b"0123456789abcdef0123456789abcdef",
+        "whitespace trimmed"
+    );
+    assert!(!c.generated_key);
+    assert!(
+        !format!("{:?}", c.secrets).contains("0123"),
+        "secrets are not printed"
+    );
+}
+
+#[test]
+fn key_errors_point_at_the_key_spec() {
+    let mut keys = FakeKeys::default();
+    keys.files
+        .insert(PathBuf::from("/etc/stickyd/short"), vec![b'x'; 31]);
+    let cases = [
+        ("\"file:short\"", "at least 32"),
+        ("\"file:missing\"", "cannot read key file"),
+        ("\"env:NOPE\"", "NOPE is not set"),
+        (
+            "\"hunter2hunter2hunter2hunter2hunter2\"",
+            "never written inline",
+        ),
+    ];
+    for (spec, needle) in cases {
+        let text = format!("{MINIMAL}[affinity]\nkeys = [{spec}]\n");
+        let e = parse(&text, "t.toml", Path::new("/etc/stickyd"), &keys).unwrap_err();
+        assert_eq!((e.line, e.col), (9, 9), "{e}");
+        assert!(e.message.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn trusted_proxy_networks_match_addresses() {
+    let c = parse_ok(
+        &format!("{MINIMAL}[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n")
+            .replace("[server]\nlisten = [\"127.0.0.1:0\"]\n", ""),
+    );
+    let t = &c.server.trusted_proxies;
+    let any = |ip: &str| t.iter().any(|n| n.contains(ip.parse().unwrap()));
+    assert!(any("10.1.2.3") && any("192.0.2.7") && any("::1") && any("::ffff:10.0.0.1"));
+    assert!(!any("192.0.2.8") && !any("11.0.0.1"));
+}
+
+#[test]
+fn line_col_counts_characters() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("é\nx", 3), (2, 1));
+    assert_eq!(line_col("abc", 99), (1, 4));
+}
+
+#[test]
+fn addresses_need_a_host_and_a_port() {
+    assert!(parse_address("127.0.0.1:3001").is_some());
+    assert!(parse_address("app.internal:8080").is_some());
+    assert!(parse_address("[::1]:80").is_some());
+    for bad in ["127.0.0.1", ":80", "user@h:1", "h:1/x", "h:port", ""] {
+        assert!(parse_address(bad).is_none(), "{bad:?}");
+    }
+}

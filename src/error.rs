@@ -1,0 +1,137 @@
+//! Errors of the request path and the one place where they become HTTP responses.
+//!
+//! Every failure records who failed and whether a retry is safe; [`ProxyError::status`] is the
+//! only mapping from error to status code, and each mapping is pinned by a test.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// What went wrong with a request stickyd could not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The client's request is not acceptable (e.g. HTTP/1.1 without Host).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No backend is usable (all down, disabled or excluded).
+    #[error("no usable backend")]
+    NoBackend,
+    /// The session's backend is down and `on_pinned_down = "fail"`.
+    #[error("the session's backend is unavailable")]
+    PinnedDown,
+    /// The TCP connection to the backend failed: nothing was sent.
+    #[error("connect to backend failed: {0}")]
+    Connect(String),
+    /// The connection failed after the request was (maybe partly) sent and before any response
+    /// byte arrived: the backend may have seen the request.
+    #[error("backend closed the connection before responding: {0}")]
+    Reset(String),
+    /// The backend sent something that is not a valid HTTP response.
+    #[error("invalid response from backend: {0}")]
+    Protocol(String),
+    /// No response head within the response timeout.
+    #[error("backend did not respond in time")]
+    Timeout,
+}
+
+impl ProxyError {
+    /// The status code the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoBackend | ProxyError::PinnedDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::Reset(_) | ProxyError::Protocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short body sent with the status.
+    pub fn body(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::NoBackend => "no backend is available\n",
+            ProxyError::PinnedDown => "the session's backend is unavailable\n",
+            ProxyError::Connect(_) => "could not connect to the backend\n",
+            ProxyError::Reset(_) => "the backend closed the connection\n",
+            ProxyError::Protocol(_) => "the backend sent an invalid response\n",
+            ProxyError::Timeout => "the backend did not respond in time\n",
+        }
+    }
+
+    /// A `Retry-After` for 503s, whose cause is the pool, not the request.
+    pub fn retry_after(&self, configured: Duration) -> Option<u64> {
+        matches!(self, ProxyError::NoBackend | ProxyError::PinnedDown)
+            .then(|| configured.as_secs().max(1))
+    }
+
+    /// Whether another backend may be tried. A connect failure sent nothing, so it is always
+    /// safe (if the body is still at hand); a reset before any response byte is safe only for
+    /// idempotent methods. Timeouts and protocol errors are never retried: the backend may be
+    /// acting on the request.
+    pub fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            ProxyError::Connect(_) => true,
+            ProxyError::Reset(_) => idempotent,
+            _ => false,
+        }
+    }
+
+    /// The metric label of an upstream error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NoBackend => "no_backend",
+            ProxyError::PinnedDown => "pinned_down",
+            ProxyError::Connect(_) => "connect",
+            ProxyError::Reset(_) => "reset",
+            ProxyError::Protocol(_) => "protocol",
+            ProxyError::Timeout => "timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_status() {
+        let cases = [
+            (ProxyError::BadRequest("x\n"), 400),
+            (ProxyError::NoBackend, 503),
+            (ProxyError::PinnedDown, 503),
+            (ProxyError::Connect("refused".into()), 502),
+            (ProxyError::Reset("eof".into()), 502),
+            (ProxyError::Protocol("bad".into()), 502),
+            (ProxyError::Timeout, 504),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.status().as_u16(), code, "{e:?}");
+            assert!(!e.body().is_empty() && e.body().len() < 64, "a short body");
+        }
+    }
+
+    #[test]
+    fn only_pool_failures_carry_retry_after() {
+        let d = Duration::from_secs(5);
+        assert_eq!(ProxyError::NoBackend.retry_after(d), Some(5));
+        assert_eq!(ProxyError::PinnedDown.retry_after(Duration::ZERO), Some(1));
+        assert_eq!(ProxyError::Timeout.retry_after(d), None);
+        assert_eq!(ProxyError::Connect(String::new()).retry_after(d), None);
+    }
+
+    #[test]
+    fn retry_is_allowed_only_when_no_backend_can_have_acted() {
+        assert!(ProxyError::Connect(String::new()).retryable(false));
+        assert!(ProxyError::Reset(String::new()).retryable(true));
+        assert!(
+            !ProxyError::Reset(String::new()).retryable(false),
+            "never replay a POST"
+        );
+        assert!(!ProxyError::Timeout.retryable(true));
+        assert!(!ProxyError::Protocol(String::new()).retryable(true));
+        assert!(!ProxyError::NoBackend.retryable(true));
+    }
+}

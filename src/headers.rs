@@ -1,0 +1,491 @@
+//! Header rules: finding and stripping the affinity cookie, removing hop-by-hop headers,
+//! writing X-Forwarded-* and Via, and building the Set-Cookie of an issued token.
+//!
+//! Pure functions over `http::HeaderMap`: no I/O, no clock. The order matters and is fixed by
+//! the proxy: hop-by-hop headers (and every name listed in `Connection`) are removed *before*
+//! stickyd adds its own, so a client cannot use `Connection` to delete them.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Longest cookie value kept for verification; anything longer is not a token.
+pub const MAX_COOKIE_VALUE: usize = 64;
+
+/// The affinity cookie found in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No cookie of that name.
+    Absent,
+    /// A value longer than [`MAX_COOKIE_VALUE`]: not a token.
+    TooLong,
+    /// The first value of that name, copied out so the headers can be changed.
+    Value([u8; MAX_COOKIE_VALUE], usize),
+}
+
+impl Found {
+    /// The value bytes, empty unless `Value`.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Found::Value(buf, n) => &buf[..*n],
+            _ => &[],
+        }
+    }
+}
+
+/// Splits one Cookie header value into `(name, value)` pairs, trimming optional whitespace; the
+/// value is `None` for a bare name without `=`.
+fn pairs(raw: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    raw.split(|&b| b == b';').filter_map(|p| {
+        let p = p.trim_ascii();
+        if p.is_empty() {
+            return None;
+        }
+        Some(match p.iter().position(|&b| b == b'=') {
+            Some(eq) => (p[..eq].trim_ascii(), Some(p[eq + 1..].trim_ascii())),
+            None => (p, None),
+        })
+    })
+}
+
+/// Finds the first cookie named `name` in all `Cookie` headers and removes every cookie of that
+/// name, keeping all other cookies in order. Empty `Cookie` headers are dropped. A quoted value
+/// (`"..."`) is unquoted.
+pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Found {
+    let name = name.as_bytes();
+    let mine = |raw: &[u8]| pairs(raw).any(|(n, _)| n == name);
+    // Fast path: most requests carry no Cookie header or not ours; touch nothing then.
+    if !headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| mine(v.as_bytes()))
+    {
+        return Found::Absent;
+    }
+    let mut found = Found::Absent;
+    let mut kept: Vec<HeaderValue> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        let raw = v.as_bytes();
+        if !mine(raw) {
+            kept.push(v.clone());
+            continue;
+        }
+        let mut rest: Vec<u8> = Vec::with_capacity(raw.len());
+        for (n, val) in pairs(raw) {
+            if n == name {
+                if found == Found::Absent {
+                    let val = val.unwrap_or_default();
+                    let val = val
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(val);
+                    found = if val.len() > MAX_COOKIE_VALUE {
+                        Found::TooLong
+                    } else {
+                        let mut buf = [0u8; MAX_COOKIE_VALUE];
+                        buf[..val.len()].copy_from_slice(val);
+                        Found::Value(buf, val.len())
+                    };
+                }
+                continue;
+            }
+            if !rest.is_empty() {
+                rest.extend_from_slice(b"; ");
+            }
+            rest.extend_from_slice(n);
+            if let Some(val) = val {
+                rest.push(b'=');
+                rest.extend_from_slice(val);
+            }
+        }
+        // Bytes come from a valid header value minus separators, so this cannot fail; skip the
+        // pair defensively rather than panic if it ever did.
+        if !rest.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&rest)
+        {
+            kept.push(v);
+        }
+    }
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
+    found
+}
+
+/// Hop-by-hop headers removed in both directions (RFC 9110 section 7.6.1, plus the
+/// non-standard `Proxy-Connection` and `Keep-Alive`).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers: first every header named in `Connection`, then the fixed list.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What the proxy knows of the client connection when forwarding.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether that peer is a trusted proxy, whose X-Forwarded-* headers are kept.
+    pub trusted: bool,
+    /// `"http"` or `"https"`.
+    pub proto: &'static str,
+    /// The request's host (Host header or URI authority), if any.
+    pub host: Option<&'a HeaderValue>,
+    /// Value to append to `Via`, if any (e.g. `1.1 stickyd`).
+    pub via: Option<&'a HeaderValue>,
+}
+
+/// Writes X-Forwarded-For/-Proto/-Host and Via. From an untrusted peer, incoming X-Forwarded-*
+/// headers are replaced; from a trusted proxy, the peer is appended to X-Forwarded-For and the
+/// proxy's -Proto and -Host are kept when present.
+pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    let peer = HeaderValue::from_str(&f.peer.to_string()).expect("an IP address is a valid value");
+    if f.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined: Vec<u8> = Vec::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(peer.as_bytes());
+        let v = HeaderValue::from_bytes(&joined).unwrap_or(peer);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer);
+    }
+    if !(f.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
+    }
+    if !(f.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match f.host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    if let Some(via) = f.via {
+        headers.append(header::VIA, via.clone());
+    }
+}
+
+/// Attributes of the affinity cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    /// Cookie name.
+    pub name: String,
+    /// Add `Secure`.
+    pub secure: bool,
+    /// Optional `Domain`.
+    pub domain: Option<String>,
+}
+
+/// The `Set-Cookie` value for token `value` with `max_age` seconds left.
+pub fn set_cookie(attrs: &CookieAttrs, value: &str, max_age: u32) -> HeaderValue {
+    let mut s = String::with_capacity(128);
+    s.push_str(&attrs.name);
+    s.push('=');
+    s.push_str(value);
+    s.push_str("; Path=/; Max-Age=");
+    s.push_str(&max_age.to_string());
+    if let Some(d) = &attrs.domain {
+        s.push_str("; Domain=");
+        s.push_str(d);
+    }
+    s.push_str("; HttpOnly; SameSite=Lax");
+    if attrs.secure {
+        s.push_str("; Secure");
+    }
+    // Name and domain are validated as cookie tokens at config load; value is base64url.
+    HeaderValue::from_str(&s).expect("validated cookie attributes form a valid header")
+}
+
+/// Adds the issued cookie to a response, and `Cache-Control: private` when the response has no
+/// Cache-Control, so that no shared cache stores one client's affinity for others.
+pub fn add_set_cookie(headers: &mut HeaderMap, cookie: HeaderValue) {
+    headers.append(header::SET_COOKIE, cookie);
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+/// Whether a string is a valid cookie name (an RFC 6265 token).
+pub fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn cookies(h: &HeaderMap) -> Vec<&str> {
+        h.get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_affinity_cookie_is_taken_and_other_cookies_pass_untouched() {
+        let mut h = map(&[("cookie", "a=1; stickyd=TOKEN; b=two=2")]);
+        let f = take_cookie(&mut h, "stickyd");
+        assert_eq!(f.bytes(), b"TOKEN");
+        assert_eq!(cookies(&h), ["a=1; b=two=2"]);
+    }
+
+    #[test]
+    fn a_request_with_only_the_affinity_cookie_loses_its_cookie_header() {
+        let mut h = map(&[("cookie", "stickyd=T")]);
+        assert_eq!(take_cookie(&mut h, "stickyd").bytes(), b"T");
+        assert!(h.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn every_copy_is_stripped_across_split_cookie_headers_and_the_first_wins() {
+        let mut h = map(&[
+            ("cookie", "x=1; stickyd=FIRST"),
+            ("cookie", "y=2"),
+            ("cookie", "stickyd=SECOND;z=3"),
+        ]);
+        assert_eq!(take_cookie(&mut h, "stickyd").bytes(), b"FIRST");
+        assert_eq!(cookies(&h), ["x=1", "y=2", "z=3"]);
+    }
+
+    #[test]
+    fn names_must_match_exactly() {
+        let mut h = map(&[("cookie", "stickyd2=a; xstickyd=b; Stickyd=c")]);
+        assert_eq!(take_cookie(&mut h, "stickyd"), Found::Absent);
+        assert_eq!(
+            cookies(&h),
+            ["stickyd2=a; xstickyd=b; Stickyd=c"],
+            "untouched"
+        );
+    }
+
+    #[test]
+    fn quoted_and_overlong_values() {
+        let mut h = map(&[("cookie", "stickyd=\"Q\"")]);
+        assert_eq!(take_cookie(&mut h, "stickyd").bytes(), b"Q");
+        let long = format!("stickyd={}; keep=1", "x".repeat(5000));
+        let mut h = map(&[("cookie", &long)]);
+        assert_eq!(take_cookie(&mut h, "stickyd"), Found::TooLong);
+        assert_eq!(cookies(&h), ["keep=1"]);
+    }
+
+    #[test]
+    fn flag_cookies_without_a_value_survive() {
+        let mut h = map(&[("cookie", "flag; stickyd=T; other=")]);
+        take_cookie(&mut h, "stickyd");
+        assert_eq!(cookies(&h), ["flag; other="]);
+    }
+
+    #[test]
+    fn connection_listed_headers_go_first_and_hop_by_hop_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "s"),
+            ("x-other", "o"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x"),
+            ("x-kept", "k"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_the_headers_stickyd_adds() {
+        let mut h = map(&[(
+            "connection",
+            "close, X-Forwarded-For, X-Forwarded-Proto, Via",
+        )]);
+        strip_hop_by_hop(&mut h);
+        let via = HeaderValue::from_static("1.1 stickyd");
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: "192.0.2.1".parse().unwrap(),
+                trusted: false,
+                proto: "http",
+                host: None,
+                via: Some(&via),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["via"], "1.1 stickyd");
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_x_forwarded_headers() {
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: "192.0.2.7".parse().unwrap(),
+                trusted: false,
+                proto: "http",
+                host: Some(&host),
+                via: None,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert!(h.get("via").is_none());
+    }
+
+    #[test]
+    fn trusted_proxies_are_appended_to() {
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.1 edge"),
+        ]);
+        let via = HeaderValue::from_static("1.1 stickyd");
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: "10.0.0.9".parse().unwrap(),
+                trusted: true,
+                proto: "http",
+                host: Some(&host),
+                via: Some(&via),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        let vias: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(vias, ["1.1 edge", "1.1 stickyd"]);
+    }
+
+    #[test]
+    fn ipv6_peers_are_written_plainly() {
+        let mut h = HeaderMap::new();
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: "::1".parse().unwrap(),
+                trusted: false,
+                proto: "https",
+                host: None,
+                via: None,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn set_cookie_carries_every_attribute() {
+        let a = CookieAttrs {
+            name: "stickyd".into(),
+            secure: false,
+            domain: None,
+        };
+        assert_eq!(
+            set_cookie(&a, "TOK", 3600),
+            "stickyd=TOK; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
+        );
+        let a = CookieAttrs {
+            name: "sid".into(),
+            secure: true,
+            domain: Some("example.com".into()),
+        };
+        assert_eq!(
+            set_cookie(&a, "T", 5),
+            "sid=T; Path=/; Max-Age=5; Domain=example.com; HttpOnly; SameSite=Lax; Secure"
+        );
+    }
+
+    #[test]
+    fn setting_the_cookie_adds_cache_control_private_only_when_absent() {
+        let mut h = HeaderMap::new();
+        add_set_cookie(&mut h, HeaderValue::from_static("a=b"));
+        assert_eq!(h["cache-control"], "private");
+        let mut h = map(&[("cache-control", "no-store"), ("set-cookie", "app=1")]);
+        add_set_cookie(&mut h, HeaderValue::from_static("a=b"));
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(
+            h.get_all("set-cookie").iter().count(),
+            2,
+            "the app's cookie is kept"
+        );
+    }
+
+    #[test]
+    fn cookie_names_are_tokens() {
+        assert!(is_cookie_name("stickyd") && is_cookie_name("__Host-sid"));
+        for bad in ["", "a b", "a=b", "a;b", "a,b", "é", "a\"b"] {
+            assert!(!is_cookie_name(bad), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn take_cookie_never_panics_and_always_removes_the_name(raw in "[ -~]{0,200}") {
+            if let Ok(v) = HeaderValue::from_str(&raw) {
+                let mut h = HeaderMap::new();
+                h.append(header::COOKIE, v);
+                let _ = take_cookie(&mut h, "stickyd");
+                for v in h.get_all(header::COOKIE) {
+                    prop_assert!(!pairs(v.as_bytes()).any(|(n, _)| n == b"stickyd"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! stickyd: an L7 HTTP reverse-proxy load balancer whose core job is session affinity.
+//!
+//! Module map (policy modules do no I/O and read no clock; time and randomness come in as
+//! arguments):
+//!
+//! | module | owns | kind |
+//! |---|---|---|
+//! | [`token`] | cookie value format, HMAC key ring, sign/verify | policy |
+//! | [`affinity`] | the routing decision: pinned, fallback, new; lifetimes | policy |
+//! | [`balance`] | smooth weighted round robin, rendezvous hashing | policy |
+//! | [`health`] | rise/fall state machine, status ranges | policy |
+//! | [`headers`] | cookie strip, hop-by-hop, X-Forwarded-*, Set-Cookie | policy |
+//! | [`error`] | proxy errors and their one status mapping | policy |
+//! | [`config`] | TOML schema, defaults, validation, key loading | edge |
+//! | [`backend`] | live per-backend state (health, counters) | state |
+//! | [`state`] | the immutable snapshot behind an ArcSwap; live state by id | state |
+//! | [`metrics`] | process-wide counters | state |
+//! | [`upstream`] | the connection pool to backends | I/O |
+//! | [`checker`] | active health probes | I/O |
+//! | [`proxy`] | the request path | I/O |
+//! | [`server`] | listeners, connections, reload, shutdown | I/O |
+
+pub mod affinity;
+pub mod backend;
+pub mod balance;
+pub mod checker;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod token;
+pub mod upstream;

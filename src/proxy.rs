@@ -1,0 +1,501 @@
+//! The request path: read the affinity token, route, rewrite headers, forward through the
+//! upstream pool, stream the response back, set the cookie when one is issued.
+//!
+//! It never fails toward the client: every error becomes a response in one place
+//! ([`error_response`]) from the mapping in [`crate::error`]. A request is retried on another
+//! backend only when that is safe (see [`ProxyError::retryable`]) and its body has not been
+//! read yet.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tracing::{debug, info, warn};
+
+use crate::affinity::{self, NoRoute, TokenInput};
+use crate::backend::InFlight;
+use crate::error::ProxyError;
+use crate::headers::{self, Forwarded, Found};
+use crate::health::Transition;
+use crate::state::{Shared, Snapshot};
+use crate::token::Invalid;
+use crate::upstream::{UpBody, Upstream};
+
+/// Body type of responses to clients.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// What the proxy knows of the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// The request handler shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    upstream: Upstream,
+}
+
+impl Proxy {
+    /// A proxy over `shared` state, forwarding through `upstream`.
+    pub fn new(shared: Arc<Shared>, upstream: Upstream) -> Proxy {
+        Proxy { shared, upstream }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves one request. Never fails: errors become responses.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let snap = self.shared.load();
+        Ok(match self.forward(&snap, req, conn).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(&e, &snap),
+        })
+    }
+
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        check_request(&parts)?;
+
+        let found = headers::take_cookie(&mut parts.headers, &snap.cookie.name);
+        let token = match found {
+            Found::Absent => TokenInput::Absent,
+            Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
+            Found::Value(..) => match snap.ring.verify(found.bytes()) {
+                Ok(v) => TokenInput::Valid(v),
+                Err(why) => TokenInput::Invalid(why),
+            },
+        };
+        prepare_upstream_head(snap, &mut parts, conn);
+
+        let idempotent = is_idempotent(&parts.method);
+        let body = Replay::new(body);
+        let now = unix_now();
+        let mut excluded: Vec<usize> = Vec::new();
+        let mut retries_left = *snap.config.upstream.retries.get_ref();
+        loop {
+            let route =
+                affinity::route(&snap.policy, token, now, snap, &excluded, nonce).map_err(|e| {
+                    match e {
+                        NoRoute::AllDown => ProxyError::NoBackend,
+                        NoRoute::PinnedDown => ProxyError::PinnedDown,
+                    }
+                })?;
+            let backend = &snap.backends[route.backend];
+            let may_retry = retries_left > 0 && body.replayable();
+            let head = if may_retry {
+                clone_parts(&parts)
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            let mut up = Request::from_parts(head, body.take());
+            *up.uri_mut() = upstream_uri(&backend.authority, up.uri());
+
+            let guard = InFlight::start(&backend.live);
+            match self.upstream.send(up).await {
+                Ok(resp) => {
+                    backend.live.connect_ok();
+                    backend.live.record_status(resp.status().as_u16());
+                    self.count_route(&route, snap);
+                    return Ok(self.respond(snap, resp, route.issue, now, guard));
+                }
+                Err(e) => {
+                    drop(guard);
+                    backend.live.record_failure();
+                    self.shared.metrics.upstream_error(&e);
+                    if let ProxyError::Connect(_) = e {
+                        let threshold = snap.config.health.passive_failures;
+                        if backend.live.connect_failed(threshold, Instant::now())
+                            == Some(Transition::Down)
+                        {
+                            warn!(backend = %backend.id, error = %e, "backend ejected after consecutive connect failures");
+                        }
+                    }
+                    debug!(backend = %backend.id, error = %e, "upstream attempt failed");
+                    if may_retry && e.retryable(idempotent) && body.replayable() {
+                        self.shared.metrics.retry();
+                        excluded.push(route.backend);
+                        retries_left -= 1;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn count_route(&self, route: &affinity::Route, snap: &Snapshot) {
+        let m = &self.shared.metrics;
+        m.outcome(route.outcome);
+        if route.fallback
+            && route
+                .issue
+                .is_some_and(|c| c.backend_tag == affinity::PoolView::tag(snap, route.backend))
+        {
+            m.repin();
+        }
+    }
+
+    fn respond(
+        &self,
+        snap: &Snapshot,
+        resp: Response<Incoming>,
+        issue: Option<crate::token::Claims>,
+        now: u32,
+        guard: InFlight,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(claims) = issue {
+            let token = snap.ring.sign(&claims);
+            let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
+            let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age);
+            headers::add_set_cookie(&mut parts.headers, cookie);
+        }
+        Response::from_parts(
+            parts,
+            Tracked {
+                inner: body,
+                _guard: guard,
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// Rejects what cannot be forwarded.
+fn check_request(parts: &Parts) -> Result<(), ProxyError> {
+    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host\n"));
+    }
+    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header\n"));
+    }
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
+    }
+    Ok(())
+}
+
+/// Rewrites the request head for the backend: hop-by-hop headers out (before ours go in),
+/// Host kept (or taken from the h2 authority), X-Forwarded-*, Via, HTTP/1.1.
+fn prepare_upstream_head(snap: &Snapshot, parts: &mut Parts, conn: ConnInfo) {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let host = parts.headers.get(header::HOST).cloned();
+    let peer = conn.peer.ip().to_canonical();
+    headers::add_forwarded(
+        &mut parts.headers,
+        &Forwarded {
+            peer,
+            trusted: snap.is_trusted(peer),
+            proto: if conn.tls { "https" } else { "http" },
+            host: host.as_ref(),
+            via: snap.via(parts.version),
+        },
+    );
+    parts.version = Version::HTTP_11;
+}
+
+/// `http://{backend}{path?query}` of the incoming request.
+fn upstream_uri(authority: &http::uri::Authority, incoming: &Uri) -> Uri {
+    let mut p = http::uri::Parts::default();
+    p.scheme = Some(http::uri::Scheme::HTTP);
+    p.authority = Some(authority.clone());
+    p.path_and_query = Some(
+        incoming
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(p).expect("scheme, authority and path form a valid URI")
+}
+
+fn clone_parts(p: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn unix_now() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// A fresh session nonce: a per-thread wyrand stream seeded from the OS. Nonces need to be
+/// unique and well spread (they key the fallback hash), not secret: the MAC protects them.
+fn nonce() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            // If the OS has no entropy to give, fall back on time and address: still unique
+            // enough to spread sessions.
+            if getrandom::fill(&mut seed).is_err() {
+                let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                seed = (t ^ (&seed as *const _ as u64)).to_le_bytes();
+            }
+            u64::from_le_bytes(seed)
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let m = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        (m as u64) ^ ((m >> 64) as u64)
+    })
+}
+
+/// The error response: status, short body, Retry-After for pool failures.
+pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(e.body().as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = e.retry_after(snap.config.balance.retry_after.get()) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if matches!(e, ProxyError::BadRequest(_)) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        info!(error = %e, "request refused");
+    }
+    resp
+}
+
+/// A static response (used by the server for its own answers).
+pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// The request body, kept so that a retry can send it again if no attempt has started reading
+/// it. A body-less request is always replayable.
+enum Replay {
+    Empty,
+    Once(Arc<Mutex<Option<Incoming>>>, SizeHint),
+}
+
+impl Replay {
+    fn new(body: Incoming) -> Replay {
+        if body.is_end_stream() {
+            Replay::Empty
+        } else {
+            let hint = body.size_hint();
+            Replay::Once(Arc::new(Mutex::new(Some(body))), hint)
+        }
+    }
+
+    /// Whether the body is still whole (no attempt has polled it).
+    fn replayable(&self) -> bool {
+        match self {
+            Replay::Empty => true,
+            Replay::Once(slot, _) => slot.lock().map(|s| s.is_some()).unwrap_or(false),
+        }
+    }
+
+    /// A body for one attempt. It takes the real body out of the shared slot on first poll, so
+    /// an attempt that failed before sending any of it leaves it for the next.
+    fn take(&self) -> UpBody {
+        match self {
+            Replay::Empty => Empty::new().map_err(|never| match never {}).boxed(),
+            Replay::Once(slot, hint) => Lazy {
+                slot: slot.clone(),
+                hint: hint.clone(),
+                body: None,
+            }
+            .boxed(),
+        }
+    }
+}
+
+/// See [`Replay::take`].
+struct Lazy {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    hint: SizeHint,
+    body: Option<Incoming>,
+}
+
+impl Body for Lazy {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.body.is_none() {
+            this.body = this.slot.lock().ok().and_then(|mut s| s.take());
+        }
+        match this.body.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            // Another attempt took it: nothing to send (cannot happen, as attempts are serial).
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(b) => b.size_hint(),
+            None => self.hint.clone(),
+        }
+    }
+}
+
+/// A response body that holds its backend's in-flight count until it is done or dropped.
+struct Tracked {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_uri_keeps_path_and_query_only() {
+        let a: http::uri::Authority = "10.0.0.1:3001".parse().unwrap();
+        let u = upstream_uri(&a, &"http://evil.example/a/b?c=1".parse().unwrap());
+        assert_eq!(u, "http://10.0.0.1:3001/a/b?c=1");
+        let u = upstream_uri(&a, &"/x".parse().unwrap());
+        assert_eq!(u, "http://10.0.0.1:3001/x");
+        let u = upstream_uri(&a, &"*".parse().unwrap());
+        assert_eq!(u.authority().unwrap().as_str(), "10.0.0.1:3001");
+    }
+
+    #[test]
+    fn only_idempotent_methods_may_be_replayed_after_a_reset() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&m), "{m}");
+        }
+    }
+
+    #[test]
+    fn requests_without_host_or_with_two_are_refused() {
+        let parts = |version, hosts: &[&str], method| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            *r.method_mut() = method;
+            for h in hosts {
+                r.headers_mut()
+                    .append(header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            r.into_parts().0
+        };
+        assert!(check_request(&parts(Version::HTTP_11, &["a"], Method::GET)).is_ok());
+        assert!(check_request(&parts(Version::HTTP_10, &[], Method::GET)).is_ok());
+        assert!(check_request(&parts(Version::HTTP_2, &[], Method::GET)).is_ok());
+        assert_eq!(
+            check_request(&parts(Version::HTTP_11, &[], Method::GET))
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_request(&parts(Version::HTTP_11, &["a", "b"], Method::GET))
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            check_request(&parts(Version::HTTP_11, &["a"], Method::CONNECT))
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn nonces_differ() {
+        let a: Vec<u64> = (0..1000).map(|_| nonce()).collect();
+        let mut b = a.clone();
+        b.sort_unstable();
+        b.dedup();
+        assert_eq!(a.len(), b.len());
+    }
+}

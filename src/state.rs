@@ -1,0 +1,258 @@
+//! Shared state: one immutable [`Snapshot`] of the config (backends, key ring, precomputed
+//! tags, cookie attributes) swapped whole behind an `ArcSwap`, and the live per-backend state
+//! kept outside it by backend id.
+//!
+//! A request loads the snapshot once and keeps that `Arc` for its whole life, so it sees one
+//! consistent config even if a reload lands mid-request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http::uri::Authority;
+
+use crate::affinity::{AdminState, Policy, PoolView};
+use crate::backend::BackendLive;
+use crate::balance::{SmoothWrr, id_hash};
+use crate::config::{Cidr, Config, Initial, parse_address};
+use crate::headers::CookieAttrs;
+use crate::metrics::Metrics;
+use crate::token::KeyRing;
+
+/// A backend as one snapshot sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Stable id.
+    pub id: Arc<str>,
+    /// Where to connect.
+    pub authority: Authority,
+    /// Share of new sessions.
+    pub weight: u32,
+    /// Admin state.
+    pub admin: AdminState,
+    /// Live state, shared with every snapshot that has this id.
+    pub live: Arc<BackendLive>,
+}
+
+/// Everything a request needs from the config, precomputed.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config this snapshot was built from.
+    pub config: Arc<Config>,
+    /// The pool, in config order.
+    pub backends: Vec<Backend>,
+    /// The key ring.
+    pub ring: KeyRing,
+    /// The affinity policy.
+    pub policy: Policy,
+    /// Cookie attributes for Set-Cookie.
+    pub cookie: CookieAttrs,
+    /// Trusted proxy networks.
+    pub trusted: Vec<Cidr>,
+    weights: Vec<u32>,
+    hashes: Vec<u64>,
+    /// Tag of each backend under the signing key.
+    tags: Vec<[u8; 8]>,
+    /// (key index, tag) to backend index, for every key in the ring.
+    by_tag: HashMap<(usize, [u8; 8]), usize>,
+    rr: Mutex<SmoothWrr>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, taking live state from `live` by id and creating it for new ids.
+    fn build(config: Arc<Config>, live: &mut HashMap<Arc<str>, Arc<BackendLive>>) -> Snapshot {
+        let h = &config.health;
+        let up = !h.enabled || h.initial == Initial::Up;
+        let backends: Vec<Backend> = config
+            .backends
+            .iter()
+            .map(|b| {
+                let id: Arc<str> = b.id.get_ref().as_str().into();
+                let live = live
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(BackendLive::new(
+                            &id,
+                            up,
+                            *h.rise.get_ref(),
+                            *h.fall.get_ref(),
+                        ))
+                    })
+                    .clone();
+                Backend {
+                    authority: parse_address(b.address.get_ref())
+                        .expect("addresses are validated at config load"),
+                    weight: *b.weight.get_ref(),
+                    admin: b.state,
+                    id,
+                    live,
+                }
+            })
+            .collect();
+        let secrets: Vec<&[u8]> = config.secrets.iter().map(|s| s.0.as_slice()).collect();
+        let ring = KeyRing::new(&secrets, config.affinity.cookie.get_ref());
+        let mut by_tag = HashMap::with_capacity(backends.len() * ring.len());
+        for k in 0..ring.len() {
+            for (i, b) in backends.iter().enumerate() {
+                by_tag.insert((k, ring.backend_tag(k, &b.id)), i);
+            }
+        }
+        Snapshot {
+            weights: backends.iter().map(|b| b.weight).collect(),
+            hashes: backends.iter().map(|b| id_hash(&b.id)).collect(),
+            tags: backends
+                .iter()
+                .map(|b| ring.backend_tag(0, &b.id))
+                .collect(),
+            rr: Mutex::new(SmoothWrr::new(backends.len())),
+            by_tag,
+            policy: config.policy(),
+            cookie: CookieAttrs {
+                name: config.affinity.cookie.get_ref().clone(),
+                secure: config.affinity.secure,
+                domain: config.affinity.domain.as_ref().map(|d| d.get_ref().clone()),
+            },
+            trusted: config.server.trusted_proxies.clone(),
+            ring,
+            backends,
+            config,
+        }
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
+    }
+
+    /// The `Via` value for a client of HTTP `version`, if Via is on.
+    pub fn via(&self, version: http::Version) -> Option<&'static HeaderValue> {
+        static V10: HeaderValue = HeaderValue::from_static("1.0 stickyd");
+        static V11: HeaderValue = HeaderValue::from_static("1.1 stickyd");
+        static V2: HeaderValue = HeaderValue::from_static("2 stickyd");
+        self.config.server.via.then_some(match version {
+            http::Version::HTTP_10 => &V10,
+            http::Version::HTTP_2 => &V2,
+            _ => &V11,
+        })
+    }
+}
+
+impl PoolView for Snapshot {
+    fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+    fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+    fn healthy(&self, i: usize) -> bool {
+        self.backends[i].live.is_healthy()
+    }
+    fn admin(&self, i: usize) -> AdminState {
+        self.backends[i].admin
+    }
+    fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
+        self.by_tag.get(&(key_index, *tag)).copied()
+    }
+    fn tag(&self, i: usize) -> [u8; 8] {
+        self.tags[i]
+    }
+    fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
+        rr.next(&self.weights, eligible)
+    }
+}
+
+/// State shared by every connection: the current snapshot, live backend state by id, and
+/// process-wide counters.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    live: Mutex<HashMap<Arc<str>, Arc<BackendLive>>>,
+    /// Process-wide counters.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// State for a first config.
+    pub fn new(config: Config) -> Shared {
+        let mut live = HashMap::new();
+        let snap = Snapshot::build(Arc::new(config), &mut live);
+        Shared {
+            snapshot: ArcSwap::from_pointee(snap),
+            live: Mutex::new(live),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The current snapshot; keep it for the life of one request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Swaps in a new config. Backends that keep their id keep their live state; live state of
+    /// removed backends is dropped once no snapshot refers to it.
+    pub fn apply(&self, config: Config) -> Arc<Snapshot> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
+        live.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
+        self.snapshot.store(snap.clone());
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::path::Path;
+
+    fn cfg(backends: &[(&str, &str)]) -> Config {
+        let mut text = String::from("[affinity]\nkeys = [\"env:K\"]\n");
+        for (id, addr) in backends {
+            text.push_str(&format!(
+                "[[backend]]\nid = \"{id}\"\naddress = \"{addr}\"\n"
+            ));
+        }
+        struct K;
+        impl config::KeySource for K {
+            fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
+                Err(std::io::ErrorKind::NotFound.into())
+            }
+            fn env(&self, _: &str) -> Option<Vec<u8>> {
+                Some(vec![b'k'; 32])
+            }
+        }
+        config::parse(&text, "t", Path::new("."), &K).unwrap()
+    }
+
+    #[test]
+    fn tags_resolve_to_backends_independently_of_order_and_address() {
+        let a = Shared::new(cfg(&[("a", "h:1"), ("b", "h:2")]));
+        let s1 = a.load();
+        let tag_b = s1.tag(1);
+        let b = Shared::new(cfg(&[("b", "other:9"), ("a", "h:1")]));
+        let s2 = b.load();
+        assert_eq!(s2.resolve(0, &tag_b), Some(0));
+        assert_eq!(&*s2.backends[0].id, "b");
+    }
+
+    #[test]
+    fn reload_keeps_live_state_of_backends_that_stay() {
+        let shared = Shared::new(cfg(&[("a", "h:1"), ("b", "h:2")]));
+        let old = shared.load();
+        old.backends[0]
+            .live
+            .connect_failed(1, std::time::Instant::now());
+        assert!(!old.backends[0].live.is_healthy());
+        let new = shared.apply(cfg(&[("c", "h:3"), ("a", "h:9")]));
+        assert!(Arc::ptr_eq(&old.backends[0].live, &new.backends[1].live));
+        assert!(!new.backends[1].live.is_healthy(), "health carried over");
+        assert!(new.backends[0].live.is_healthy(), "a new backend starts up");
+        assert_eq!(
+            shared.live.lock().unwrap().len(),
+            2,
+            "b's live state is gone"
+        );
+    }
+}
