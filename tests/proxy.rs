@@ -1,0 +1,549 @@
+//! End-to-end behaviour with real backends on loopback: placement, pinning, failover, recovery,
+//! hostile cookies, streaming, error statuses, and graceful shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use stickyd::affinity::Outcome;
+use stickyd::token::{Claims, KeyRing};
+use support::*;
+
+fn claims_for(ring: &KeyRing, id: &str, issued_at: u32, last_seen: u32) -> Claims {
+    Claims {
+        backend_tag: ring.backend_tag(0, id),
+        nonce: 77,
+        issued_at,
+        last_seen,
+    }
+}
+
+fn now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32
+}
+
+#[tokio::test]
+async fn new_sessions_are_spread_round_robin() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let lb = stickyd(&Cfg::default(), &pool(&[&a, &b, &c])).await;
+    let mut names = Vec::new();
+    for _ in 0..300 {
+        let got = Browser::new(lb.local_addrs()[0]).get("/").await;
+        assert_eq!(got.status, 200);
+        assert!(
+            got.set_cookie().is_some(),
+            "every new session gets a cookie"
+        );
+        names.push(got.backend());
+    }
+    let t = tally(names.iter().map(String::as_str));
+    assert_eq!((t["a"], t["b"], t["c"]), (100, 100, 100));
+    assert_eq!(lb.shared().metrics.outcomes(Outcome::New), 300);
+}
+
+#[tokio::test]
+async fn a_session_stays_on_its_backend_for_100_requests_and_the_cookie_never_reaches_it() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let lb = stickyd(&Cfg::default(), &pool(&[&a, &b, &c])).await;
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    let first = user.get("/").await;
+    let home = first.backend();
+    let cookie = user.cookie.clone().unwrap();
+    for i in 0..100 {
+        let got = user
+            .send(
+                "GET",
+                "/page",
+                Bytes::new(),
+                &[("cookie", "theme=dark; lang=fr")],
+            )
+            .await;
+        assert_eq!(
+            (got.status, got.backend()),
+            (200, home.clone()),
+            "request {i}"
+        );
+        assert_eq!(
+            got.set_cookie(),
+            None,
+            "no Set-Cookie until a refresh is due"
+        );
+    }
+    assert_eq!(user.cookie.as_deref(), Some(cookie.as_str()));
+    let backend = [&a, &b, &c].into_iter().find(|x| x.name == home).unwrap();
+    assert_eq!(backend.requests(), 101);
+    let seen = backend.last();
+    let cookies: Vec<_> = seen
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        cookies,
+        ["theme=dark; lang=fr"],
+        "affinity cookie stripped, others kept"
+    );
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["via"], "1.1 stickyd");
+    assert_eq!(lb.shared().metrics.outcomes(Outcome::Valid), 100);
+}
+
+#[tokio::test]
+async fn the_first_response_sets_a_well_formed_cookie() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(&Cfg::default(), &pool(&[&a])).await;
+    let got = Browser::new(lb.local_addrs()[0]).get("/").await;
+    let sc = got.headers["set-cookie"].to_str().unwrap();
+    let value = got.set_cookie().unwrap();
+    assert_eq!(
+        sc,
+        format!("stickyd={value}; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax")
+    );
+    assert_eq!(got.headers["cache-control"], "private");
+    let v = ring()
+        .verify(value.as_bytes())
+        .expect("stickyd signs with the configured key");
+    assert_eq!(v.claims.backend_tag, ring().backend_tag(0, "a"));
+}
+
+#[tokio::test]
+async fn when_the_pinned_backend_dies_gets_keep_succeeding_on_one_new_backend() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let mut backends = [a, b, c];
+    let lb = stickyd(&Cfg::default(), &pool(&backends.iter().collect::<Vec<_>>())).await;
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    let home = user.get("/").await.backend();
+    let old_cookie = user.cookie.clone().unwrap();
+    backends
+        .iter_mut()
+        .find(|b| b.name == home)
+        .unwrap()
+        .kill()
+        .await;
+
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        let got = user.get("/").await;
+        assert_eq!(got.status, 200, "no failed GET: {}", got.text());
+        served.push(got.backend());
+    }
+    let t = tally(served.iter().map(String::as_str));
+    assert_eq!(t.len(), 1, "one new backend: {t:?}");
+    assert!(!t.contains_key(&home));
+    assert_ne!(
+        user.cookie.as_deref(),
+        Some(old_cookie.as_str()),
+        "re-pinned with a new cookie"
+    );
+    let m = &lb.shared().metrics;
+    assert_eq!((m.repins(), m.retries()), (1, 1));
+    assert_eq!(m.outcomes(Outcome::BackendDown), 1);
+    // Another client holding the same (old) token lands on the same fallback.
+    let mut twin = Browser::new(lb.local_addrs()[0]);
+    twin.cookie = Some(old_cookie);
+    assert_eq!(twin.get("/").await.backend(), served[0]);
+}
+
+#[tokio::test]
+async fn a_backend_comes_back_after_rise_good_checks() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let cfg = Cfg {
+        health: "interval = \"20ms\"\ntimeout = \"500ms\"\nrise = 3\nfall = 2",
+        ..Cfg::default()
+    };
+    let lb = stickyd(&cfg, &pool(&[&a, &b])).await;
+    let live_b = lb.shared().load().backends[1].live.clone();
+    b.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("b marked down", || !live_b.is_healthy()).await;
+    for _ in 0..6 {
+        assert_eq!(
+            Browser::new(lb.local_addrs()[0]).get("/").await.backend(),
+            "a"
+        );
+    }
+    let checks_before = b.health_checks.load(std::sync::atomic::Ordering::SeqCst);
+    b.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("b back up", || live_b.is_healthy()).await;
+    let checks = b.health_checks.load(std::sync::atomic::Ordering::SeqCst) - checks_before;
+    assert!(checks >= 3, "came up after {checks} checks, rise is 3");
+    let names: Vec<String> = futures_names(&lb, 4).await;
+    assert_eq!(
+        tally(names.iter().map(String::as_str))["b"],
+        2,
+        "b takes new sessions again"
+    );
+}
+
+async fn futures_names(lb: &stickyd::server::Running, n: usize) -> Vec<String> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(Browser::new(lb.local_addrs()[0]).get("/").await.backend());
+    }
+    v
+}
+
+#[tokio::test]
+async fn hostile_cookies_are_served_200_with_a_fresh_cookie() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let lb = stickyd(&Cfg::default(), &pool(&[&a, &b])).await;
+    let ring = ring();
+    let t = now();
+    let good = ring
+        .sign(&claims_for(&ring, "b", t, t))
+        .as_str()
+        .to_string();
+    let mut flipped = good.clone().into_bytes();
+    flipped[30] = if flipped[30] == b'A' { b'B' } else { b'A' };
+    let other_key = KeyRing::new(
+        &[b"some-other-key-that-is-32-bytes-long".as_slice()],
+        "stickyd",
+    );
+    let cases: Vec<(&str, String, Outcome)> = vec![
+        (
+            "bit flip",
+            String::from_utf8(flipped).unwrap(),
+            Outcome::BadMac,
+        ),
+        ("truncated", good[..40].to_string(), Outcome::Malformed),
+        ("5 KB", "A".repeat(5000), Outcome::Malformed),
+        ("garbage", "%%%<script>".to_string(), Outcome::Malformed),
+        ("empty", String::new(), Outcome::Malformed),
+        (
+            "expired idle",
+            ring.sign(&claims_for(&ring, "b", t - 4000, t - 3600))
+                .as_str()
+                .into(),
+            Outcome::ExpiredIdle,
+        ),
+        (
+            "expired life",
+            ring.sign(&claims_for(&ring, "b", t - 90_000, t))
+                .as_str()
+                .into(),
+            Outcome::ExpiredLife,
+        ),
+        (
+            "future",
+            ring.sign(&claims_for(&ring, "b", t + 3600, t + 3600))
+                .as_str()
+                .into(),
+            Outcome::Future,
+        ),
+        (
+            "unknown key",
+            other_key
+                .sign(&claims_for(&other_key, "b", t, t))
+                .as_str()
+                .into(),
+            Outcome::UnknownKey,
+        ),
+        (
+            "unknown backend",
+            ring.sign(&claims_for(&ring, "gone", t, t)).as_str().into(),
+            Outcome::UnknownBackend,
+        ),
+    ];
+    for (what, value, reason) in &cases {
+        let mut user = Browser::new(lb.local_addrs()[0]);
+        user.cookie = Some(value.clone());
+        let got = user.get("/").await;
+        assert_eq!(got.status, 200, "{what}");
+        let fresh = got
+            .set_cookie()
+            .unwrap_or_else(|| panic!("{what}: no fresh cookie"));
+        let v = ring
+            .verify(fresh.as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: fresh cookie invalid: {e:?}"));
+        assert_eq!(
+            v.claims.issued_at, v.claims.last_seen,
+            "{what}: a new session"
+        );
+        assert!(
+            lb.shared().metrics.outcomes(*reason) >= 1,
+            "{what} counted as {reason:?}"
+        );
+    }
+    for backend in [&a, &b] {
+        for s in backend.seen.lock().unwrap().iter() {
+            assert!(
+                s.headers.get("cookie").is_none(),
+                "no stickyd cookie reaches a backend"
+            );
+        }
+    }
+    // The one good token is honoured.
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    user.cookie = Some(good);
+    assert_eq!(user.get("/").await.backend(), "b");
+}
+
+#[tokio::test]
+async fn a_large_body_streams_both_ways() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(&Cfg::default(), &pool(&[&a])).await;
+    let body: Bytes = (0..8 * 1024 * 1024u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let got = Browser::new(lb.local_addrs()[0])
+        .send("POST", "/echo", body.clone(), &[])
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.len(), body.len());
+    assert!(got.body == body, "echoed body differs");
+    let live = lb.shared().load().backends[0].live.clone();
+    eventually("in-flight back to 0", || live.in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn a_connection_reset_is_retried_for_get_but_a_post_is_never_replayed() {
+    let bad = RawBackend::start(Misbehave::Close).await;
+    let good = TestBackend::start("good").await;
+    let lb = stickyd(&Cfg::default(), &[("bad", bad.addr), ("good", good.addr)]).await;
+    let ring = ring();
+    let t = now();
+    let pinned_to_bad = ring
+        .sign(&claims_for(&ring, "bad", t, t))
+        .as_str()
+        .to_string();
+
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    user.cookie = Some(pinned_to_bad.clone());
+    let got = user.get("/").await;
+    assert_eq!(
+        (got.status, got.backend()),
+        (200, "good".to_string()),
+        "GET retried elsewhere"
+    );
+    assert_eq!(bad.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let mut poster = Browser::new(lb.local_addrs()[0]);
+    poster.cookie = Some(pinned_to_bad);
+    let got = poster
+        .send("POST", "/order", Bytes::from_static(b"item=1"), &[])
+        .await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(bad.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(
+        good.seen.lock().unwrap().iter().all(|s| s.method != "POST"),
+        "the POST was not replayed"
+    );
+    assert_eq!(lb.shared().metrics.upstream_errors("reset"), 2);
+}
+
+#[tokio::test]
+async fn a_garbage_response_is_a_502() {
+    let bad = RawBackend::start(Misbehave::Garbage).await;
+    let lb = stickyd(&Cfg::default(), &[("bad", bad.addr)]).await;
+    let got = Browser::new(lb.local_addrs()[0]).get("/").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.text(), "the backend sent an invalid response\n");
+    assert_eq!(lb.shared().metrics.upstream_errors("protocol"), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connect_with_no_other_backend_is_a_502() {
+    let mut a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            upstream: "retries = 0",
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    a.kill().await;
+    let got = Browser::new(lb.local_addrs()[0]).get("/").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.text(), "could not connect to the backend\n");
+}
+
+#[tokio::test]
+async fn no_usable_backend_is_a_503_with_retry_after() {
+    let a = TestBackend::start("a").await;
+    let cfg = Cfg {
+        health: "initial = \"down\"\ninterval = \"1h\"",
+        ..Cfg::default()
+    };
+    let lb = stickyd(&cfg, &pool(&[&a])).await;
+    let got = Browser::new(lb.local_addrs()[0]).get("/").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.headers["retry-after"], "5");
+    assert_eq!(got.text(), "no backend is available\n");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn all_down_open_still_tries_a_backend() {
+    let a = TestBackend::start("a").await;
+    let cfg = Cfg {
+        health: "initial = \"down\"\ninterval = \"1h\"",
+        balance: "all_down = \"open\"",
+        ..Cfg::default()
+    };
+    let lb = stickyd(&cfg, &pool(&[&a])).await;
+    assert_eq!(Browser::new(lb.local_addrs()[0]).get("/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_backend_is_a_504_at_the_response_timeout() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            upstream: "response_timeout = \"200ms\"",
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    let got = Browser::new(lb.local_addrs()[0]).get("/slow?ms=3000").await;
+    assert_eq!(got.status, 504);
+    assert_eq!(lb.shared().metrics.upstream_errors("timeout"), 1);
+}
+
+#[tokio::test]
+async fn fail_mode_answers_503_when_the_pinned_backend_is_down() {
+    let (mut a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let cfg = Cfg {
+        affinity: "on_pinned_down = \"fail\"",
+        upstream: "retries = 0",
+        health: "passive_failures = 1\nenabled = false\neject_time = \"1h\"",
+        ..Cfg::default()
+    };
+    let lb = stickyd(&cfg, &pool(&[&a, &b])).await;
+    let ring = ring();
+    let t = now();
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    user.cookie = Some(ring.sign(&claims_for(&ring, "a", t, t)).as_str().into());
+    a.kill().await;
+    assert_eq!(
+        user.get("/").await.status,
+        502,
+        "the failed connect ejects a"
+    );
+    let got = user.get("/").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.text(), "the session's backend is unavailable\n");
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish_and_stops_accepting() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(&Cfg::default(), &pool(&[&a])).await;
+    let addr = lb.local_addrs()[0];
+    let slow = tokio::spawn(async move { Browser::new(addr).get("/slow?ms=400").await });
+    eventually("request reached the backend", || a.requests() == 1).await;
+    let cut = lb.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(cut, 0);
+    let got = slow.await.unwrap();
+    assert_eq!((got.status, got.text()), (200, "a".to_string()));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_cuts_what_outlives_the_grace_period() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(&Cfg::default(), &pool(&[&a])).await;
+    let addr = lb.local_addrs()[0];
+    let slow = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
+        client
+            .get(format!("http://{addr}/slow?ms=5000").parse().unwrap())
+            .await
+    });
+    eventually("request reached the backend", || a.requests() == 1).await;
+    assert_eq!(lb.shutdown(Duration::from_millis(100)).await, 1);
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the cut request fails rather than hanging"
+    );
+}
+
+#[tokio::test]
+async fn http11_without_host_is_400_and_oversized_heads_are_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            server: "max_header_bytes = 8192",
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let raw = |req: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let no_host = raw(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    let mut big = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    let too_big = raw(big).await;
+    assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big}");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served_and_pinned() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = stickyd(&Cfg::default(), &pool(&[&a, &b])).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let url: http::Uri = format!("http://{}/", lb.local_addrs()[0]).parse().unwrap();
+    let first = client.get(url.clone()).await.unwrap();
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    let cookie = first.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let home = first.headers()["x-backend"].clone();
+    for _ in 0..5 {
+        let req = http::Request::get(url.clone())
+            .header("cookie", &cookie)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = client.request(req).await.unwrap();
+        assert_eq!(r.headers()["x-backend"], home);
+    }
+    let backend = if home == "a" { &a } else { &b };
+    assert_eq!(backend.last().headers["via"], "2 stickyd");
+    assert!(
+        backend.last().headers.get("host").is_some(),
+        "Host derived from :authority"
+    );
+}

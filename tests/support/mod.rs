@@ -1,0 +1,438 @@
+//! Test support: real HTTP backends on 127.0.0.1:0, raw misbehaving backends, stickyd started
+//! in-process on port 0, and a small client that keeps the affinity cookie.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use stickyd::config::{self, Config, KeySource};
+use stickyd::server::Running;
+use stickyd::token::KeyRing;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The signing key every test instance uses.
+pub const KEY: &[u8] = b"integration-test-key-0123456789abcdef";
+
+/// The key ring stickyd builds from [`KEY`], to forge and check tokens in tests.
+pub fn ring() -> KeyRing {
+    KeyRing::new(&[KEY], "stickyd")
+}
+
+struct TestKeys;
+
+impl KeySource for TestKeys {
+    fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
+        Ok(KEY.to_vec())
+    }
+    fn env(&self, _: &str) -> Option<Vec<u8>> {
+        Some(KEY.to_vec())
+    }
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|n| match n {}).boxed()
+}
+
+/// A real HTTP backend answering with its name. Paths: `/healthz` (200, or 503 when marked
+/// unhealthy), `/echo` (streams the request body back), `/slow?ms=N`, anything else (its name).
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub healthy: Arc<AtomicBool>,
+    pub health_checks: Arc<AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestBackend {
+    pub async fn start(name: &str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(
+            name,
+            listener,
+            Default::default(),
+            Arc::new(AtomicBool::new(true)),
+            Default::default(),
+        )
+    }
+
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        healthy: Arc<AtomicBool>,
+        health_checks: Arc<AtomicUsize>,
+    ) -> TestBackend {
+        let addr = listener.local_addr().unwrap();
+        let (n, s, h, hc) = (
+            name.to_string(),
+            seen.clone(),
+            healthy.clone(),
+            health_checks.clone(),
+        );
+        let task = tokio::spawn(async move {
+            // Connection tasks live in this set: aborting the accept task closes them all.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, s, h, hc) = (n.clone(), s.clone(), h.clone(), hc.clone());
+                let svc =
+                    service_fn(move |req| handle(req, n.clone(), s.clone(), h.clone(), hc.clone()));
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestBackend {
+            name: name.into(),
+            addr,
+            seen,
+            healthy,
+            health_checks,
+            task: Some(task),
+        }
+    }
+
+    /// Stops listening and closes every connection: connects are refused from now on.
+    pub async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let b = Self::serve(
+            &self.name,
+            listener,
+            self.seen.clone(),
+            self.healthy.clone(),
+            self.health_checks.clone(),
+        );
+        *self = b;
+    }
+
+    /// Requests seen, health checks excluded.
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request was seen")
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    healthy: Arc<AtomicBool>,
+    health_checks: Arc<AtomicUsize>,
+) -> Result<Response<Body>, hyper::Error> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        health_checks.fetch_add(1, Ordering::SeqCst);
+        let ok = healthy.load(Ordering::SeqCst);
+        let mut r = Response::new(full(if ok { "ok" } else { "sick" }));
+        *r.status_mut() = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return Ok(r);
+    }
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: req.headers().clone(),
+    });
+    let mut resp = match path.as_str() {
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/slow" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full(name.clone()))
+        }
+        _ => Response::new(full(name.clone())),
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    Ok(resp)
+}
+
+/// A raw backend that reads one request head and then does `then` with the socket; counts
+/// connections that delivered a request.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+/// What a raw backend does after reading a request head.
+#[derive(Clone, Copy)]
+pub enum Misbehave {
+    /// Closes the connection without a response.
+    Close,
+    /// Sends bytes that are not HTTP.
+    Garbage,
+}
+
+impl RawBackend {
+    pub async fn start(how: Misbehave) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    // Health checks are not requests for the purpose of the tests.
+                    if buf.starts_with(b"GET /healthz") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if let Misbehave::Garbage = how {
+                        let _ = s.write_all(b"this is not http\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            requests,
+            task,
+        }
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Config sections for a test instance; each is the body of its table.
+pub struct Cfg {
+    pub server: &'static str,
+    pub affinity: &'static str,
+    pub health: &'static str,
+    pub upstream: &'static str,
+    pub balance: &'static str,
+}
+
+impl Default for Cfg {
+    fn default() -> Cfg {
+        Cfg {
+            server: "",
+            affinity: "",
+            // Active checks off by default: tests that want them turn them on.
+            health: "enabled = false\neject_time = \"1h\"",
+            upstream: "",
+            balance: "",
+        }
+    }
+}
+
+/// The config text for `backends` (id = backend name).
+pub fn config_text(cfg: &Cfg, backends: &[(&str, SocketAddr)]) -> String {
+    let mut t = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{}\n[affinity]\nkeys = [\"env:KEY\"]\n{}\n[health]\n{}\n[upstream]\n{}\n[balance]\n{}\n",
+        cfg.server, cfg.affinity, cfg.health, cfg.upstream, cfg.balance
+    );
+    for (id, addr) in backends {
+        t.push_str(&format!(
+            "[[backend]]\nid = \"{id}\"\naddress = \"{addr}\"\n"
+        ));
+    }
+    t
+}
+
+pub fn parse_config(text: &str) -> Config {
+    config::parse(text, "test.toml", Path::new("."), &TestKeys).unwrap()
+}
+
+/// Starts stickyd in-process in front of `backends`.
+pub async fn stickyd(cfg: &Cfg, backends: &[(&str, SocketAddr)]) -> Running {
+    stickyd::server::start(parse_config(&config_text(cfg, backends)))
+        .await
+        .unwrap()
+}
+
+/// `(name, addr)` pairs of test backends.
+pub fn pool(b: &[&TestBackend]) -> Vec<(&'static str, SocketAddr)> {
+    b.iter()
+        .map(|b| (&*b.name.clone().leak(), b.addr))
+        .collect()
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Value of the affinity cookie set by this response, if any.
+    pub fn set_cookie(&self) -> Option<String> {
+        self.headers.get_all("set-cookie").iter().find_map(|v| {
+            let v = v.to_str().ok()?;
+            v.strip_prefix("stickyd=")
+                .map(|rest| rest.split(';').next().unwrap_or_default().to_string())
+        })
+    }
+    pub fn backend(&self) -> String {
+        self.headers
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A client with a one-cookie jar for `stickyd`.
+pub struct Browser {
+    client: Client<HttpConnector, Full<Bytes>>,
+    pub base: String,
+    pub cookie: Option<String>,
+}
+
+impl Browser {
+    pub fn new(addr: SocketAddr) -> Browser {
+        Browser {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+            cookie: None,
+        }
+    }
+
+    /// Sends a request with the jar's cookie (plus `extra_cookie` if given) and stores any
+    /// affinity cookie the response sets.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        extra: &[(&str, &str)],
+    ) -> Got {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        if let Some(c) = &self.cookie {
+            b = b.header("cookie", format!("stickyd={c}"));
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(b.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let got = Got {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        };
+        if let Some(c) = got.set_cookie() {
+            self.cookie = Some(c);
+        }
+        got
+    }
+
+    pub async fn get(&mut self, path: &str) -> Got {
+        self.send("GET", path, Bytes::new(), &[]).await
+    }
+}
+
+/// Polls `cond` every 10 ms until true; panics after 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Counts by backend name.
+pub fn tally<'a>(names: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for n in names {
+        *m.entry(n.to_string()).or_insert(0) += 1;
+    }
+    m
+}
