@@ -1,0 +1,162 @@
+//! The `stickyd` binary: check, exit codes, version, and a graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stickyd");
+
+/// A config file in a fresh temporary directory, with a key file beside it.
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("stickyd-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), "cli-test-key-0123456789abcdef0123456789\n").unwrap();
+    let path = dir.join("stickyd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const GOOD: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n[affinity]\nkeys = [\"file:key\"]\n[health]\nenabled = false\n[[backend]]\nid = \"app-1\"\naddress = \"127.0.0.1:9\"\n";
+
+#[test]
+fn check_accepts_a_good_config_and_prints_a_summary() {
+    let path = write_config("good", GOOD);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stdout.contains("app-1 127.0.0.1:9 weight 1"), "{stdout}");
+    assert!(stdout.contains("1 key(s)"), "{stdout}");
+}
+
+#[test]
+fn a_bad_config_exits_64_with_one_positioned_line() {
+    let path = write_config(
+        "bad",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nlisten_tpyo = 3\n",
+    );
+    for args in [vec!["check", "--config"], vec!["--config"]] {
+        let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("{}:3:1: ", path.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("listen_tpyo"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_or_flag_exits_64() {
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/stickyd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("/nonexistent/stickyd.toml:1:1: cannot read config")
+    );
+    let out = Command::new(BIN).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("stickyd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("--config") && help.contains("check"),
+        "{help}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_daemon_with_status_0() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = GOOD.replace("127.0.0.1:9", &backend.local_addr().unwrap().to_string());
+    let path = write_config("term", &text);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Log lines arrive through a channel so that every wait below has a deadline.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stickyd kept logging")
+    };
+    // The log line "listening address=127.0.0.1:PORT" says where it is.
+    let addr = loop {
+        if let Some(a) = next().split("address=").nth(1) {
+            break a.trim().to_string();
+        }
+    };
+    // It serves: a request reaches the backend, which answers.
+    let mut client = TcpStream::connect(&addr).unwrap();
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let (mut up, _) = backend.accept().unwrap();
+    let mut head = [0u8; 1024];
+    let n = up.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"GET /x HTTP/1.1"));
+    up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .unwrap();
+    let mut resp = String::new();
+    client.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("ok"),
+        "{resp}"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stickyd did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    // The child has exited, so its stderr is closed and this iteration ends.
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
