@@ -17,11 +17,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::affinity::{self, NoRoute, TokenInput};
 use crate::backend::InFlight;
@@ -308,20 +308,10 @@ pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
     }
     if matches!(e, ProxyError::BadRequest(_)) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        info!(error = %e, "request refused");
+        // Debug, not info: a flood of bad requests must not flood the log.
+        debug!(error = %e, "request refused");
     }
     resp
-}
-
-/// A static response (used by the server for its own answers).
-pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|n| match n {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r
 }
 
 /// The request body, kept so that a retry can send it again if no attempt has started reading
@@ -356,7 +346,7 @@ impl Replay {
             Replay::Empty => Empty::new().map_err(|never| match never {}).boxed(),
             Replay::Once(slot, hint) => Lazy {
                 slot: slot.clone(),
-                hint: hint.clone(),
+                hint: *hint,
                 body: None,
             }
             .boxed(),
@@ -393,7 +383,7 @@ impl Body for Lazy {
     fn size_hint(&self) -> SizeHint {
         match &self.body {
             Some(b) => b.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }
