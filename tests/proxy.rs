@@ -547,3 +547,67 @@ async fn h2c_prior_knowledge_is_served_and_pinned() {
         "Host derived from :authority"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            server: "header_read_timeout = \"200ms\"",
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(lb.local_addrs()[0])
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was closed by stickyd");
+    assert_eq!(a.requests(), 0);
+    // Others are served meanwhile and after.
+    assert_eq!(Browser::new(lb.local_addrs()[0]).get("/").await.status, 200);
+}
+
+#[tokio::test]
+async fn above_max_connections_new_clients_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            server: "max_connections = 1",
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let req = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first.write_all(req).await.unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        first.read(&mut buf).await.unwrap() > 0,
+        "the first client is served"
+    );
+    // The kernel completes the second handshake, but stickyd does not take the connection.
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second.write_all(req).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "second client served while the first is open"
+    );
+    assert_eq!(lb.connections(), 1);
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
