@@ -665,11 +665,11 @@ impl Config {
         let a = &self.affinity;
         let _ = writeln!(
             s,
-            "affinity: cookie {:?}, max_idle {}, max_life {}, on_pinned_down {:?}, {} key(s){}",
+            "affinity: cookie {:?}, max_idle {}, max_life {}, on_pinned_down {}, {} key(s){}",
             a.cookie.get_ref(),
             a.max_idle.get_ref(),
             a.max_life.get_ref(),
-            a.on_pinned_down,
+            format!("{:?}", a.on_pinned_down).to_lowercase(),
             self.secrets.len(),
             if self.generated_key {
                 " (generated at start: configure affinity.keys)"
@@ -695,11 +695,11 @@ impl Config {
         for b in &self.backends {
             let _ = writeln!(
                 s,
-                "  {} {} weight {} {:?}",
+                "  {} {} weight {} {}",
                 b.id.get_ref(),
                 b.address.get_ref(),
                 b.weight.get_ref(),
-                b.state
+                format!("{:?}", b.state).to_lowercase()
             );
         }
         s

@@ -266,20 +266,14 @@ fn unix_now() -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
-/// A fresh session nonce: a per-thread wyrand stream seeded from the OS. Nonces need to be
-/// unique and well spread (they key the fallback hash), not secret: the MAC protects them.
+/// A fresh session nonce: a per-thread wyrand stream seeded from std's OS-seeded `RandomState`.
+/// Nonces need to be unique and well spread (they key the fallback hash), not secret: the MAC
+/// protects them.
 fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
     thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut seed = [0u8; 8];
-            // If the OS has no entropy to give, fall back on time and address: still unique
-            // enough to spread sessions.
-            if getrandom::fill(&mut seed).is_err() {
-                let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-                seed = (t ^ (&seed as *const _ as u64)).to_le_bytes();
-            }
-            u64::from_le_bytes(seed)
-        });
+        static STATE: Cell<u64> =
+            Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish());
     }
     STATE.with(|s| {
         let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
