@@ -66,7 +66,7 @@ type Body = Full<Bytes>;
 // Start-up: three app instances, then stickyd in front of them.
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     init_logging();
     let listen = match parse_args() {

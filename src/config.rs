@@ -85,7 +85,8 @@ pub struct Config {
 pub struct Server {
     /// Plain HTTP listeners (HTTP/1.1, and h2c with prior knowledge).
     pub listen: Spanned<Vec<SocketAddr>>,
-    /// Runtime worker threads; 0 means one per CPU.
+    /// Worker threads (thread-per-core: own runtime, listeners and upstream pool); 0 means one
+    /// per CPU.
     pub worker_threads: usize,
     /// Client connections open at once; the accept loop waits above it.
     pub max_connections: usize,

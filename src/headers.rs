@@ -6,7 +6,6 @@
 //! stickyd adds its own, so a client cannot use `Connection` to delete them.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 /// Longest cookie value kept for verification; anything longer is not a token.
 pub const MAX_COOKIE_VALUE: usize = 64;
@@ -126,6 +125,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers: first every header named in `Connection`, then the fixed list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there is none, or only `Connection`: one pass over the names (compared, not
+    // hashed) decides, and only names present are removed.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -137,7 +141,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
-    for n in &HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n))
+        .cloned()
+        .collect();
+    for n in present {
         headers.remove(n);
     }
 }
@@ -149,8 +158,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// What the proxy knows of the client connection when forwarding.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
-    /// The TCP peer.
-    pub peer: IpAddr,
+    /// The TCP peer's address, as a header value (made once per connection).
+    pub peer: &'a HeaderValue,
     /// Whether that peer is a trusted proxy, whose X-Forwarded-* headers are kept.
     pub trusted: bool,
     /// `"http"` or `"https"`.
@@ -165,7 +174,7 @@ pub struct Forwarded<'a> {
 /// headers are replaced; from a trusted proxy, the peer is appended to X-Forwarded-For and the
 /// proxy's -Proto and -Host are kept when present.
 pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let peer = HeaderValue::from_str(&f.peer.to_string()).expect("an IP address is a valid value");
+    let peer = f.peer.clone();
     if f.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -350,7 +359,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &Forwarded {
-                peer: "192.0.2.1".parse().unwrap(),
+                peer: &HeaderValue::from_static("192.0.2.1"),
                 trusted: false,
                 proto: "http",
                 host: None,
@@ -373,7 +382,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &Forwarded {
-                peer: "192.0.2.7".parse().unwrap(),
+                peer: &HeaderValue::from_static("192.0.2.7"),
                 trusted: false,
                 proto: "http",
                 host: Some(&host),
@@ -399,7 +408,7 @@ mod tests {
         add_forwarded(
             &mut h,
             &Forwarded {
-                peer: "10.0.0.9".parse().unwrap(),
+                peer: &HeaderValue::from_static("10.0.0.9"),
                 trusted: true,
                 proto: "http",
                 host: Some(&host),
@@ -411,23 +420,6 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "shop.example");
         let vias: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(vias, ["1.1 edge", "1.1 stickyd"]);
-    }
-
-    #[test]
-    fn ipv6_peers_are_written_plainly() {
-        let mut h = HeaderMap::new();
-        add_forwarded(
-            &mut h,
-            &Forwarded {
-                peer: "::1".parse().unwrap(),
-                trusted: false,
-                proto: "https",
-                host: None,
-                via: None,
-            },
-        );
-        assert_eq!(h["x-forwarded-for"], "::1");
-        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]

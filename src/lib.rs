@@ -23,6 +23,7 @@
 pub mod affinity;
 pub mod backend;
 pub mod balance;
+pub mod body;
 pub mod checker;
 pub mod config;
 pub mod error;

@@ -9,42 +9,52 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use crate::affinity::{self, NoRoute, TokenInput};
 use crate::backend::InFlight;
+pub use crate::body::ProxyBody;
+use crate::body::{Replay, Tracked};
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded, Found};
 use crate::health::Transition;
 use crate::state::{Shared, Snapshot};
 use crate::token::Invalid;
-use crate::upstream::{UpBody, Upstream};
-
-/// Body type of responses to clients.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+use crate::upstream::Upstream;
 
 /// What the proxy knows of the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The peer's address as a header value (for X-Forwarded-For), made once per connection.
+    pub peer_value: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
 }
 
-/// The request handler shared by every connection.
+impl ConnInfo {
+    /// What a connection from `peer` carries into each of its requests.
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = peer.ip().to_canonical();
+        ConnInfo {
+            peer: SocketAddr::new(ip, peer.port()),
+            peer_value: HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value"),
+            tls,
+        }
+    }
+}
+
+/// The request handler of one worker thread (its upstream pool is the thread's own).
 #[derive(Debug)]
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -66,7 +76,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let snap = self.shared.load();
         Ok(match self.forward(&snap, req, conn).await {
@@ -79,7 +89,7 @@ impl Proxy {
         &self,
         snap: &Snapshot,
         req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         check_request(&parts)?;
@@ -115,16 +125,16 @@ impl Proxy {
             } else {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
-            let mut up = Request::from_parts(head, body.take());
-            *up.uri_mut() = upstream_uri(&backend.authority, up.uri());
+            let up = Request::from_parts(head, body.take());
 
             let guard = InFlight::start(&backend.live);
-            match self.upstream.send(up).await {
-                Ok(resp) => {
+            match self.upstream.send(&backend.authority, up).await {
+                Ok((resp, lease)) => {
                     backend.live.connect_ok();
                     backend.live.record_status(resp.status().as_u16());
                     self.count_route(&route, snap);
-                    return Ok(self.respond(snap, resp, route.issue, now, guard));
+                    let resp = resp.map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard)));
+                    return Ok(respond(snap, resp, route.issue, now));
                 }
                 Err(e) => {
                     drop(guard);
@@ -162,32 +172,25 @@ impl Proxy {
             m.repin();
         }
     }
+}
 
-    fn respond(
-        &self,
-        snap: &Snapshot,
-        resp: Response<Incoming>,
-        issue: Option<crate::token::Claims>,
-        now: u32,
-        guard: InFlight,
-    ) -> Response<ProxyBody> {
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        if let Some(claims) = issue {
-            let token = snap.ring.sign(&claims);
-            let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
-            let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age);
-            headers::add_set_cookie(&mut parts.headers, cookie);
-        }
-        Response::from_parts(
-            parts,
-            Tracked {
-                inner: body,
-                _guard: guard,
-            }
-            .boxed(),
-        )
+/// The backend's response on its way to the client: hop-by-hop headers out, the cookie in when
+/// one is issued.
+fn respond(
+    snap: &Snapshot,
+    mut resp: Response<ProxyBody>,
+    issue: Option<crate::token::Claims>,
+    now: u32,
+) -> Response<ProxyBody> {
+    let headers = resp.headers_mut();
+    headers::strip_hop_by_hop(headers);
+    if let Some(claims) = issue {
+        let token = snap.ring.sign(&claims);
+        let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
+        let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age);
+        headers::add_set_cookie(headers, cookie);
     }
+    resp
 }
 
 /// Rejects what cannot be forwarded.
@@ -206,7 +209,7 @@ fn check_request(parts: &Parts) -> Result<(), ProxyError> {
 
 /// Rewrites the request head for the backend: hop-by-hop headers out (before ours go in),
 /// Host kept (or taken from the h2 authority), X-Forwarded-*, Via, HTTP/1.1.
-fn prepare_upstream_head(snap: &Snapshot, parts: &mut Parts, conn: ConnInfo) {
+fn prepare_upstream_head(snap: &Snapshot, parts: &mut Parts, conn: &ConnInfo) {
     headers::strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -215,32 +218,30 @@ fn prepare_upstream_head(snap: &Snapshot, parts: &mut Parts, conn: ConnInfo) {
         parts.headers.insert(header::HOST, v);
     }
     let host = parts.headers.get(header::HOST).cloned();
-    let peer = conn.peer.ip().to_canonical();
     headers::add_forwarded(
         &mut parts.headers,
         &Forwarded {
-            peer,
-            trusted: snap.is_trusted(peer),
+            peer: &conn.peer_value,
+            trusted: snap.is_trusted(conn.peer.ip()),
             proto: if conn.tls { "https" } else { "http" },
             host: host.as_ref(),
             via: snap.via(parts.version),
         },
     );
     parts.version = Version::HTTP_11;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
 }
 
-/// `http://{backend}{path?query}` of the incoming request.
-fn upstream_uri(authority: &http::uri::Authority, incoming: &Uri) -> Uri {
-    let mut p = http::uri::Parts::default();
-    p.scheme = Some(http::uri::Scheme::HTTP);
-    p.authority = Some(authority.clone());
-    p.path_and_query = Some(
-        incoming
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(p).expect("scheme, authority and path form a valid URI")
+/// The origin form (`/path?query`) of an absolute-form or HTTP/2 request target.
+fn origin_form(incoming: &Uri) -> Uri {
+    match incoming.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+        // `*` (OPTIONS) or an empty path.
+        Some(pq) if pq.as_str() == "*" => Uri::from_static("*"),
+        _ => Uri::from_static("/"),
+    }
 }
 
 fn clone_parts(p: &Parts) -> Parts {
@@ -285,11 +286,7 @@ fn nonce() -> u64 {
 
 /// The error response: status, short body, Retry-After for pool failures.
 pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from_static(e.body().as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(e.body().as_bytes())));
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();
     h.insert(
@@ -308,119 +305,16 @@ pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
     resp
 }
 
-/// The request body, kept so that a retry can send it again if no attempt has started reading
-/// it. A body-less request is always replayable.
-enum Replay {
-    Empty,
-    Once(Arc<Mutex<Option<Incoming>>>, SizeHint),
-}
-
-impl Replay {
-    fn new(body: Incoming) -> Replay {
-        if body.is_end_stream() {
-            Replay::Empty
-        } else {
-            let hint = body.size_hint();
-            Replay::Once(Arc::new(Mutex::new(Some(body))), hint)
-        }
-    }
-
-    /// Whether the body is still whole (no attempt has polled it).
-    fn replayable(&self) -> bool {
-        match self {
-            Replay::Empty => true,
-            Replay::Once(slot, _) => slot.lock().map(|s| s.is_some()).unwrap_or(false),
-        }
-    }
-
-    /// A body for one attempt. It takes the real body out of the shared slot on first poll, so
-    /// an attempt that failed before sending any of it leaves it for the next.
-    fn take(&self) -> UpBody {
-        match self {
-            Replay::Empty => Empty::new().map_err(|never| match never {}).boxed(),
-            Replay::Once(slot, hint) => Lazy {
-                slot: slot.clone(),
-                hint: *hint,
-                body: None,
-            }
-            .boxed(),
-        }
-    }
-}
-
-/// See [`Replay::take`].
-struct Lazy {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    hint: SizeHint,
-    body: Option<Incoming>,
-}
-
-impl Body for Lazy {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if this.body.is_none() {
-            this.body = this.slot.lock().ok().and_then(|mut s| s.take());
-        }
-        match this.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            // Another attempt took it: nothing to send (cannot happen, as attempts are serial).
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.body {
-            Some(b) => b.size_hint(),
-            None => self.hint,
-        }
-    }
-}
-
-/// A response body that holds its backend's in-flight count until it is done or dropped.
-struct Tracked {
-    inner: Incoming,
-    _guard: InFlight,
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_upstream_uri_keeps_path_and_query_only() {
-        let a: http::uri::Authority = "10.0.0.1:3001".parse().unwrap();
-        let u = upstream_uri(&a, &"http://evil.example/a/b?c=1".parse().unwrap());
-        assert_eq!(u, "http://10.0.0.1:3001/a/b?c=1");
-        let u = upstream_uri(&a, &"/x".parse().unwrap());
-        assert_eq!(u, "http://10.0.0.1:3001/x");
-        let u = upstream_uri(&a, &"*".parse().unwrap());
-        assert_eq!(u.authority().unwrap().as_str(), "10.0.0.1:3001");
+    fn the_upstream_target_is_the_origin_form() {
+        let u = origin_form(&"http://evil.example/a/b?c=1".parse().unwrap());
+        assert_eq!(u, "/a/b?c=1");
+        assert_eq!(origin_form(&"http://a.example".parse().unwrap()), "/");
+        assert_eq!(origin_form(&"*".parse().unwrap()), "*");
     }
 
     #[test]
@@ -472,6 +366,17 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn peers_are_written_plainly_and_mapped_v4_is_v4() {
+        let c = ConnInfo::new("[::1]:4000".parse().unwrap(), false);
+        assert_eq!(c.peer_value, "::1");
+        let c = ConnInfo::new("[::ffff:192.0.2.9]:4000".parse().unwrap(), false);
+        assert_eq!(c.peer_value, "192.0.2.9");
+        assert_eq!(c.peer, "192.0.2.9:4000".parse().unwrap());
+        let c = ConnInfo::new("10.1.2.3:5".parse().unwrap(), true);
+        assert_eq!(c.peer_value, "10.1.2.3");
     }
 
     #[test]

@@ -1,23 +1,29 @@
-//! Listeners and connections: the accept loop, per-connection tasks serving HTTP/1.1 and h2c
-//! through hyper-util's auto builder, the connection limit, reload, and graceful shutdown.
+//! Listeners and connections, thread-per-core: `worker_threads` OS threads, each running its
+//! own current-thread tokio runtime with its own listening socket per address (`SO_REUSEPORT`,
+//! so the kernel spreads new connections over them), its own upstream pool and its own
+//! connection tasks. Nothing on the request path crosses threads except the config snapshot and
+//! the atomic counters. Health checks, signals and reload run on the caller's runtime.
 //!
+//! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c prior knowledge).
 //! The accept loop never dies on an accept error: it logs (at most once a second) and, when the
 //! error is about resources (e.g. out of file descriptors), waits a little instead of spinning.
-//! Above `max_connections` it stops accepting until a connection closes, leaving new ones in the
-//! kernel backlog.
+//! At `max_connections` (shared by all workers) a worker holds the connection it just accepted
+//! unserved and stops accepting until a connection closes, leaving new ones in the kernel
+//! backlog.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::checker::{self, Checkers};
@@ -41,10 +47,18 @@ pub struct Running {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     phase: watch::Sender<Phase>,
-    accepts: Vec<JoinHandle<()>>,
+    /// One per worker thread; resolves when the thread has finished.
+    workers: Vec<oneshot::Receiver<()>>,
     conns: Arc<Semaphore>,
     max_conns: u32,
     checkers: Checkers,
+}
+
+impl Drop for Running {
+    /// Dropped without [`Running::shutdown`]: close everything now, so no worker outlives it.
+    fn drop(&mut self) {
+        let _ = self.phase.send(Phase::Closing);
+    }
 }
 
 impl std::fmt::Debug for Running {
@@ -55,22 +69,15 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Binds every listener of `config` (all or none) and starts serving. Must run inside a tokio
-/// runtime.
+/// Binds every listener of `config` (all or none), starts the worker threads and the health
+/// checks, and returns once every worker is accepting. Must run inside a tokio runtime, which
+/// then carries the health checks.
 pub async fn start(config: Config) -> io::Result<Running> {
-    let listeners = config
-        .server
-        .listen
-        .get_ref()
-        .iter()
-        .map(|a| {
-            bind(*a).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))
-        })
-        .collect::<io::Result<Vec<_>>>()?;
-    let addrs = listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<io::Result<Vec<_>>>()?;
+    let workers = match config.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let (addrs, mut sockets) = bind_all(config.server.listen.get_ref(), workers)?;
 
     if config.generated_key {
         warn!(
@@ -81,38 +88,165 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let max_conns = u32::try_from(config.server.max_connections)
         .unwrap_or(u32::MAX >> 3)
         .min(Semaphore::MAX_PERMITS as u32);
-    let builder = Arc::new(http_builder(&config));
-    let upstream = Upstream::new(&config.upstream);
     let shared = Arc::new(Shared::new(config));
     let checkers = checker::spawn(&shared.load());
-    let proxy = Arc::new(Proxy::new(shared.clone(), upstream));
     let (phase, _) = watch::channel(Phase::Running);
     let conns = Arc::new(Semaphore::new(max_conns as usize));
 
-    let accepts = listeners
-        .into_iter()
-        .map(|l| {
-            tokio::spawn(accept_loop(
-                l,
-                conns.clone(),
-                builder.clone(),
-                proxy.clone(),
-                phase.subscribe(),
-            ))
-        })
-        .collect();
-    for a in &addrs {
-        info!(address = %a, "listening");
+    let mut exits = Vec::with_capacity(workers);
+    let mut readies = Vec::with_capacity(workers);
+    for (i, listeners) in sockets.drain(..).enumerate() {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let ctx = Worker {
+            shared: shared.clone(),
+            conns: conns.clone(),
+            phase: phase.subscribe(),
+        };
+        std::thread::Builder::new()
+            .name(format!("stickyd-worker-{i}"))
+            .spawn(move || {
+                ctx.run(listeners, ready_tx);
+                let _ = exit_tx.send(());
+            })?;
+        readies.push(ready_rx);
+        exits.push(exit_rx);
     }
-    Ok(Running {
+    let running = Running {
         addrs,
         shared,
         phase,
-        accepts,
+        workers: exits,
         conns,
         max_conns,
         checkers,
-    })
+    };
+    for r in readies {
+        match r.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("a worker thread failed to start")),
+        }
+    }
+    for a in &running.addrs {
+        info!(address = %a, workers, "listening");
+    }
+    Ok(running)
+}
+
+/// Binds each address once per worker with `SO_REUSEPORT`. The first socket of an address is
+/// preceded by a plain bind, so an address that anything else holds (another stickyd with
+/// `SO_REUSEPORT` included) is refused instead of silently shared. Port 0 is resolved by the
+/// first socket and the others follow it.
+fn bind_all(
+    listen: &[SocketAddr],
+    workers: usize,
+) -> io::Result<(Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>)> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::with_capacity(listen.len());
+    for &want in listen {
+        let err = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {want}: {e}"));
+        if want.port() != 0 {
+            drop(std::net::TcpListener::bind(want).map_err(err)?);
+        }
+        let mut at = want;
+        for (i, set) in per_worker.iter_mut().enumerate() {
+            let l = bind_one(at).map_err(err)?;
+            if i == 0 {
+                at = l.local_addr()?;
+            }
+            set.push(l);
+        }
+        addrs.push(at);
+    }
+    Ok((addrs, per_worker))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
+}
+
+/// What a worker thread shares with the rest of the process.
+struct Worker {
+    shared: Arc<Shared>,
+    conns: Arc<Semaphore>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Worker {
+    /// The worker thread's body: a current-thread runtime and a `LocalSet` carrying the accept
+    /// loops and every connection of this thread. Returns when the worker is done: after the
+    /// drain, when its last connection has closed, or at once when the grace period is over.
+    fn run(self, listeners: Vec<std::net::TcpListener>, ready: oneshot::Sender<io::Result<()>>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, self.serve(listeners, ready));
+        // Dropping the LocalSet and the runtime drops whatever connection is still open.
+    }
+
+    async fn serve(
+        self,
+        listeners: Vec<std::net::TcpListener>,
+        ready: oneshot::Sender<io::Result<()>>,
+    ) {
+        let listeners = match listeners
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let snap = self.shared.load();
+        let builder = Rc::new(http_builder(&snap.config));
+        let proxy = Rc::new(Proxy::new(
+            self.shared.clone(),
+            Upstream::new(&snap.config.upstream),
+        ));
+        drop(snap);
+        // Every accept loop and connection holds a clone; `recv` returns None once all are gone.
+        let (alive, mut all_done) = mpsc::channel::<()>(1);
+        for l in listeners {
+            tokio::task::spawn_local(accept_loop(
+                l,
+                self.conns.clone(),
+                builder.clone(),
+                proxy.clone(),
+                self.phase.clone(),
+                alive.clone(),
+            ));
+        }
+        drop(alive);
+        let _ = ready.send(Ok(()));
+        let mut phase = self.phase;
+        tokio::select! {
+            _ = all_done.recv() => {}
+            _ = phase.wait_for(|p| *p >= Phase::Closing) => {}
+        }
+    }
 }
 
 impl Running {
@@ -147,12 +281,8 @@ impl Running {
     /// Graceful shutdown: stop accepting, let every connection finish its in-flight requests
     /// (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY), and after `grace` close
     /// whatever is left. Returns the number of connections that had to be cut.
-    pub async fn shutdown(self, grace: Duration) -> usize {
+    pub async fn shutdown(mut self, grace: Duration) -> usize {
         let _ = self.phase.send(Phase::Draining);
-        for a in &self.accepts {
-            a.abort();
-        }
-        drop(self.checkers);
         let all = self.conns.acquire_many(self.max_conns);
         let cut = match tokio::time::timeout(grace, all).await {
             Ok(_) => 0,
@@ -168,6 +298,10 @@ impl Running {
                 left
             }
         };
+        let _ = self.phase.send(Phase::Closing);
+        for w in std::mem::take(&mut self.workers) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+        }
         info!(cut, "stopped");
         cut
     }
@@ -205,23 +339,26 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(4096)
+/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`: they need not be `Send`.
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
 }
 
-fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {
     let s = &cfg.server;
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = auto::Builder::new(LocalExec);
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        .writev(false)
         .header_read_timeout(s.header_read_timeout.get())
         .max_buf_size(*s.max_header_bytes.get_ref())
         .max_headers(*s.max_headers.get_ref());
@@ -237,20 +374,13 @@ fn http_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
 async fn accept_loop(
     listener: TcpListener,
     conns: Arc<Semaphore>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    proxy: Arc<Proxy>,
+    builder: Rc<auto::Builder<LocalExec>>,
+    proxy: Rc<Proxy>,
     mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
 ) {
     let mut last_warn: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
-            p = conns.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
@@ -269,10 +399,26 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (builder, proxy, phase) = (builder.clone(), proxy.clone(), phase.clone());
-        tokio::spawn(async move {
+        // The permit is taken after the accept: workers share the limit, and a worker waiting
+        // for a connection must not sit on a permit that another worker's client needs. At the
+        // limit this worker holds the one connection it accepted and accepts nothing more
+        // until a permit frees, so at most one connection per worker waits outside the limit.
+        let permit = match conns.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
+                p = conns.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            },
+        };
+        let (builder, proxy, phase, alive) =
+            (builder.clone(), proxy.clone(), phase.clone(), alive.clone());
+        tokio::task::spawn_local(async move {
             serve(stream, peer, &builder, proxy, phase).await;
-            drop(permit);
+            drop((permit, alive));
         });
     }
 }
@@ -290,15 +436,15 @@ fn is_resource_error(e: &io::Error) -> bool {
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
+    builder: &auto::Builder<LocalExec>,
+    proxy: Rc<Proxy>,
     mut phase: watch::Receiver<Phase>,
 ) {
     let _ = stream.set_nodelay(true);
-    let info = ConnInfo { peer, tls: false };
+    let info = Rc::new(ConnInfo::new(peer, false));
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { proxy.handle(req, info).await }
+        let (proxy, info) = (proxy.clone(), info.clone());
+        async move { proxy.handle(req, &info).await }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);

@@ -1,87 +1,249 @@
 //! The connection pool to backends, behind one small interface: [`Upstream::send`] takes a
-//! request whose URI names the backend and returns the response head or a classified
-//! [`ProxyError`].
+//! backend's address and a request in origin form and returns the response head and a
+//! [`Lease`] on the connection, or a classified [`ProxyError`].
 //!
-//! Today this is hyper-util's legacy client (keep-alive per scheme + authority, so per backend).
-//! DESIGN section 6 measured that pool as the hot spot; keeping it behind this type lets the
-//! bench issue swap in a per-thread pool without touching the proxy.
+//! One pool per worker thread (thread-per-core, DESIGN section 6): HTTP/1.1 keep-alive
+//! connections made with hyper's `client::conn::http1`, their connection tasks spawned on the
+//! thread's `LocalSet`, idle senders kept per backend in a plain `RefCell`. No lock and no atomic
+//! on the way; that was the measured hot spot of hyper-util's shared legacy client.
+//!
+//! A connection goes back to the pool only when its response body has been read to the end
+//! ([`Lease::release`], called by the response body). The most recently used idle connection is
+//! taken first (warm, and it lets the others age out). A connection found closed when taken is
+//! dropped and the next one tried; a request that a reused connection could not even start to
+//! send (hyper hands it back) is sent on another connection, as nothing reached the backend.
 
-use std::error::Error as _;
-use std::time::Duration;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
+use crate::body::UpBody;
 use crate::config;
 use crate::error::ProxyError;
 
-/// Body type sent upstream.
-pub type UpBody = BoxBody<Bytes, hyper::Error>;
+/// How often idle connections are swept for age and closure.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// TCP keepalive probe start on backend connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// The pool of connections to every backend.
-#[derive(Clone, Debug)]
+/// The per-thread pool of connections to every backend. Cheap to clone (an `Rc`).
+#[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, UpBody>,
+    inner: Rc<Pool>,
+}
+
+struct Pool {
+    idle: RefCell<HashMap<Box<str>, Vec<Idle>>>,
+    connect_timeout: Duration,
     response_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    builder: http1::Builder,
+    last_sweep: Cell<Instant>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpBody>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("idle", &self.idle_count())
+            .finish()
+    }
 }
 
 impl Upstream {
-    /// A pool configured from `[upstream]`.
+    /// A pool configured from `[upstream]`. `pool_max_idle` applies per backend and per worker.
     pub fn new(cfg: &config::Upstream) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout.get()));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout.get())
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            // The proxy sets Host itself (the client's Host is preserved).
-            .set_host(false)
-            .build(connector);
+        let mut builder = http1::Builder::new();
+        // Small heads: one flattened write beats a writev of head and body.
+        builder.writev(false);
         Upstream {
-            client,
-            response_timeout: cfg.response_timeout.get(),
+            inner: Rc::new(Pool {
+                idle: RefCell::new(HashMap::new()),
+                connect_timeout: cfg.connect_timeout.get(),
+                response_timeout: cfg.response_timeout.get(),
+                idle_timeout: cfg.pool_idle_timeout.get(),
+                max_idle: cfg.pool_max_idle,
+                builder,
+                last_sweep: Cell::new(Instant::now()),
+            }),
         }
     }
 
-    /// Sends `req` (absolute URI `http://backend/...`) and waits for the response head.
-    pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+    /// Idle connections kept now, over all backends.
+    pub fn idle_count(&self) -> usize {
+        self.inner.idle.borrow().values().map(Vec::len).sum()
+    }
+
+    /// Sends `req` (origin form; Host set by the caller) to `backend` and waits, at most the
+    /// response timeout, for the response head.
+    pub async fn send(
+        &self,
+        backend: &Authority,
+        mut req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let pool = &self.inner;
+        // Idle connections first; each may turn out closed, or hand the request back unsent.
+        while let Some(mut sender) = pool.checkout(backend.as_str()) {
+            // Ready at once unless its connection task has yet to see the last response
+            // finished; bounded in case it is still sending an old request body.
+            match tokio::time::timeout(pool.connect_timeout, sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ => continue,
+            }
+            match pool.exchange(&mut sender, req).await {
+                Ok(resp) => return Ok((resp, self.lease(backend, sender))),
+                Err(Failed::Unsent(r)) => req = *r,
+                Err(Failed::Error(e)) => return Err(e),
+            }
+        }
+        let mut sender = pool.connect(backend).await?;
+        match pool.exchange(&mut sender, req).await {
+            Ok(resp) => Ok((resp, self.lease(backend, sender))),
+            // A new connection that cannot take a request died at once: nothing was sent.
+            Err(Failed::Unsent(_)) => Err(ProxyError::Connect(
+                "connection closed before the request was sent".into(),
+            )),
+            Err(Failed::Error(e)) => Err(e),
+        }
+    }
+
+    fn lease(&self, backend: &Authority, sender: http1::SendRequest<UpBody>) -> Lease {
+        Lease {
+            pool: self.inner.clone(),
+            backend: backend.clone(),
+            sender,
         }
     }
 }
 
-/// Sorts a client error into "nothing was sent" (connect), "connection lost before any response
-/// byte" (reset) and "bad response" (protocol).
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let text = chain(e);
-    if e.is_connect() {
-        return ProxyError::Connect(text);
-    }
-    let mut src = e.source();
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                return ProxyError::Protocol(text);
+enum Failed {
+    /// The connection could not take the request; here it is back, untouched.
+    Unsent(Box<Request<UpBody>>),
+    Error(ProxyError),
+}
+
+impl Pool {
+    fn checkout(&self, key: &str) -> Option<http1::SendRequest<UpBody>> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(key)?;
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.sender);
             }
-            if h.is_timeout() {
-                return ProxyError::Timeout;
-            }
-            break;
         }
-        src = s.source();
+        None
     }
-    ProxyError::Reset(text)
+
+    fn checkin(&self, key: &Authority, sender: http1::SendRequest<UpBody>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        if now.duration_since(self.last_sweep.get()) >= SWEEP_EVERY {
+            self.last_sweep.set(now);
+            let timeout = self.idle_timeout;
+            idle.retain(|_, list| {
+                list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+                !list.is_empty()
+            });
+        }
+        let list = match idle.get_mut(key.as_str()) {
+            Some(l) => l,
+            None => idle.entry(key.as_str().into()).or_default(),
+        };
+        if list.len() >= self.max_idle {
+            // Keep the warmest: the oldest goes.
+            list.remove(0);
+        }
+        list.push(Idle { sender, since: now });
+    }
+
+    async fn connect(&self, backend: &Authority) -> Result<http1::SendRequest<UpBody>, ProxyError> {
+        let connect = async {
+            let stream = TcpStream::connect(backend.as_str()).await?;
+            stream.set_nodelay(true)?;
+            let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+            Ok::<_, io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Err(_) => {
+                return Err(ProxyError::Connect(format!(
+                    "connect to {backend} timed out after {:?}",
+                    self.connect_timeout
+                )));
+            }
+            Ok(Err(e)) => return Err(ProxyError::Connect(format!("connect to {backend}: {e}"))),
+            Ok(Ok(s)) => s,
+        };
+        let (sender, conn) = self
+            .builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Connect(format!("handshake with {backend}: {}", chain(&e))))?;
+        tokio::task::spawn_local(async move {
+            // Errors here also reach the request that was in flight; nothing more to do.
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn exchange(
+        &self,
+        sender: &mut http1::SendRequest<UpBody>,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        match tokio::time::timeout(self.response_timeout, sender.try_send_request(req)).await {
+            // Dropping the request future closes the connection (hyper's cancellation).
+            Err(_) => Err(Failed::Error(ProxyError::Timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(req) => Err(Failed::Unsent(Box::new(req))),
+                None => Err(Failed::Error(classify(e.error()))),
+            },
+        }
+    }
+}
+
+/// The connection a response came on, until its body is done.
+pub struct Lease {
+    pool: Rc<Pool>,
+    backend: Authority,
+    sender: http1::SendRequest<UpBody>,
+}
+
+impl Lease {
+    /// The response body was read to its end: the connection may serve another request.
+    pub fn release(self) {
+        self.pool.checkin(&self.backend, self.sender);
+    }
+}
+
+/// Sorts a failed exchange into "connection lost before any response byte" (reset), "bad
+/// response" (protocol) and timeout.
+fn classify(e: &hyper::Error) -> ProxyError {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        return ProxyError::Protocol(chain(e));
+    }
+    if e.is_timeout() {
+        return ProxyError::Timeout;
+    }
+    ProxyError::Reset(chain(e))
 }
 
 /// The error and its causes on one line.

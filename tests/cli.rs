@@ -95,13 +95,16 @@ fn sigterm_stops_the_daemon_with_status_0() {
     let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let text = GOOD.replace("127.0.0.1:9", &backend.local_addr().unwrap().to_string());
     let path = write_config("term", &text);
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     // Log lines arrive through a channel so that every wait below has a deadline.
     let stderr = child.stderr.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel::<String>();
@@ -118,7 +121,7 @@ fn sigterm_stops_the_daemon_with_status_0() {
     // The log line "listening address=127.0.0.1:PORT" says where it is.
     let addr = loop {
         if let Some(a) = next().split("address=").nth(1) {
-            break a.trim().to_string();
+            break a.split_whitespace().next().unwrap().to_string();
         }
     };
     // It serves: a request reaches the backend, which answers.
@@ -159,4 +162,16 @@ fn sigterm_stops_the_daemon_with_status_0() {
     // The child has exited, so its stderr is closed and this iteration ends.
     let rest: Vec<String> = lines.iter().collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+/// A child process killed if the test fails before it exits, so no daemon outlives its test.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

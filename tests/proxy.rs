@@ -611,3 +611,51 @@ async fn above_max_connections_new_clients_wait_until_one_closes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_backend_connection() {
+    let b = RawBackend::start(Misbehave::KeepAlive).await;
+    let lb = stickyd(
+        &Cfg {
+            server: "worker_threads = 1",
+            ..Cfg::default()
+        },
+        &[("a", b.addr)],
+    )
+    .await;
+    let mut browser = Browser::new(lb.local_addrs()[0]);
+    for _ in 0..20 {
+        let got = browser.get("/").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, "ok");
+    }
+    assert_eq!(b.requests.load(std::sync::atomic::Ordering::SeqCst), 20);
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled connection carried every request"
+    );
+}
+
+#[tokio::test]
+async fn a_post_is_never_lost_to_a_pooled_connection_the_backend_closed() {
+    let b = RawBackend::start(Misbehave::AnswerThenClose).await;
+    let lb = stickyd(
+        &Cfg {
+            server: "worker_threads = 1",
+            ..Cfg::default()
+        },
+        &[("a", b.addr)],
+    )
+    .await;
+    let mut browser = Browser::new(lb.local_addrs()[0]);
+    for i in 0..20 {
+        let got = browser
+            .send("POST", "/", Bytes::from(format!("order {i}")), &[])
+            .await;
+        assert_eq!(got.status, 200, "POST {i}: {:?}", got.body);
+    }
+    // Each POST reached the backend exactly once, each on a connection of its own.
+    assert_eq!(b.requests.load(std::sync::atomic::Ordering::SeqCst), 20);
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 20);
+}

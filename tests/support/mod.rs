@@ -219,6 +219,8 @@ async fn handle(
 pub struct RawBackend {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    /// Connections accepted (health checks included).
+    pub connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -229,6 +231,11 @@ pub enum Misbehave {
     Close,
     /// Sends bytes that are not HTTP.
     Garbage,
+    /// Answers `200 ok` and keeps the connection for the next request.
+    KeepAlive,
+    /// Answers `200 ok` without announcing a close, then closes (a keep-alive timeout racing
+    /// the next request).
+    AnswerThenClose,
 }
 
 impl RawBackend {
@@ -236,30 +243,64 @@ impl RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
-        let count = requests.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (count, conns) = (requests.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
                 };
+                conns.fetch_add(1, Ordering::SeqCst);
                 let count = count.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        // A request body, if any, by Content-Length.
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
                         }
-                    }
-                    // Health checks are not requests for the purpose of the tests.
-                    if buf.starts_with(b"GET /healthz") {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-                        return;
-                    }
-                    count.fetch_add(1, Ordering::SeqCst);
-                    if let Misbehave::Garbage = how {
-                        let _ = s.write_all(b"this is not http\r\n\r\n").await;
+                        buf.drain(..end + len);
+                        // Health checks are not requests for the purpose of the tests.
+                        if head.starts_with("get /healthz") {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                            return;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        match how {
+                            Misbehave::Close => return,
+                            Misbehave::Garbage => {
+                                let _ = s.write_all(b"this is not http\r\n\r\n").await;
+                                return;
+                            }
+                            Misbehave::KeepAlive | Misbehave::AnswerThenClose => {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if s.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                                if let Misbehave::AnswerThenClose = how {
+                                    return;
+                                }
+                            }
+                        }
                     }
                 });
             }
@@ -267,6 +308,7 @@ impl RawBackend {
         RawBackend {
             addr,
             requests,
+            connections,
             task,
         }
     }

@@ -1,0 +1,211 @@
+//! The two body types of the request path, as plain enums rather than boxed trait objects (no
+//! allocation per request):
+//!
+//! - [`UpBody`], the request body sent to a backend. It comes from a [`Replay`], which keeps the
+//!   client's body aside so that a retry can send it again as long as no attempt has started
+//!   reading it.
+//! - [`ProxyBody`], the response body sent to the client: either the backend's body, which holds
+//!   the backend's in-flight count and the pooled connection until it is done ([`Tracked`]), or
+//!   a short body of our own (errors).
+//!
+//! Both live on one worker thread, so the shared slot is an `Rc<RefCell>`, not a mutex.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::backend::InFlight;
+use crate::upstream::Lease;
+
+/// The client's request body, kept for a possible retry.
+pub enum Replay {
+    /// No body (`GET` and most others): always replayable.
+    Empty,
+    /// A body not yet taken by an attempt, and its size hint.
+    Once(Rc<RefCell<Option<Incoming>>>, SizeHint),
+}
+
+impl Replay {
+    /// Wraps the client's body.
+    pub fn new(body: Incoming) -> Replay {
+        if body.is_end_stream() {
+            Replay::Empty
+        } else {
+            let hint = body.size_hint();
+            Replay::Once(Rc::new(RefCell::new(Some(body))), hint)
+        }
+    }
+
+    /// Whether the body is still whole (no attempt has polled it).
+    pub fn replayable(&self) -> bool {
+        match self {
+            Replay::Empty => true,
+            Replay::Once(slot, _) => slot.borrow().is_some(),
+        }
+    }
+
+    /// A body for one attempt. It takes the real body out of the shared slot on first poll, so
+    /// an attempt that failed before sending any of it leaves it for the next.
+    pub fn take(&self) -> UpBody {
+        match self {
+            Replay::Empty => UpBody::Empty,
+            Replay::Once(slot, hint) => UpBody::Lazy {
+                slot: slot.clone(),
+                hint: *hint,
+                body: None,
+            },
+        }
+    }
+}
+
+/// The body of one upstream attempt.
+pub enum UpBody {
+    /// Nothing to send.
+    Empty,
+    /// The client's body, taken from the slot on first poll.
+    Lazy {
+        /// Shared with the [`Replay`] it came from.
+        slot: Rc<RefCell<Option<Incoming>>>,
+        /// The size hint of the client's body (kept so Content-Length is known before polling).
+        hint: SizeHint,
+        /// The body once taken.
+        body: Option<Incoming>,
+    },
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Lazy { slot, body, .. } => {
+                if body.is_none() {
+                    *body = slot.borrow_mut().take();
+                }
+                match body.as_mut() {
+                    Some(b) => Pin::new(b).poll_frame(cx),
+                    // Another attempt took it (cannot happen: attempts are serial).
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Empty => true,
+            UpBody::Lazy { body: Some(b), .. } => b.is_end_stream(),
+            UpBody::Lazy { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Lazy { body: Some(b), .. } => b.size_hint(),
+            UpBody::Lazy { hint, .. } => *hint,
+        }
+    }
+}
+
+/// The body of a response to a client.
+pub enum ProxyBody {
+    /// A backend's response body.
+    Upstream(Tracked),
+    /// A body of our own, sent in one frame.
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A body of our own.
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(t) => t.poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(t) => t.inner.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(t) => t.inner.size_hint(),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// A backend's response body. It holds the backend's in-flight count, and the connection it
+/// came on: once the body has been read to its end the connection goes back to the pool;
+/// dropped before that (the client went away), the connection is closed with it.
+pub struct Tracked {
+    inner: Incoming,
+    lease: Option<Lease>,
+    _guard: InFlight,
+}
+
+impl Tracked {
+    /// Wraps a backend's body.
+    pub fn new(inner: Incoming, lease: Lease, guard: InFlight) -> Tracked {
+        Tracked {
+            inner,
+            lease: Some(lease),
+            _guard: guard,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // A body that was complete from the start (204, HEAD, Content-Length: 0) is never polled.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
