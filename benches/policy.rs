@@ -160,8 +160,9 @@ fn cookies(c: &mut Criterion) {
     headers::strip_hop_by_hop(&mut stripped);
     let host = stripped[header::HOST].clone();
     let via = HeaderValue::from_static("1.1 stickyd");
+    let peer = HeaderValue::from_static("203.0.113.57");
     let fwd = Forwarded {
-        peer: "203.0.113.57".parse().unwrap(),
+        peer: &peer,
         trusted: false,
         proto: "http",
         host: Some(&host),
