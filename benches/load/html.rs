@@ -276,7 +276,7 @@ pub fn charts(r: &Report) -> Vec<Chart> {
                     points: r
                         .series
                         .iter()
-                        .map(|s| (mid(s.t_s), Some(s.responses as f64)))
+                        .map(|s| (mid(s.t_s), Some(s.responses as f64 / s.width_s)))
                         .collect(),
                 },
                 Series {
@@ -285,7 +285,7 @@ pub fn charts(r: &Report) -> Vec<Chart> {
                     points: r
                         .series
                         .iter()
-                        .map(|s| (mid(s.t_s), Some(s.errors as f64)))
+                        .map(|s| (mid(s.t_s), Some(s.errors as f64 / s.width_s)))
                         .collect(),
                 },
             ],

@@ -233,6 +233,9 @@ pub struct PeriodicReloads {
 #[derive(Debug, Clone, Serialize)]
 pub struct SecondRow {
     pub t_s: u64,
+    /// Seconds of measurement in this row: 1, less for the last row of a run that ended
+    /// within a second.
+    pub width_s: f64,
     pub responses: u64,
     pub ok: u64,
     pub errors: u64,
@@ -333,6 +336,7 @@ impl Report {
                 let p = Percentiles::of(&s.latency);
                 SecondRow {
                     t_s: i as u64,
+                    width_s: (f.measured_s - i as f64).clamp(1e-3, 1.0),
                     responses: s.responses,
                     ok: s.ok,
                     errors: s.errors,
@@ -631,6 +635,12 @@ impl Report {
             &indent(rows),
             &[false, true, true, true, true, true, false],
         ));
+        if own {
+            let _ = writeln!(
+                o,
+                "  backend counted: requests the backend itself served from the start of measurement on (in-flight requests at the edges make it differ slightly)"
+            );
+        }
         let _ = writeln!(
             o,
             "  imbalance (max/mean over the backends listed): requests {}, sessions {}",

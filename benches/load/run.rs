@@ -66,7 +66,8 @@ pub async fn run(plan: Plan, argv: Vec<String>) -> Result<Finished, String> {
         r = run_inner(plan, argv, signals.clone()) => r,
         _ = abandon => {
             // Dropping run_inner's future dropped the stickyd guard: the process is stopped.
-            Err("run abandoned on a second signal; no report".into())
+            eprintln!("load: run abandoned on a second signal; no report");
+            Ok(Finished { report: None, interrupted: true })
         }
     }
 }
