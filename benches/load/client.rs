@@ -83,6 +83,9 @@ impl Conn {
         // Small requests and answers: never wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (sender, driver) = http1::Builder::new()
+            // Requests are a small head: one flat buffer and write(2) beat writev(2) here
+            // (about 7% more requests per client CPU-second, measured on loopback).
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| classify(&e))?;

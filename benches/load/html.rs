@@ -330,8 +330,9 @@ pub fn charts(r: &Report) -> Vec<Chart> {
                 points: m
                     .samples
                     .iter()
-                    .filter(|s| s.t_s >= 0.0 && s.t_s <= x_max)
-                    .map(|s| (s.t_s, Some(s.kib as f64 / 1024.0)))
+                    // The last sample is taken just after the end: draw it at the end.
+                    .filter(|s| s.t_s >= 0.0 && s.t_s <= x_max + 0.5)
+                    .map(|s| (s.t_s.min(x_max), Some(s.kib as f64 / 1024.0)))
                     .collect(),
             }],
             markers,
