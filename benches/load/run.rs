@@ -146,7 +146,9 @@ async fn run_inner(
                 plan.method.clone(),
                 plan.backend_header.clone(),
             )?;
-            let log = out_dir.join("stickyd.log");
+            // Next to the JSON report and named after it, so runs with their own --json keep
+            // their own log.
+            let log = plan.json.with_extension("stickyd.log");
             let s = stickyd.insert(Stickyd::spawn(binary, tmp.path(), spec, &log)?);
             s.wait_ready(&target, Duration::from_secs(15)).await?;
             (
