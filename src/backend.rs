@@ -5,11 +5,13 @@
 //! Reads on the request path are single atomic loads; the health machine sits behind a mutex
 //! that only checks and ejections take.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::affinity::AdminState;
 use crate::health::{HealthMachine, Transition};
+use crate::sessions::SessionSketch;
 
 struct HealthCell {
     machine: HealthMachine,
@@ -28,6 +30,16 @@ pub struct BackendLive {
     statuses: [AtomicU64; 5],
     /// Requests that got no response from this backend (errors, timeouts).
     failures: AtomicU64,
+    /// Admin state set through the admin API (0: none, the config's applies).
+    admin_override: AtomicU8,
+    /// Sessions pinned to this backend (new sessions and re-pins), since start.
+    pins: AtomicU64,
+    /// Distinct sessions served lately.
+    sessions: SessionSketch,
+    /// Unix time of the last request served (0: none yet).
+    last_request_at: AtomicU64,
+    /// Unix time this backend started draining (0: not draining).
+    draining_since: AtomicU64,
 }
 
 impl std::fmt::Debug for BackendLive {
@@ -56,7 +68,91 @@ impl BackendLive {
             requests: AtomicU64::new(0),
             statuses: Default::default(),
             failures: AtomicU64::new(0),
+            admin_override: AtomicU8::new(0),
+            pins: AtomicU64::new(0),
+            sessions: SessionSketch::default(),
+            last_request_at: AtomicU64::new(0),
+            draining_since: AtomicU64::new(0),
         }
+    }
+
+    /// The admin state set through the admin API, if any.
+    pub fn admin_override(&self) -> Option<AdminState> {
+        match self.admin_override.load(Ordering::Relaxed) {
+            1 => Some(AdminState::Active),
+            2 => Some(AdminState::Draining),
+            3 => Some(AdminState::Disabled),
+            _ => None,
+        }
+    }
+
+    /// Sets (or with `None` clears) the admin API's state for this backend.
+    pub fn set_admin_override(&self, state: Option<AdminState>) {
+        let v = match state {
+            None => 0,
+            Some(AdminState::Active) => 1,
+            Some(AdminState::Draining) => 2,
+            Some(AdminState::Disabled) => 3,
+        };
+        self.admin_override.store(v, Ordering::Relaxed);
+    }
+
+    /// Notes the effective admin state at unix time `now`: starts or ends the drain clock.
+    pub fn note_admin_state(&self, state: AdminState, now: u64) {
+        if state == AdminState::Draining {
+            let _ = self.draining_since.compare_exchange(
+                0,
+                now.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        } else {
+            self.draining_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Unix time the drain started, if draining.
+    pub fn draining_since(&self) -> Option<u64> {
+        match self.draining_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Whether a draining backend has served nothing for `quiet` seconds up to unix time
+    /// `now` (counted from the start of the drain at the earliest).
+    pub fn drained(&self, now: u64, quiet: u64) -> bool {
+        self.draining_since().is_some_and(|since| {
+            let last = self.last_request_at.load(Ordering::Relaxed).max(since);
+            now.saturating_sub(last) >= quiet
+        })
+    }
+
+    /// Records a request of session `nonce` served at unix time `now`; `pinned_here` when the
+    /// response pins the session here (a new session or a re-pin).
+    pub fn record_session(&self, nonce: u64, now: u64, pinned_here: bool) {
+        self.sessions.record(nonce);
+        if self.last_request_at.load(Ordering::Relaxed) != now {
+            self.last_request_at.store(now, Ordering::Relaxed);
+        }
+        if pinned_here {
+            self.pins.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions pinned here since start.
+    pub fn pins(&self) -> u64 {
+        self.pins.load(Ordering::Relaxed)
+    }
+
+    /// Distinct sessions served within roughly the last `max_idle` (an estimate).
+    pub fn recent_sessions(&self) -> u64 {
+        self.sessions.estimate()
+    }
+
+    /// Starts a new generation of the session estimate (every `max_idle`).
+    pub fn rotate_sessions(&self) {
+        self.sessions.rotate();
     }
 
     /// The backend's id.
@@ -185,6 +281,49 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn drain_clock_and_drained_flag() {
+        let b = BackendLive::new("a", true, 2, 3);
+        assert!(!b.drained(1000, 60), "not draining");
+        b.note_admin_state(AdminState::Draining, 1000);
+        b.note_admin_state(AdminState::Draining, 1050);
+        assert_eq!(b.draining_since(), Some(1000), "the clock starts once");
+        assert!(!b.drained(1059, 60));
+        assert!(b.drained(1060, 60));
+        b.record_session(7, 1070, false);
+        assert!(!b.drained(1100, 60), "a session came back");
+        assert!(b.drained(1130, 60));
+        b.note_admin_state(AdminState::Active, 1200);
+        assert_eq!(b.draining_since(), None);
+        assert!(!b.drained(5000, 60));
+    }
+
+    #[test]
+    fn admin_override_round_trips() {
+        let b = BackendLive::new("a", true, 2, 3);
+        assert_eq!(b.admin_override(), None);
+        for s in [
+            AdminState::Active,
+            AdminState::Draining,
+            AdminState::Disabled,
+        ] {
+            b.set_admin_override(Some(s));
+            assert_eq!(b.admin_override(), Some(s));
+        }
+        b.set_admin_override(None);
+        assert_eq!(b.admin_override(), None);
+    }
+
+    #[test]
+    fn pins_count_only_pinning_responses() {
+        let b = BackendLive::new("a", true, 2, 3);
+        b.record_session(1, 10, true);
+        b.record_session(1, 11, false);
+        b.record_session(2, 12, true);
+        assert_eq!(b.pins(), 2);
+        assert_eq!(b.recent_sessions(), 2);
+    }
 
     #[test]
     fn passive_ejection_needs_consecutive_failures() {

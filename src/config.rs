@@ -68,6 +68,8 @@ pub struct Config {
     /// `[log]`: logging.
     #[serde(default)]
     pub log: Log,
+    /// `[admin]`: the admin API. Absent: no admin listener.
+    pub admin: Option<Admin>,
     /// `[[backend]]`: the pool.
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
@@ -77,6 +79,31 @@ pub struct Config {
     /// True when no key was configured and a random one was generated.
     #[serde(skip)]
     pub generated_key: bool,
+    /// The admin API's bearer token, resolved from `admin.token`.
+    #[serde(skip)]
+    pub admin_token: Option<Secret>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// The admin listener. Loopback unless a token is set.
+    pub listen: Spanned<SocketAddr>,
+    /// `file:PATH` or `env:NAME` of a bearer token (>= 32 bytes) every admin call must carry.
+    pub token: Option<Spanned<String>>,
+    /// A draining backend is reported `drained` once it has served nothing for this long.
+    pub drain_quiet: Dur,
+}
+
+impl Default for Admin {
+    fn default() -> Admin {
+        Admin {
+            listen: Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9901))),
+            token: None,
+            drain_quiet: Dur(Duration::from_secs(120)),
+        }
+    }
 }
 
 /// `[server]`.
@@ -440,6 +467,11 @@ pub fn parse(
     })?;
     cfg.validate().map_err(|(span, msg)| at(span, msg))?;
     cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
+    if let Some(spec) = cfg.admin.as_ref().and_then(|a| a.token.clone()) {
+        cfg.admin_token = resolve_keys(std::slice::from_ref(&spec), dir, keys)
+            .map_err(|(s, m)| at(s, m))?
+            .pop();
+    }
     if cfg.secrets.is_empty() {
         let mut k = vec![0u8; 32];
         getrandom::fill(&mut k).map_err(|e| at(0..0, format!("cannot generate a key: {e}")))?;
@@ -503,6 +535,26 @@ fn check(
 
 impl Config {
     fn validate(&self) -> Result<(), Invalid> {
+        if let Some(a) = &self.admin {
+            let ip = a.listen.get_ref().ip();
+            check(
+                ip.is_loopback() || a.token.is_some(),
+                a.listen.span(),
+                || {
+                    format!(
+                        "admin.listen {ip} is not loopback: set admin.token too, or listen on 127.0.0.1"
+                    )
+                },
+            )?;
+            if a.listen.get_ref().port() != 0
+                && self.server.listen.get_ref().contains(a.listen.get_ref())
+            {
+                return Err((
+                    a.listen.span(),
+                    "admin.listen is also a server.listen address".into(),
+                ));
+            }
+        }
         let s = &self.server;
         check(!s.listen.get_ref().is_empty(), s.listen.span(), || {
             "server.listen needs at least one address".into()
@@ -691,6 +743,18 @@ impl Config {
             );
         } else {
             let _ = writeln!(s, "health: active checks off");
+        }
+        if let Some(a) = &self.admin {
+            let _ = writeln!(
+                s,
+                "admin: {}{}",
+                a.listen.get_ref(),
+                if self.admin_token.is_some() {
+                    " (bearer token)"
+                } else {
+                    ""
+                }
+            );
         }
         let _ = writeln!(s, "backends: {}", self.backends.len());
         for b in &self.backends {

@@ -20,6 +20,7 @@
 //! | [`proxy`] | the request path | I/O |
 //! | [`server`] | listeners, connections, reload, shutdown | I/O |
 
+pub mod admin;
 pub mod affinity;
 pub mod backend;
 pub mod balance;
@@ -32,6 +33,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod token;
 pub mod upstream;

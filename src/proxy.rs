@@ -78,11 +78,16 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let start = Instant::now();
         let snap = self.shared.load();
-        Ok(match self.forward(&snap, req, conn).await {
+        let resp = match self.forward(&snap, req, conn).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e, &snap),
-        })
+        };
+        let m = &self.shared.metrics;
+        m.response(resp.status().as_u16());
+        m.latency.record(start.elapsed());
+        Ok(resp)
     }
 
     async fn forward(
@@ -133,6 +138,24 @@ impl Proxy {
                     backend.live.connect_ok();
                     backend.live.record_status(resp.status().as_u16());
                     self.count_route(&route, snap);
+                    let session = match (route.issue, token) {
+                        (Some(c), _) => Some(c.nonce),
+                        (None, TokenInput::Valid(v)) => Some(v.claims.nonce),
+                        _ => None,
+                    };
+                    if let Some(nonce) = session {
+                        // A refresh re-signs the same pin; anything else issued is a new pin.
+                        let pinned_here = route.issue.is_some()
+                            && !matches!(
+                                route.outcome,
+                                affinity::Outcome::Refreshed
+                                    | affinity::Outcome::Valid
+                                    | affinity::Outcome::Draining
+                            );
+                        backend
+                            .live
+                            .record_session(nonce, u64::from(now), pinned_here);
+                    }
                     let resp = resp.map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard)));
                     return Ok(respond(snap, resp, route.issue, now));
                 }

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::admin::{self, ReloadCall};
 use crate::checker::{self, Checkers};
 use crate::config::{self, Config};
 use crate::proxy::{ConnInfo, Proxy};
@@ -52,12 +53,22 @@ pub struct Running {
     conns: Arc<Semaphore>,
     max_conns: u32,
     checkers: Checkers,
+    admin_addr: Option<SocketAddr>,
+    /// Reload calls from the admin API, for [`run`] (or an embedder) to act on.
+    reload_calls: Option<mpsc::Receiver<ReloadCall>>,
+    /// Tells the admin API that shutdown began (its /healthz turns 503).
+    stopping: watch::Sender<bool>,
+    /// The admin server and the once-a-second maintenance task.
+    control: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Running {
     /// Dropped without [`Running::shutdown`]: close everything now, so no worker outlives it.
     fn drop(&mut self) {
         let _ = self.phase.send(Phase::Closing);
+        for t in &self.control {
+            t.abort();
+        }
     }
 }
 
@@ -88,10 +99,41 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let max_conns = u32::try_from(config.server.max_connections)
         .unwrap_or(u32::MAX >> 3)
         .min(Semaphore::MAX_PERMITS as u32);
+    let admin_listener = match &config.admin {
+        Some(a) => {
+            let at = *a.listen.get_ref();
+            let l = TcpListener::bind(at).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {at} (admin): {e}"))
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let admin_token = config.admin_token.clone();
     let shared = Arc::new(Shared::new(config));
+    shared.note_admin_states(unix_now());
     let checkers = checker::spawn(&shared.load());
     let (phase, _) = watch::channel(Phase::Running);
     let conns = Arc::new(Semaphore::new(max_conns as usize));
+    let (stopping, stopping_rx) = watch::channel(false);
+    let mut control = vec![tokio::spawn(maintain(shared.clone()))];
+    let mut admin_addr = None;
+    let mut reload_calls = None;
+    if let Some(l) = admin_listener {
+        admin_addr = Some(l.local_addr()?);
+        let (tx, rx) = mpsc::channel(4);
+        reload_calls = Some(rx);
+        let ctx = Arc::new(admin::Ctx {
+            shared: shared.clone(),
+            token: admin_token,
+            reload: Some(tx),
+            conns: conns.clone(),
+            max_conns,
+            stopping: stopping_rx,
+        });
+        // Runs until aborted: at the end of shutdown, or when Running is dropped.
+        control.push(tokio::spawn(admin::serve(l, ctx)));
+    }
 
     let mut exits = Vec::with_capacity(workers);
     let mut readies = Vec::with_capacity(workers);
@@ -120,7 +162,14 @@ pub async fn start(config: Config) -> io::Result<Running> {
         conns,
         max_conns,
         checkers,
+        admin_addr,
+        reload_calls,
+        stopping,
+        control,
     };
+    if let Some(a) = running.admin_addr {
+        info!(address = %a, "admin API listening");
+    }
     for r in readies {
         match r.await {
             Ok(Ok(())) => {}
@@ -255,6 +304,16 @@ impl Running {
         &self.addrs
     }
 
+    /// The admin API's address, if it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Reload calls from the admin API, taken once by whoever owns the config file.
+    pub fn take_reload_calls(&mut self) -> Option<mpsc::Receiver<ReloadCall>> {
+        self.reload_calls.take()
+    }
+
     /// Shared state: snapshot, live backends, metrics.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -274,6 +333,7 @@ impl Running {
             warn!("listener changes need a restart; keeping the current listeners");
         }
         let snap = self.shared.apply(config);
+        self.shared.note_admin_states(unix_now());
         self.checkers = checker::spawn(&snap);
         info!(backends = snap.backends.len(), "configuration reloaded");
     }
@@ -282,6 +342,7 @@ impl Running {
     /// (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY), and after `grace` close
     /// whatever is left. Returns the number of connections that had to be cut.
     pub async fn shutdown(mut self, grace: Duration) -> usize {
+        let _ = self.stopping.send(true);
         let _ = self.phase.send(Phase::Draining);
         let all = self.conns.acquire_many(self.max_conns);
         let cut = match tokio::time::timeout(grace, all).await {
@@ -299,6 +360,9 @@ impl Running {
             }
         };
         let _ = self.phase.send(Phase::Closing);
+        for t in &self.control {
+            t.abort();
+        }
         for w in std::mem::take(&mut self.workers) {
             let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
         }
@@ -316,14 +380,22 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let grace = config.server.shutdown_grace.get();
     let mut running = start(config).await?;
+    let mut calls = running.take_reload_calls();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match config::load(&path) {
-                Ok(c) => running.reload(c),
-                Err(e) => warn!(error = %e, "reload refused; the current configuration keeps serving"),
-            },
+            _ = hup.recv() => {
+                let _ = reload_from(&mut running, &path);
+            }
+            Some(reply) = async {
+                match calls.as_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = reply.send(reload_from(&mut running, &path));
+            }
         }
     }
     info!(grace = ?grace, "shutting down");
@@ -350,6 +422,66 @@ where
     fn execute(&self, fut: F) {
         tokio::task::spawn_local(fut);
     }
+}
+
+/// Reloads from `path`: the new backend count, or the error (the current config keeps serving).
+fn reload_from(running: &mut Running, path: &std::path::Path) -> Result<usize, String> {
+    match config::load(path) {
+        Ok(c) => {
+            let n = c.backends.len();
+            running.reload(c);
+            Ok(n)
+        }
+        Err(e) => {
+            warn!(error = %e, "reload refused; the current configuration keeps serving");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Once a second: the imbalance ratio from each usable backend's request rate (an
+/// exponentially weighted average over about 10 s), and a new generation of every backend's
+/// session estimate each `max_idle`.
+async fn maintain(shared: Arc<Shared>) {
+    use std::collections::HashMap;
+    const TICK: Duration = Duration::from_secs(1);
+    // Weight of the newest second: about a 10 s window.
+    const ALPHA: f64 = 0.1;
+    let mut rates: HashMap<Arc<str>, (u64, f64)> = HashMap::new();
+    let mut rotated = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snap = shared.load();
+        let mut usable = Vec::with_capacity(snap.backends.len());
+        for b in &snap.backends {
+            let n = b.live.requests();
+            let e = rates.entry(b.id.clone()).or_insert((n, 0.0));
+            let delta = n.saturating_sub(e.0) as f64;
+            e.1 += ALPHA * (delta - e.1);
+            e.0 = n;
+            if b.live.is_healthy() && b.admin_state() == crate::affinity::AdminState::Active {
+                usable.push(e.1);
+            }
+        }
+        rates.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
+        shared
+            .metrics
+            .set_imbalance(crate::metrics::imbalance_ratio(&usable));
+        if rotated.elapsed() >= snap.config.affinity.max_idle.get_ref().get() {
+            rotated = Instant::now();
+            for b in &snap.backends {
+                b.live.rotate_sessions();
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {

@@ -35,6 +35,13 @@ pub struct Backend {
     pub live: Arc<BackendLive>,
 }
 
+impl Backend {
+    /// The admin state in force: the admin API's if it set one, else the config's.
+    pub fn admin_state(&self) -> AdminState {
+        self.live.admin_override().unwrap_or(self.admin)
+    }
+}
+
 /// Everything a request needs from the config, precomputed.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -149,7 +156,7 @@ impl PoolView for Snapshot {
         self.backends[i].live.is_healthy()
     }
     fn admin(&self, i: usize) -> AdminState {
-        self.backends[i].admin
+        self.backends[i].admin_state()
     }
     fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
         self.by_tag.get(&(key_index, *tag)).copied()
@@ -192,12 +199,45 @@ impl Shared {
 
     /// Swaps in a new config. Backends that keep their id keep their live state; live state of
     /// removed backends is dropped once no snapshot refers to it.
+    ///
+    /// A state set through the admin API outlives reloads, unless the reload changes that
+    /// backend's `state` in the file: then the file's new state wins.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
+        let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
         live.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
+        for b in &snap.backends {
+            if old
+                .backends
+                .iter()
+                .any(|o| o.id == b.id && o.admin != b.admin)
+            {
+                b.live.set_admin_override(None);
+            }
+        }
         self.snapshot.store(snap.clone());
         snap
+    }
+
+    /// Sets the admin state of backend `id` through the admin API (`None`: back to the
+    /// config's). Returns false if there is no such backend.
+    pub fn set_admin(&self, id: &str, state: Option<AdminState>, now: u64) -> bool {
+        let snap = self.load();
+        let Some(b) = snap.backends.iter().find(|b| &*b.id == id) else {
+            return false;
+        };
+        b.live.set_admin_override(state);
+        b.live.note_admin_state(b.admin_state(), now);
+        true
+    }
+
+    /// Starts or stops each backend's drain clock to match its admin state (after a start or
+    /// a reload).
+    pub fn note_admin_states(&self, now: u64) {
+        for b in &self.load().backends {
+            b.live.note_admin_state(b.admin_state(), now);
+        }
     }
 }
 
@@ -208,10 +248,16 @@ mod tests {
     use std::path::Path;
 
     fn cfg(backends: &[(&str, &str)]) -> Config {
+        let with: Vec<(&str, &str, &str)> =
+            backends.iter().map(|(i, a)| (*i, *a, "active")).collect();
+        cfg_states(&with)
+    }
+
+    fn cfg_states(backends: &[(&str, &str, &str)]) -> Config {
         let mut text = String::from("[affinity]\nkeys = [\"env:K\"]\n");
-        for (id, addr) in backends {
+        for (id, addr, state) in backends {
             text.push_str(&format!(
-                "[[backend]]\nid = \"{id}\"\naddress = \"{addr}\"\n"
+                "[[backend]]\nid = \"{id}\"\naddress = \"{addr}\"\nstate = \"{state}\"\n"
             ));
         }
         struct K;
@@ -254,5 +300,39 @@ mod tests {
             2,
             "b's live state is gone"
         );
+    }
+
+    #[test]
+    fn an_api_state_outlives_reloads_until_the_file_changes_that_backend() {
+        let shared = Shared::new(cfg_states(&[
+            ("a", "h:1", "active"),
+            ("b", "h:2", "active"),
+        ]));
+        assert!(shared.set_admin("a", Some(AdminState::Draining), 100));
+        assert!(!shared.set_admin("nope", Some(AdminState::Draining), 100));
+        let s = shared.load();
+        assert_eq!(s.admin(0), AdminState::Draining);
+        assert_eq!(s.backends[0].live.draining_since(), Some(100));
+        // An unrelated reload keeps it.
+        let s = shared.apply(cfg_states(&[
+            ("a", "h:1", "active"),
+            ("b", "h:2", "draining"),
+        ]));
+        assert_eq!(s.admin(0), AdminState::Draining);
+        assert_eq!(s.admin(1), AdminState::Draining, "b from the file");
+        // The file now says something else for a: the file wins.
+        let s = shared.apply(cfg_states(&[
+            ("a", "h:1", "disabled"),
+            ("b", "h:2", "draining"),
+        ]));
+        assert_eq!(s.admin(0), AdminState::Disabled);
+        shared.note_admin_states(200);
+        assert_eq!(s.backends[0].live.draining_since(), None);
+        assert_eq!(s.backends[1].live.draining_since(), Some(200));
+        // Back to the file's state.
+        assert!(shared.set_admin("b", Some(AdminState::Active), 300));
+        assert_eq!(shared.load().admin(1), AdminState::Active);
+        assert!(shared.set_admin("b", None, 300));
+        assert_eq!(shared.load().admin(1), AdminState::Draining);
     }
 }

@@ -175,3 +175,69 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// One HTTP/1.1 call with `Connection: close`; the whole response as text.
+fn http(addr: &str, method: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn post_reload_rereads_the_file_and_refuses_a_bad_one_with_its_position() {
+    let text = format!("{GOOD}[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let path = write_config("reload", &text);
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let admin = loop {
+        let l = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stickyd kept logging");
+        if l.contains("admin API listening") {
+            let a = l.split("address=").nth(1).unwrap();
+            break a.split_whitespace().next().unwrap().to_string();
+        }
+    };
+
+    // A broken file: 400 with PATH:LINE:COL, and the old config keeps serving.
+    std::fs::write(&path, text.replace("id = \"app-1\"", "id = 7")).unwrap();
+    let resp = http(&admin, "POST", "/reload");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("stickyd.toml:8:6"), "{resp}");
+    let backends = http(&admin, "GET", "/backends");
+    assert!(backends.contains("\"app-1\""), "{backends}");
+
+    // A good file with a second backend: 200, and it is in the pool.
+    let two = text.replace(
+        "[admin]",
+        "[[backend]]\nid = \"app-2\"\naddress = \"127.0.0.1:10\"\n[admin]",
+    );
+    std::fs::write(&path, two).unwrap();
+    let resp = http(&admin, "POST", "/reload");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"backends\": 2"), "{resp}");
+    let backends = http(&admin, "GET", "/backends");
+    assert!(backends.contains("\"app-2\""), "{backends}");
+    assert!(http(&admin, "GET", "/healthz").starts_with("HTTP/1.1 200"));
+}

@@ -91,7 +91,9 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     assert!(!c.generated_key);
     // Every field of every section appears in the example (as a key or commented key).
     let debug = format!("{c:?}");
-    for section in ["server", "affinity", "balance", "upstream", "health", "log"] {
+    for section in [
+        "server", "affinity", "balance", "upstream", "health", "log", "admin",
+    ] {
         assert!(
             text.contains(&format!("[{section}]")),
             "[{section}] missing"
@@ -137,6 +139,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "eject_time",
         "level",
         "format",
+        "token",
+        "drain_quiet",
         "id",
         "address",
         "weight",
@@ -346,4 +350,18 @@ fn addresses_need_a_host_and_a_port() {
     for bad in ["127.0.0.1", ":80", "user@h:1", "h:1/x", "h:port", ""] {
         assert!(parse_address(bad).is_none(), "{bad:?}");
     }
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let e = parse_err(&format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n"));
+    assert!(e.message.contains("not loopback"), "{e}");
+    let c = parse_ok(&format!("{MINIMAL}\n[admin]\n"));
+    let a = c.admin.unwrap();
+    assert_eq!(a.listen.get_ref().to_string(), "127.0.0.1:9901");
+    assert_eq!(a.drain_quiet.get(), std::time::Duration::from_secs(120));
+    assert!(
+        parse_ok(MINIMAL).admin.is_none(),
+        "no [admin], no admin listener"
+    );
 }

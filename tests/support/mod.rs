@@ -327,6 +327,8 @@ pub struct Cfg {
     pub health: &'static str,
     pub upstream: &'static str,
     pub balance: &'static str,
+    /// The `[admin]` section's body (its listener is always 127.0.0.1:0); None: no admin API.
+    pub admin: Option<&'static str>,
 }
 
 impl Default for Cfg {
@@ -338,6 +340,7 @@ impl Default for Cfg {
             health: "enabled = false\neject_time = \"1h\"",
             upstream: "",
             balance: "",
+            admin: None,
         }
     }
 }
@@ -348,6 +351,9 @@ pub fn config_text(cfg: &Cfg, backends: &[(&str, SocketAddr)]) -> String {
         "[server]\nlisten = [\"127.0.0.1:0\"]\n{}\n[affinity]\nkeys = [\"env:KEY\"]\n{}\n[health]\n{}\n[upstream]\n{}\n[balance]\n{}\n",
         cfg.server, cfg.affinity, cfg.health, cfg.upstream, cfg.balance
     );
+    if let Some(admin) = cfg.admin {
+        t.push_str(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{admin}\n"));
+    }
     for (id, addr) in backends {
         t.push_str(&format!(
             "[[backend]]\nid = \"{id}\"\naddress = \"{addr}\"\n"

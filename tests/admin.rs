@@ -1,0 +1,255 @@
+//! The admin API end to end: health, metrics, backends, drain/enable/disable with real traffic,
+//! the bearer token, and reload calls.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+
+async fn call(lb: &stickyd::server::Running, method: &str, path: &str) -> Got {
+    Browser::new(lb.admin_addr().expect("admin API configured"))
+        .send(method, path, Bytes::new(), &[])
+        .await
+}
+
+fn json(got: &Got) -> serde_json::Value {
+    serde_json::from_slice(&got.body).unwrap_or_else(|e| panic!("{e}: {}", got.text()))
+}
+
+fn backend<'a>(all: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn healthz_metrics_and_backends_describe_live_traffic() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = stickyd(
+        &Cfg {
+            admin: Some(""),
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    assert!(lb.admin_addr().is_some());
+    let got = call(&lb, "GET", "/healthz").await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok\n"));
+
+    // Ten new sessions, then one session for ten requests.
+    for _ in 0..10 {
+        assert_eq!(Browser::new(lb.local_addrs()[0]).get("/").await.status, 200);
+    }
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    for _ in 0..10 {
+        assert_eq!(user.get("/").await.status, 200);
+    }
+    let pinned_to = user.get("/").await.backend();
+
+    let all = json(&call(&lb, "GET", "/backends").await);
+    let (ja, jb) = (backend(&all, "a"), backend(&all, "b"));
+    assert_eq!(ja["health"], "up");
+    assert_eq!(ja["state"], "active");
+    assert_eq!(ja["state_source"], "config");
+    assert_eq!(ja["address"], a.addr.to_string());
+    let requests = ja["requests"].as_u64().unwrap() + jb["requests"].as_u64().unwrap();
+    assert_eq!(requests, 21);
+    let pins = ja["pins"].as_u64().unwrap() + jb["pins"].as_u64().unwrap();
+    assert_eq!(pins, 11, "eleven sessions were pinned");
+    let sessions = ja["sessions"].as_u64().unwrap() + jb["sessions"].as_u64().unwrap();
+    assert!(
+        (9..=13).contains(&sessions),
+        "about 11 distinct sessions: {sessions}"
+    );
+    let served = backend(&all, &pinned_to)["responses"]["2xx"]
+        .as_u64()
+        .unwrap();
+    assert!(served >= 11, "the pinned user's 11 requests: {served}");
+
+    let m = call(&lb, "GET", "/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = m.text();
+    for line in [
+        "stickyd_responses_total{class=\"2xx\"} 21",
+        "stickyd_affinity_total{outcome=\"new\"} 11",
+        "stickyd_affinity_total{outcome=\"valid\"} 10",
+        "stickyd_request_duration_seconds_count 21",
+        "stickyd_request_duration_seconds_bucket{le=\"+Inf\"} 21",
+        "stickyd_backend_up{backend=\"a\"} 1",
+        "stickyd_backend_admin_state{backend=\"a\",state=\"active\"} 1",
+        "stickyd_backend_in_flight{backend=\"b\"} 0",
+        "stickyd_repins_total 0",
+        "stickyd_upstream_errors_total{kind=\"connect\"} 0",
+        "# TYPE stickyd_imbalance_ratio gauge",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // Every sample line parses as `name{labels} number`.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = l.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "bad sample {l:?}");
+    }
+
+    assert_eq!(call(&lb, "GET", "/nope").await.status, 404);
+    let got = call(&lb, "POST", "/metrics").await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.headers["allow"], "GET");
+    assert_eq!(call(&lb, "GET", "/backends/a/drain").await.status, 405);
+    assert_eq!(call(&lb, "POST", "/backends/zz/drain").await.status, 404);
+    assert_eq!(call(&lb, "GET", "/backends/zz").await.status, 404);
+    assert_eq!(json(&call(&lb, "GET", "/backends/b").await)["id"], "b");
+}
+
+#[tokio::test]
+async fn a_drained_backend_keeps_its_sessions_takes_no_new_ones_and_reports_drained() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = stickyd(
+        &Cfg {
+            admin: Some("drain_quiet = \"1s\""),
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    // A user pinned to a.
+    let mut on_a = loop {
+        let mut u = Browser::new(lb.local_addrs()[0]);
+        if u.get("/").await.backend() == "a" {
+            break u;
+        }
+    };
+    let got = call(&lb, "POST", "/backends/a/drain").await;
+    assert_eq!(got.status, 200);
+    let j = json(&got);
+    assert_eq!(
+        (j["state"].as_str(), j["state_source"].as_str()),
+        (Some("draining"), Some("api"))
+    );
+    assert_eq!(j["drained"], false);
+
+    // New sessions all go to b; a's session stays on a.
+    for _ in 0..10 {
+        assert_eq!(
+            Browser::new(lb.local_addrs()[0]).get("/").await.backend(),
+            "b"
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(on_a.get("/").await.backend(), "a");
+    }
+    let j = json(&call(&lb, "GET", "/backends/a").await);
+    assert_eq!(j["drained"], false, "a served a session just now");
+    assert!(j["draining_since"].as_u64().is_some());
+
+    // Quiet for drain_quiet: drained.
+    let admin = lb.admin_addr().unwrap();
+    let mut seen = false;
+    for _ in 0..50 {
+        let j = json(&Browser::new(admin).get("/backends/a").await);
+        if j["drained"] == true {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "a was never reported drained");
+    let m = call(&lb, "GET", "/metrics").await.text();
+    assert!(
+        m.contains("stickyd_backend_drained{backend=\"a\"} 1"),
+        "{m}"
+    );
+
+    // Disabled: a's session falls back to b (re-pinned); enabled: new sessions reach a again.
+    assert_eq!(call(&lb, "POST", "/backends/a/disable").await.status, 200);
+    let got = on_a.get("/").await;
+    assert_eq!((got.status, got.backend().as_str()), (200, "b"));
+    assert!(got.set_cookie().is_some(), "re-pinned with a new cookie");
+    assert_eq!(call(&lb, "POST", "/backends/a/enable").await.status, 200);
+    let mut to_a = 0;
+    for _ in 0..10 {
+        if Browser::new(lb.local_addrs()[0]).get("/").await.backend() == "a" {
+            to_a += 1;
+        }
+    }
+    assert_eq!(to_a, 5, "round robin over both again");
+}
+
+#[tokio::test]
+async fn a_token_guards_every_call() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            admin: Some("token = \"env:ADMIN_TOKEN\""),
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    let admin = lb.admin_addr().unwrap();
+    for path in ["/healthz", "/metrics", "/backends"] {
+        let got = Browser::new(admin).get(path).await;
+        assert_eq!(got.status, 401, "{path}");
+        assert_eq!(got.headers["www-authenticate"], "Bearer");
+    }
+    let wrong = Browser::new(admin)
+        .send(
+            "GET",
+            "/backends",
+            Bytes::new(),
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    // The test key source answers every env: spec with KEY.
+    let bearer = format!("Bearer {}", std::str::from_utf8(KEY).unwrap());
+    let ok = Browser::new(admin)
+        .send(
+            "GET",
+            "/backends",
+            Bytes::new(),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn reload_calls_reach_the_owner_and_errors_come_back_as_400() {
+    let a = TestBackend::start("a").await;
+    let mut lb = stickyd(
+        &Cfg {
+            admin: Some(""),
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    let mut calls = lb.take_reload_calls().unwrap();
+    // The owner of the config file answers: first a refusal, then a success.
+    let owner = tokio::spawn(async move {
+        let first = calls.recv().await.unwrap();
+        let _ = first.send(Err("stickyd.toml:3:9: bad value".into()));
+        let second = calls.recv().await.unwrap();
+        let _ = second.send(Ok(2));
+    });
+    let got = call(&lb, "POST", "/reload").await;
+    assert_eq!(got.status, 400);
+    assert_eq!(json(&got)["error"], "stickyd.toml:3:9: bad value");
+    let got = call(&lb, "POST", "/reload").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(json(&got)["backends"], 2);
+    owner.await.unwrap();
+}
