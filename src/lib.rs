@@ -31,6 +31,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod server;
 pub mod sessions;

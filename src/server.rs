@@ -379,14 +379,18 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let grace = config.server.shutdown_grace.get();
+    let notify = crate::notify::Notifier::from_env();
     let mut running = start(config).await?;
+    notify.ready(&status_line(&running));
     let mut calls = running.take_reload_calls();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                notify.reloading();
                 let _ = reload_from(&mut running, &path);
+                notify.ready(&status_line(&running));
             }
             Some(reply) = async {
                 match calls.as_mut() {
@@ -394,11 +398,14 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
                     None => std::future::pending().await,
                 }
             } => {
+                notify.reloading();
                 let _ = reply.send(reload_from(&mut running, &path));
+                notify.ready(&status_line(&running));
             }
         }
     }
     info!(grace = ?grace, "shutting down");
+    notify.stopping();
     tokio::select! {
         cut = running.shutdown(grace) => {
             if cut > 0 {
@@ -422,6 +429,17 @@ where
     fn execute(&self, fut: F) {
         tokio::task::spawn_local(fut);
     }
+}
+
+/// The status line systemd shows (`systemctl status`).
+fn status_line(running: &Running) -> String {
+    let snap = running.shared.load();
+    let listen: Vec<String> = running.addrs.iter().map(|a| a.to_string()).collect();
+    format!(
+        "serving on {} with {} backend(s)",
+        listen.join(", "),
+        snap.backends.len()
+    )
 }
 
 /// Reloads from `path`: the new backend count, or the error (the current config keeps serving).

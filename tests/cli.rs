@@ -241,3 +241,53 @@ fn post_reload_rereads_the_file_and_refuses_a_bad_one_with_its_position() {
     assert!(backends.contains("\"app-2\""), "{backends}");
     assert!(http(&admin, "GET", "/healthz").starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = write_config("notify", GOOD);
+    let sock_path = path.with_file_name("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"),
+        "{ready}"
+    );
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(next().starts_with("RELOADING=1"));
+    assert!(next().starts_with("READY=1"));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(next().starts_with("STOPPING=1"));
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
