@@ -260,7 +260,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
             .spawn()
             .unwrap(),
     );
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
