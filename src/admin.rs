@@ -481,6 +481,15 @@ pub fn render_metrics(ctx: &Ctx) -> String {
         "max/mean of the usable backends' request rates over about the last 10 s (1 is even; 0 without traffic).",
     );
     let _ = writeln!(o, "stickyd_imbalance_ratio {}", m.imbalance());
+    if let Some(a) = &ctx.shared.access {
+        family(
+            &mut o,
+            "stickyd_access_log_dropped_total",
+            "counter",
+            "Access log lines dropped because the writer fell behind.",
+        );
+        let _ = writeln!(o, "stickyd_access_log_dropped_total {}", a.dropped());
+    }
     o
 }
 

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::access::Pending;
 use crate::backend::InFlight;
 use crate::upstream::Lease;
 
@@ -168,15 +169,18 @@ pub struct Tracked {
     inner: Incoming,
     lease: Option<Lease>,
     _guard: InFlight,
+    /// The access log line, written when the body is over; with the bytes sent so far.
+    log: Option<Box<(Pending, u64)>>,
 }
 
 impl Tracked {
     /// Wraps a backend's body.
-    pub fn new(inner: Incoming, lease: Lease, guard: InFlight) -> Tracked {
+    pub fn new(inner: Incoming, lease: Lease, guard: InFlight, log: Option<Pending>) -> Tracked {
         Tracked {
             inner,
             lease: Some(lease),
             _guard: guard,
+            log: log.map(|p| Box::new((p, 0))),
         }
     }
 
@@ -187,9 +191,16 @@ impl Tracked {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(l), Some(d)) = (self.log.as_mut(), f.data_ref()) {
+                    l.1 += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.release();
+                }
+            }
             Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+            Poll::Pending => {}
         }
         polled
     }
@@ -206,6 +217,10 @@ impl Drop for Tracked {
         // A body that was complete from the start (204, HEAD, Content-Length: 0) is never polled.
         if self.inner.is_end_stream() {
             self.release();
+        }
+        if let Some(l) = self.log.take() {
+            let (p, bytes) = *l;
+            p.finish(0, bytes);
         }
     }
 }

@@ -374,6 +374,11 @@ pub struct Log {
     pub level: Spanned<String>,
     /// Output format.
     pub format: LogFormat,
+    /// Access log: one line per request, `off`, `text` or `json`.
+    pub access: crate::access::Format,
+    /// Where access lines go: a file (appended to; relative to the config file), or stdout
+    /// when absent.
+    pub access_file: Option<PathBuf>,
 }
 
 impl Default for Log {
@@ -381,6 +386,8 @@ impl Default for Log {
         Log {
             level: Spanned::new(0..0, "info".into()),
             format: LogFormat::Text,
+            access: crate::access::Format::Off,
+            access_file: None,
         }
     }
 }
@@ -467,6 +474,9 @@ pub fn parse(
     })?;
     cfg.validate().map_err(|(span, msg)| at(span, msg))?;
     cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
+    if let Some(f) = cfg.log.access_file.take() {
+        cfg.log.access_file = Some(dir.join(f));
+    }
     if let Some(spec) = cfg.admin.as_ref().and_then(|a| a.token.clone()) {
         cfg.admin_token = resolve_keys(std::slice::from_ref(&spec), dir, keys)
             .map_err(|(s, m)| at(s, m))?

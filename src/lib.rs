@@ -20,6 +20,7 @@
 //! | [`proxy`] | the request path | I/O |
 //! | [`server`] | listeners, connections, reload, shutdown | I/O |
 
+pub mod access;
 pub mod admin;
 pub mod affinity;
 pub mod backend;

@@ -80,9 +80,18 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let snap = self.shared.load();
-        let resp = match self.forward(&snap, req, conn).await {
+        let mut log = self.shared.access.as_ref().map(|l| {
+            crate::access::Pending::new(l, &req, conn.peer.ip(), start, SystemTime::now())
+        });
+        let resp = match self.forward(&snap, req, conn, &mut log).await {
             Ok(resp) => resp,
-            Err(e) => error_response(&e, &snap),
+            Err(e) => {
+                let resp = error_response(&e, &snap);
+                if let Some(p) = log {
+                    p.finish(resp.status().as_u16(), e.body().len() as u64);
+                }
+                resp
+            }
         };
         let m = &self.shared.metrics;
         m.response(resp.status().as_u16());
@@ -95,6 +104,7 @@ impl Proxy {
         snap: &Snapshot,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        log: &mut Option<crate::access::Pending>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         check_request(&parts)?;
@@ -137,7 +147,15 @@ impl Proxy {
                 Ok((resp, lease)) => {
                     backend.live.connect_ok();
                     backend.live.record_status(resp.status().as_u16());
-                    self.count_route(&route, snap);
+                    let repinned = self.count_route(&route, snap);
+                    if let Some(p) = log.as_mut() {
+                        p.routed(
+                            backend.id.clone(),
+                            route.outcome,
+                            repinned,
+                            resp.status().as_u16(),
+                        );
+                    }
                     let session = match (route.issue, token) {
                         (Some(c), _) => Some(c.nonce),
                         (None, TokenInput::Valid(v)) => Some(v.claims.nonce),
@@ -156,7 +174,8 @@ impl Proxy {
                             .live
                             .record_session(nonce, u64::from(now), pinned_here);
                     }
-                    let resp = resp.map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard)));
+                    let resp = resp
+                        .map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard, log.take())));
                     return Ok(respond(snap, resp, route.issue, now));
                 }
                 Err(e) => {
@@ -184,16 +203,18 @@ impl Proxy {
         }
     }
 
-    fn count_route(&self, route: &affinity::Route, snap: &Snapshot) {
+    /// Counts the outcome; true when the session was re-pinned to the fallback.
+    fn count_route(&self, route: &affinity::Route, snap: &Snapshot) -> bool {
         let m = &self.shared.metrics;
         m.outcome(route.outcome);
-        if route.fallback
+        let repinned = route.fallback
             && route
                 .issue
-                .is_some_and(|c| c.backend_tag == affinity::PoolView::tag(snap, route.backend))
-        {
+                .is_some_and(|c| c.backend_tag == affinity::PoolView::tag(snap, route.backend));
+        if repinned {
             m.repin();
         }
+        repinned
     }
 }
 

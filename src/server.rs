@@ -110,7 +110,14 @@ pub async fn start(config: Config) -> io::Result<Running> {
         None => None,
     };
     let admin_token = config.admin_token.clone();
-    let shared = Arc::new(Shared::new(config));
+    let sink = match &config.log.access_file {
+        Some(p) => crate::access::Sink::File(p.clone()),
+        None => crate::access::Sink::Stdout,
+    };
+    let access = crate::access::AccessLog::start(config.log.access, &sink)?;
+    let mut shared = Shared::new(config);
+    shared.access = access;
+    let shared = Arc::new(shared);
     shared.note_admin_states(unix_now());
     let checkers = checker::spawn(&shared.load());
     let (phase, _) = watch::channel(Phase::Running);
@@ -331,6 +338,11 @@ impl Running {
         let old = self.shared.load();
         if old.config.server.listen.get_ref() != config.server.listen.get_ref() {
             warn!("listener changes need a restart; keeping the current listeners");
+        }
+        if old.config.log.access != config.log.access
+            || old.config.log.access_file != config.log.access_file
+        {
+            warn!("access log changes need a restart; keeping the current access log");
         }
         let snap = self.shared.apply(config);
         self.shared.note_admin_states(unix_now());

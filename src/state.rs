@@ -178,6 +178,8 @@ pub struct Shared {
     live: Mutex<HashMap<Arc<str>, Arc<BackendLive>>>,
     /// Process-wide counters.
     pub metrics: Metrics,
+    /// The access log, when on (set once at start).
+    pub access: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snap),
             live: Mutex::new(live),
             metrics: Metrics::default(),
+            access: None,
         }
     }
 

@@ -61,3 +61,59 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
     assert!(ok >= 800, "{ok} requests served");
     assert_eq!(lb.shared().load().backends.len(), 2);
 }
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request_with_backend_and_affinity() {
+    let dir = std::env::temp_dir().join(format!("stickyd-access-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let log: &'static str = Box::leak(
+        format!("access = \"json\"\naccess_file = \"{}\"", path.display()).into_boxed_str(),
+    );
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            log,
+            ..Cfg::default()
+        },
+        &[("a", a.addr)],
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let mut user = Browser::new(addr);
+    assert_eq!(user.get("/first?x=1").await.status, 200);
+    assert_eq!(user.get("/second").await.status, 200);
+    // A forged token naming no backend: served, as a new session with the reason.
+    let mut forger = Browser::new(addr);
+    forger.cookie = Some("A".repeat(56));
+    assert_eq!(forger.get("/forged").await.status, 200);
+    drop(lb);
+
+    let mut lines = Vec::new();
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        lines = text.lines().map(str::to_string).collect::<Vec<_>>();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let v: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(v[0]["path"], "/first?x=1");
+    assert_eq!(v[0]["method"], "GET");
+    assert_eq!(v[0]["status"], 200);
+    assert_eq!(v[0]["backend"], "a");
+    assert_eq!(v[0]["affinity"], "new");
+    assert_eq!(v[0]["bytes"], a.name.len() as u64);
+    assert_eq!(v[0]["client"], "127.0.0.1");
+    assert!(v[0]["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v[1]["affinity"], "valid");
+    assert_eq!(v[2]["affinity"], "new");
+    assert_eq!(v[2]["reason"], "malformed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -139,6 +139,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "eject_time",
         "level",
         "format",
+        "access",
+        "access_file",
         "token",
         "drain_quiet",
         "id",

@@ -329,6 +329,8 @@ pub struct Cfg {
     pub balance: &'static str,
     /// The `[admin]` section's body (its listener is always 127.0.0.1:0); None: no admin API.
     pub admin: Option<&'static str>,
+    /// The `[log]` section's body.
+    pub log: &'static str,
 }
 
 impl Default for Cfg {
@@ -341,6 +343,7 @@ impl Default for Cfg {
             upstream: "",
             balance: "",
             admin: None,
+            log: "",
         }
     }
 }
@@ -351,6 +354,9 @@ pub fn config_text(cfg: &Cfg, backends: &[(&str, SocketAddr)]) -> String {
         "[server]\nlisten = [\"127.0.0.1:0\"]\n{}\n[affinity]\nkeys = [\"env:KEY\"]\n{}\n[health]\n{}\n[upstream]\n{}\n[balance]\n{}\n",
         cfg.server, cfg.affinity, cfg.health, cfg.upstream, cfg.balance
     );
+    if !cfg.log.is_empty() {
+        t.push_str(&format!("[log]\n{}\n", cfg.log));
+    }
     if let Some(admin) = cfg.admin {
         t.push_str(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{admin}\n"));
     }
