@@ -410,7 +410,7 @@ async fn open_request(
     let mut slot = {
         let mut pool = state.pool.borrow_mut();
         let mut found = None;
-        while let Some(c) = pool.pop() {
+        while let Some(mut c) = pool.pop() {
             if !c.is_closed() {
                 found = Some(c);
                 break;

@@ -64,7 +64,7 @@ pub async fn hold(
         }
     }
     let rss_held = pid.and_then(procfs::rss_kib);
-    let still_open = conns.iter().filter(|c| !c.is_closed()).count();
+    let still_open: usize = conns.iter_mut().map(|c| usize::from(!c.is_closed())).sum();
     drop(conns);
     IdleReport {
         requested: n,
