@@ -40,6 +40,15 @@ pub struct BackendLive {
     last_request_at: AtomicU64,
     /// Unix time this backend started draining (0: not draining).
     draining_since: AtomicU64,
+    /// When it last became usable ([`epoch_ms`]; 0: since start), for slow start.
+    up_since_ms: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
+pub fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let e = EPOCH.get_or_init(Instant::now);
+    u64::try_from(e.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
 }
 
 impl std::fmt::Debug for BackendLive {
@@ -73,6 +82,21 @@ impl BackendLive {
             sessions: SessionSketch::default(),
             last_request_at: AtomicU64::new(0),
             draining_since: AtomicU64::new(0),
+            up_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that the backend just became usable (recovered, or added by a reload): slow start
+    /// counts from now.
+    pub fn mark_up(&self) {
+        self.up_since_ms.store(epoch_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the backend last became usable, if it did after start.
+    pub fn up_for_ms(&self, now_ms: u64) -> Option<u64> {
+        match self.up_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(now_ms.saturating_sub(t)),
         }
     }
 
@@ -181,6 +205,7 @@ impl BackendLive {
             if t == Some(Transition::Up) {
                 c.ejected_at = None;
                 self.connect_failures.store(0, Ordering::Relaxed);
+                self.mark_up();
             }
             t
         })
@@ -215,6 +240,7 @@ impl BackendLive {
             Some(at) if at <= cutoff => {
                 c.ejected_at = None;
                 self.connect_failures.store(0, Ordering::Relaxed);
+                self.mark_up();
                 c.machine.restore()
             }
             _ => None,

@@ -91,10 +91,67 @@ impl SmoothWrr {
     }
 }
 
+/// Scale of [`ramp_weight`]: a backend out of slow start weighs `weight * RAMP_SCALE`.
+pub const RAMP_SCALE: u32 = 1000;
+
+/// The weight for new sessions of a backend `elapsed_ms` into a slow start of `slow_start_ms`:
+/// a linear ramp from 1 to `weight * RAMP_SCALE` (never 0, so a recovering backend still gets
+/// an occasional new session). Out of slow start (or with it off) the full scaled weight.
+pub fn ramp_weight(weight: u32, elapsed_ms: Option<u64>, slow_start_ms: u64) -> u32 {
+    let full = u64::from(weight) * u64::from(RAMP_SCALE);
+    let w = match elapsed_ms {
+        Some(e) if slow_start_ms > 0 && e < slow_start_ms => (full * e / slow_start_ms).max(1),
+        _ => full,
+    };
+    u32::try_from(w).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn slow_start_ramps_linearly_from_one_to_full() {
+        assert_eq!(ramp_weight(3, None, 10_000), 3000);
+        assert_eq!(ramp_weight(3, Some(0), 10_000), 1);
+        assert_eq!(ramp_weight(3, Some(5_000), 10_000), 1500);
+        assert_eq!(ramp_weight(3, Some(10_000), 10_000), 3000);
+        assert_eq!(ramp_weight(3, Some(99_999), 10_000), 3000);
+        assert_eq!(ramp_weight(3, Some(5), 0), 3000, "off");
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_share_of_new_sessions() {
+        // b recovers at t = 0 with slow start 10 s: over the first second it gets about 5% of
+        // what a (same weight) gets, halfway about half.
+        let mut rr = SmoothWrr::new(2);
+        let share = |rr: &mut SmoothWrr, elapsed: u64| {
+            let w = [
+                ramp_weight(1, None, 10_000),
+                ramp_weight(1, Some(elapsed), 10_000),
+            ];
+            let picks: Vec<usize> = (0..2000).filter_map(|_| rr.next(&w, |_| true)).collect();
+            picks.iter().filter(|&&i| i == 1).count() as f64 / picks.len() as f64
+        };
+        let early = share(&mut rr, 500);
+        let half = share(&mut rr, 5_000);
+        let done = share(&mut rr, 10_000);
+        assert!(early < 0.06, "{early}");
+        assert!((half - 1.0 / 3.0).abs() < 0.01, "{half}");
+        assert!((done - 0.5).abs() < 0.01, "{done}");
+    }
+
+    proptest! {
+        #[test]
+        fn ramps_never_decrease_never_vanish_and_never_exceed_full(
+            w in 1u32..=1000, ss in 1u64..3_600_000, a in 0u64..4_000_000, b in 0u64..4_000_000
+        ) {
+            let (lo, hi) = (a.min(b), a.max(b));
+            let (x, y) = (ramp_weight(w, Some(lo), ss), ramp_weight(w, Some(hi), ss));
+            prop_assert!(x >= 1 && x <= y && y <= w * RAMP_SCALE);
+        }
+    }
 
     fn hashes(n: usize) -> Vec<u64> {
         (0..n).map(|i| id_hash(&format!("app-{i}"))).collect()

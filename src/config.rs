@@ -249,6 +249,9 @@ pub struct Balance {
     pub all_down: AllDown,
     /// `Retry-After` sent with 503s.
     pub retry_after: Dur,
+    /// A backend that recovers or is added gets new sessions on a weight ramp over this long
+    /// (0: off).
+    pub slow_start: Dur,
 }
 
 impl Default for Balance {
@@ -256,6 +259,7 @@ impl Default for Balance {
         Balance {
             all_down: AllDown::Fail,
             retry_after: Dur(Duration::from_secs(5)),
+            slow_start: Dur(Duration::ZERO),
         }
     }
 }

@@ -14,7 +14,7 @@ use http::uri::Authority;
 
 use crate::affinity::{AdminState, Policy, PoolView};
 use crate::backend::BackendLive;
-use crate::balance::{SmoothWrr, id_hash};
+use crate::balance::{SmoothWrr, id_hash, ramp_weight};
 use crate::config::{Cidr, Config, Initial, parse_address};
 use crate::headers::CookieAttrs;
 use crate::metrics::Metrics;
@@ -64,6 +64,8 @@ pub struct Snapshot {
     /// (key index, tag) to backend index, for every key in the ring.
     by_tag: HashMap<(usize, [u8; 8]), usize>,
     rr: Mutex<SmoothWrr>,
+    /// `[balance] slow_start` in milliseconds (0: off).
+    slow_start_ms: u64,
 }
 
 impl Snapshot {
@@ -113,6 +115,8 @@ impl Snapshot {
                 .map(|b| ring.backend_tag(0, &b.id))
                 .collect(),
             rr: Mutex::new(SmoothWrr::new(backends.len())),
+            slow_start_ms: u64::try_from(config.balance.slow_start.get().as_millis())
+                .unwrap_or(u64::MAX),
             by_tag,
             policy: config.policy(),
             cookie: CookieAttrs {
@@ -166,7 +170,24 @@ impl PoolView for Snapshot {
     }
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-        rr.next(&self.weights, eligible)
+        if self.slow_start_ms == 0 {
+            return rr.next(&self.weights, eligible);
+        }
+        // Weights scaled for the ramp, in a per-thread buffer (no allocation per request).
+        thread_local! {
+            static RAMPED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let now = crate::backend::epoch_ms();
+        RAMPED.with(|buf| {
+            let mut w = buf.borrow_mut();
+            w.clear();
+            w.extend(
+                self.backends
+                    .iter()
+                    .map(|b| ramp_weight(b.weight, b.live.up_for_ms(now), self.slow_start_ms)),
+            );
+            rr.next(&w, eligible)
+        })
     }
 }
 
@@ -208,7 +229,14 @@ impl Shared {
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let known: Vec<Arc<str>> = live.keys().cloned().collect();
         let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
+        // Added by this reload: slow start counts from now.
+        for b in &snap.backends {
+            if !known.contains(&b.id) {
+                b.live.mark_up();
+            }
+        }
         live.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
         for b in &snap.backends {
             if old

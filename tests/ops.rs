@@ -117,3 +117,43 @@ async fn the_access_log_has_one_json_line_per_request_with_backend_and_affinity(
     assert_eq!(v[2]["reason"], "malformed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_backend_added_by_a_reload_ramps_up_under_slow_start() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    // An hour-long ramp: in the seconds this test lasts, b's weight is about 1/1000 of a's.
+    let slow = Cfg {
+        balance: "slow_start = \"1h\"",
+        ..Cfg::default()
+    };
+    let mut lb = stickyd(&slow, &pool(&[&a])).await;
+    let addr = lb.local_addrs()[0];
+    lb.reload(parse_config(&config_text(&slow, &pool(&[&a, &b]))));
+    let mut names = Vec::new();
+    for _ in 0..200 {
+        names.push(Browser::new(addr).get("/").await.backend());
+    }
+    let t = tally(names.iter().map(String::as_str));
+    assert!(t.get("b").copied().unwrap_or(0) <= 2, "{t:?}");
+    assert!(t["a"] >= 198, "{t:?}");
+    // A pinned session on b is still served by b: slow start only shapes new sessions.
+    let mut on_b = loop {
+        let mut u = Browser::new(addr);
+        if u.get("/").await.backend() == "b" {
+            break u;
+        }
+    };
+    assert_eq!(on_b.get("/").await.backend(), "b");
+    // Slow start off: b gets its full share at once.
+    lb.reload(parse_config(&config_text(
+        &Cfg::default(),
+        &pool(&[&a, &b]),
+    )));
+    let mut names = Vec::new();
+    for _ in 0..200 {
+        names.push(Browser::new(addr).get("/").await.backend());
+    }
+    let t = tally(names.iter().map(String::as_str));
+    assert_eq!((t["a"], t["b"]), (100, 100), "{t:?}");
+}

@@ -121,6 +121,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "domain",
         "all_down",
         "retry_after",
+        "slow_start",
         "connect_timeout",
         "response_timeout",
         "pool_idle_timeout",
