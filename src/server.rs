@@ -11,6 +11,7 @@
 //! unserved and stops accepting until a connection closes, leaving new ones in the kernel
 //! backlog.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -45,7 +46,12 @@ enum Phase {
 
 /// A started stickyd: listeners bound, accepting, health checks running.
 pub struct Running {
+    /// Bound addresses, in config order.
     addrs: Vec<SocketAddr>,
+    /// The configured address of each (port 0 stays 0 here), to compare with a reload's.
+    listen_keys: Vec<SocketAddr>,
+    /// Commands to each worker: listeners to open and close.
+    cmds: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     shared: Arc<Shared>,
     phase: watch::Sender<Phase>,
     /// One per worker thread; resolves when the thread has finished.
@@ -88,7 +94,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let (addrs, mut sockets) = bind_all(config.server.listen.get_ref(), workers)?;
+    let listen_keys = config.server.listen.get_ref().clone();
+    let (addrs, mut sockets) = bind_all(&listen_keys, workers)?;
 
     if config.generated_key {
         warn!(
@@ -144,13 +151,18 @@ pub async fn start(config: Config) -> io::Result<Running> {
 
     let mut exits = Vec::with_capacity(workers);
     let mut readies = Vec::with_capacity(workers);
+    let mut cmds = Vec::with_capacity(workers);
     for (i, listeners) in sockets.drain(..).enumerate() {
+        let listeners: Vec<_> = listen_keys.iter().copied().zip(listeners).collect();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        cmds.push(cmd_tx);
         let ctx = Worker {
             shared: shared.clone(),
             conns: conns.clone(),
             phase: phase.subscribe(),
+            cmds: cmd_rx,
         };
         std::thread::Builder::new()
             .name(format!("stickyd-worker-{i}"))
@@ -163,6 +175,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
     }
     let running = Running {
         addrs,
+        listen_keys,
+        cmds,
         shared,
         phase,
         workers: exits,
@@ -238,13 +252,26 @@ struct Worker {
     shared: Arc<Shared>,
     conns: Arc<Semaphore>,
     phase: watch::Receiver<Phase>,
+    cmds: mpsc::UnboundedReceiver<WorkerCmd>,
+}
+
+/// What a reload asks of each worker.
+enum WorkerCmd {
+    /// Accept on this socket, known by its configured address.
+    Listen(SocketAddr, std::net::TcpListener),
+    /// Stop accepting on the listener of this configured address (its connections stay).
+    Close(SocketAddr),
 }
 
 impl Worker {
     /// The worker thread's body: a current-thread runtime and a `LocalSet` carrying the accept
     /// loops and every connection of this thread. Returns when the worker is done: after the
     /// drain, when its last connection has closed, or at once when the grace period is over.
-    fn run(self, listeners: Vec<std::net::TcpListener>, ready: oneshot::Sender<io::Result<()>>) {
+    fn run(
+        self,
+        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+        ready: oneshot::Sender<io::Result<()>>,
+    ) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -262,12 +289,12 @@ impl Worker {
 
     async fn serve(
         self,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
         ready: oneshot::Sender<io::Result<()>>,
     ) {
         let listeners = match listeners
             .into_iter()
-            .map(TcpListener::from_std)
+            .map(|(k, l)| TcpListener::from_std(l).map(|l| (k, l)))
             .collect::<io::Result<Vec<_>>>()
         {
             Ok(l) => l,
@@ -285,19 +312,49 @@ impl Worker {
         drop(snap);
         // Every accept loop and connection holds a clone; `recv` returns None once all are gone.
         let (alive, mut all_done) = mpsc::channel::<()>(1);
-        for l in listeners {
+        let mut stops: HashMap<SocketAddr, watch::Sender<bool>> = HashMap::new();
+        let open = |key: SocketAddr, l: TcpListener, stops: &mut HashMap<_, _>| {
+            let (stop, stopped) = watch::channel(false);
+            // A listener reopened under the same key replaces (and stops) the old one.
+            if let Some(old) = stops.insert(key, stop) {
+                let _ = old.send(true);
+            }
             tokio::task::spawn_local(accept_loop(
                 l,
                 self.conns.clone(),
                 builder.clone(),
                 proxy.clone(),
                 self.phase.clone(),
+                stopped,
                 alive.clone(),
             ));
+        };
+        for (key, l) in listeners {
+            open(key, l, &mut stops);
         }
-        drop(alive);
         let _ = ready.send(Ok(()));
-        let mut phase = self.phase;
+        let mut phase = self.phase.clone();
+        let mut cmds = self.cmds;
+        loop {
+            tokio::select! {
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
+                cmd = cmds.recv() => match cmd {
+                    Some(WorkerCmd::Listen(key, l)) => match TcpListener::from_std(l) {
+                        Ok(l) => open(key, l, &mut stops),
+                        Err(e) => warn!(address = %key, error = %e, "cannot open a listener"),
+                    },
+                    Some(WorkerCmd::Close(key)) => {
+                        if let Some(stop) = stops.remove(&key) {
+                            let _ = stop.send(true);
+                        }
+                    }
+                    // Running is gone (it sends Closing when dropped): nothing more to open.
+                    None => break,
+                },
+            }
+        }
+        drop(stops);
+        drop(alive);
         tokio::select! {
             _ = all_done.recv() => {}
             _ = phase.wait_for(|p| *p >= Phase::Closing) => {}
@@ -332,12 +389,36 @@ impl Running {
     }
 
     /// Applies a new config: backends, keys, affinity and health settings take effect for new
-    /// requests; backends that keep their id keep their health and counters. Listener and
-    /// server-level changes need a restart (logged).
-    pub fn reload(&mut self, config: Config) {
+    /// requests; backends that keep their id keep their health and counters. Listeners whose
+    /// address is unchanged stay bound; new ones are bound first (if one cannot be, the whole
+    /// reload is refused and nothing changes) and removed ones stop accepting (their
+    /// connections finish). Other server-level changes need a restart (logged).
+    pub fn reload(&mut self, config: Config) -> io::Result<()> {
         let old = self.shared.load();
-        if old.config.server.listen.get_ref() != config.server.listen.get_ref() {
-            warn!("listener changes need a restart; keeping the current listeners");
+        let new_keys = config.server.listen.get_ref().clone();
+        let added: Vec<SocketAddr> = new_keys
+            .iter()
+            .filter(|k| !self.listen_keys.contains(k))
+            .copied()
+            .collect();
+        let removed: Vec<SocketAddr> = self
+            .listen_keys
+            .iter()
+            .filter(|k| !new_keys.contains(k))
+            .copied()
+            .collect();
+        let (added_at, sockets) = bind_all(&added, self.cmds.len())?;
+        let server_changed = {
+            let (o, n) = (&old.config.server, &config.server);
+            o.worker_threads != n.worker_threads
+                || o.max_connections != n.max_connections
+                || o.header_read_timeout != n.header_read_timeout
+                || o.max_header_bytes.get_ref() != n.max_header_bytes.get_ref()
+                || o.max_headers.get_ref() != n.max_headers.get_ref()
+                || o.h2_max_concurrent_streams != n.h2_max_concurrent_streams
+        };
+        if server_changed {
+            warn!("[server] limits and worker_threads need a restart; listeners are reloaded");
         }
         if old.config.log.access != config.log.access
             || old.config.log.access_file != config.log.access_file
@@ -347,7 +428,32 @@ impl Running {
         let snap = self.shared.apply(config);
         self.shared.note_admin_states(unix_now());
         self.checkers = checker::spawn(&snap);
+
+        for (worker, socks) in self.cmds.iter().zip(sockets) {
+            for (key, sock) in added.iter().zip(socks) {
+                let _ = worker.send(WorkerCmd::Listen(*key, sock));
+            }
+            for key in &removed {
+                let _ = worker.send(WorkerCmd::Close(*key));
+            }
+        }
+        let mut at: HashMap<SocketAddr, SocketAddr> = self
+            .listen_keys
+            .iter()
+            .copied()
+            .zip(self.addrs.iter().copied())
+            .chain(added.iter().copied().zip(added_at.iter().copied()))
+            .collect();
+        self.addrs = new_keys.iter().filter_map(|k| at.remove(k)).collect();
+        self.listen_keys = new_keys;
+        for a in &added_at {
+            info!(address = %a, "listening (added by reload)");
+        }
+        for a in &removed {
+            info!(address = %a, "listener closed by reload");
+        }
         info!(backends = snap.backends.len(), "configuration reloaded");
+        Ok(())
     }
 
     /// Graceful shutdown: stop accepting, let every connection finish its in-flight requests
@@ -459,7 +565,10 @@ fn reload_from(running: &mut Running, path: &std::path::Path) -> Result<usize, S
     match config::load(path) {
         Ok(c) => {
             let n = c.backends.len();
-            running.reload(c);
+            running.reload(c).map_err(|e| {
+                warn!(error = %e, "reload refused; the current configuration keeps serving");
+                e.to_string()
+            })?;
             Ok(n)
         }
         Err(e) => {
@@ -539,6 +648,7 @@ async fn accept_loop(
     builder: Rc<auto::Builder<LocalExec>>,
     proxy: Rc<Proxy>,
     mut phase: watch::Receiver<Phase>,
+    mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
     let mut last_warn: Option<Instant> = None;
@@ -546,6 +656,7 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
+            _ = stop.wait_for(|s| *s) => return,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {

@@ -46,7 +46,8 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
     for i in 0..100 {
         let before = ok.load(Ordering::Relaxed);
         let backends = if i % 2 == 0 { &three } else { &two };
-        lb.reload(parse_config(&config_text(&cfg, backends)));
+        lb.reload(parse_config(&config_text(&cfg, backends)))
+            .unwrap();
         eventually("traffic after a reload", || {
             ok.load(Ordering::Relaxed) >= before + 8
         })
@@ -129,7 +130,8 @@ async fn a_backend_added_by_a_reload_ramps_up_under_slow_start() {
     };
     let mut lb = stickyd(&slow, &pool(&[&a])).await;
     let addr = lb.local_addrs()[0];
-    lb.reload(parse_config(&config_text(&slow, &pool(&[&a, &b]))));
+    lb.reload(parse_config(&config_text(&slow, &pool(&[&a, &b]))))
+        .unwrap();
     let mut names = Vec::new();
     for _ in 0..200 {
         names.push(Browser::new(addr).get("/").await.backend());
@@ -149,11 +151,68 @@ async fn a_backend_added_by_a_reload_ramps_up_under_slow_start() {
     lb.reload(parse_config(&config_text(
         &Cfg::default(),
         &pool(&[&a, &b]),
-    )));
+    )))
+    .unwrap();
     let mut names = Vec::new();
     for _ in 0..200 {
         names.push(Browser::new(addr).get("/").await.backend());
     }
     let t = tally(names.iter().map(String::as_str));
     assert_eq!((t["a"], t["b"]), (100, 100), "{t:?}");
+}
+
+/// The config for `backends` listening on `listen` (TOML array body).
+fn listening(listen: &str, backends: &[(&str, std::net::SocketAddr)]) -> stickyd::config::Config {
+    let text = config_text(&Cfg::default(), backends).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [{listen}]"),
+    );
+    parse_config(&text)
+}
+
+#[tokio::test]
+async fn reload_opens_and_closes_listeners_and_keeps_the_unchanged_one() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let mut lb = stickyd(&Cfg::default(), &pool(&[&a])).await;
+    let first = lb.local_addrs()[0];
+    let mut kept = Browser::new(first);
+    assert_eq!(kept.get("/").await.status, 200);
+
+    // Added: 127.0.0.2 (all of 127/8 is loopback on Linux); the first stays where it was.
+    lb.reload(listening(r#""127.0.0.1:0", "127.0.0.2:0""#, &pool(&[&a])))
+        .unwrap();
+    let addrs = lb.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(addrs[0], first, "an unchanged listener stays bound");
+    let second = addrs[1];
+    assert_eq!(Browser::new(second).get("/").await.status, 200);
+
+    // A reload that cannot bind is refused whole: listeners and pool unchanged.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = format!(r#""127.0.0.2:0", "{}""#, taken.local_addr().unwrap());
+    let err = lb.reload(listening(&busy, &pool(&[&a, &b]))).unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    assert_eq!(lb.local_addrs(), &addrs[..]);
+    assert_eq!(
+        lb.shared().load().backends.len(),
+        1,
+        "the pool did not change"
+    );
+
+    // Removed: the first listener stops accepting; its open connection keeps being served.
+    lb.reload(listening(r#""127.0.0.2:0""#, &pool(&[&a])))
+        .unwrap();
+    assert_eq!(lb.local_addrs(), &[second]);
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(first).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the removed listener still accepts");
+    assert_eq!(kept.get("/").await.status, 200, "its connection stays");
+    assert_eq!(Browser::new(second).get("/").await.status, 200);
 }
