@@ -226,7 +226,22 @@ pub fn route(
         return place_new(policy, why, now, pool, &open, nonce);
     }
     let Some(home) = pool.resolve(verified.key_index, &c.backend_tag) else {
-        return place_new(policy, Outcome::UnknownBackend, now, pool, &open, nonce);
+        // Its backend was removed from the pool: the same deterministic fallback as for a dead
+        // one (every instance and every parallel request agree), whatever on_pinned_down says,
+        // since that backend is not coming back.
+        let fallback = balance::rendezvous(c.nonce, pool.hashes(), pool.weights(), placeable)
+            .or_else(|| open_fallback(policy, pool, &open))
+            .ok_or(NoRoute::AllDown)?;
+        return Ok(Route {
+            backend: fallback,
+            outcome: Outcome::UnknownBackend,
+            issue: Some(Claims {
+                backend_tag: pool.tag(fallback),
+                last_seen: now,
+                ..c
+            }),
+            fallback: true,
+        });
     };
     // A token signed by an older key is re-signed by the current one as soon as it is seen.
     let refresh_due =
@@ -476,16 +491,32 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_matching_no_backend_is_unknown_backend() {
-        let pool = Pool::new(2);
-        let mut t = pool.token(0, 7, NOW, NOW);
+    fn a_removed_backends_sessions_take_the_deterministic_fallback() {
+        let pool = Pool::new(4);
+        let mut t = pool.token(0, 7, NOW - 10, NOW - 10);
         if let TokenInput::Valid(v) = &mut t {
             v.claims.backend_tag = [9; 8];
         }
-        assert_eq!(
-            go(&policy(), &pool, t).unwrap().outcome,
-            Outcome::UnknownBackend
-        );
+        let want = balance::rendezvous(7, &pool.hashes, &pool.weights, |_| true).unwrap();
+        // Even with on_pinned_down = fail: a removed backend is not coming back.
+        for p in [
+            policy(),
+            Policy {
+                on_pinned_down: OnPinnedDown::Fail,
+                ..policy()
+            },
+        ] {
+            let r = go(&p, &pool, t).unwrap();
+            assert_eq!(
+                (r.backend, r.outcome, r.fallback),
+                (want, Outcome::UnknownBackend, true)
+            );
+            let c = r.issue.unwrap();
+            assert_eq!(
+                (c.backend_tag, c.nonce, c.issued_at, c.last_seen),
+                (pool.tag(want), 7, NOW - 10, NOW)
+            );
+        }
     }
 
     #[test]

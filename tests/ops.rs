@@ -216,3 +216,88 @@ async fn reload_opens_and_closes_listeners_and_keeps_the_unchanged_one() {
     assert_eq!(kept.get("/").await.status, 200, "its connection stays");
     assert_eq!(Browser::new(second).get("/").await.status, 200);
 }
+
+/// The config for `backends` signed with the key ring `keys` (TOML array body).
+fn keyed(keys: &str, backends: &[(&str, std::net::SocketAddr)]) -> stickyd::config::Config {
+    let text = config_text(&Cfg::default(), backends)
+        .replace("keys = [\"env:KEY\"]", &format!("keys = [{keys}]"));
+    parse_config(&text)
+}
+
+#[tokio::test]
+async fn a_key_rotation_by_reload_signs_with_the_new_key_and_still_honours_the_old() {
+    use stickyd::token::KeyRing;
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let mut lb = stickyd(&Cfg::default(), &pool(&[&a, &b])).await;
+    let addr = lb.local_addrs()[0];
+    let mut user = Browser::new(addr);
+    let home = user.get("/").await.backend();
+    let old_token = user.cookie.clone().unwrap();
+    assert!(ring().verify(old_token.as_bytes()).is_ok());
+
+    // New key first, old key still listed: the old cookie keeps its backend and is re-signed.
+    lb.reload(keyed(r#""env:NEW_KEY", "env:KEY""#, &pool(&[&a, &b])))
+        .unwrap();
+    let new_ring = KeyRing::new(&[NEW_KEY], "stickyd");
+    let got = user.get("/").await;
+    assert_eq!(got.backend(), home);
+    let resigned = got.set_cookie().expect("re-signed with the new key");
+    assert!(new_ring.verify(resigned.as_bytes()).is_ok());
+    let fresh = Browser::new(addr).get("/").await.set_cookie().unwrap();
+    assert!(new_ring.verify(fresh.as_bytes()).is_ok());
+    assert!(ring().verify(fresh.as_bytes()).is_err());
+
+    // Old key dropped: a cookie it signed is a new session (unknown key), still served.
+    lb.reload(keyed(r#""env:NEW_KEY""#, &pool(&[&a, &b])))
+        .unwrap();
+    let mut late = Browser::new(addr);
+    late.cookie = Some(old_token);
+    let got = late.get("/").await;
+    assert_eq!(got.status, 200);
+    assert!(got.set_cookie().is_some());
+    assert_eq!(
+        lb.shared()
+            .metrics
+            .outcomes(stickyd::affinity::Outcome::UnknownKey),
+        1
+    );
+}
+
+#[tokio::test]
+async fn sessions_of_a_backend_removed_by_reload_take_the_same_fallback() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let c = TestBackend::start("c").await;
+    let mut lb = stickyd(&Cfg::default(), &pool(&[&a, &b, &c])).await;
+    let addr = lb.local_addrs()[0];
+    let mut on_c = loop {
+        let mut u = Browser::new(addr);
+        if u.get("/").await.backend() == "c" {
+            break u;
+        }
+    };
+    let token = on_c.cookie.clone().unwrap();
+    lb.reload(parse_config(&config_text(
+        &Cfg::default(),
+        &pool(&[&a, &b]),
+    )))
+    .unwrap();
+    let got = on_c.get("/").await;
+    assert_eq!(got.status, 200);
+    let fallback = got.backend();
+    assert!(fallback == "a" || fallback == "b", "{fallback}");
+    assert!(got.set_cookie().is_some(), "re-pinned");
+    // Another client holding the same old token lands on the same fallback.
+    let mut twin = Browser::new(addr);
+    twin.cookie = Some(token);
+    assert_eq!(twin.get("/").await.backend(), fallback);
+    // And the re-pinned client stays there.
+    assert_eq!(on_c.get("/").await.backend(), fallback);
+    assert_eq!(
+        lb.shared()
+            .metrics
+            .outcomes(stickyd::affinity::Outcome::UnknownBackend),
+        2
+    );
+}

@@ -28,6 +28,9 @@ use tokio::task::{JoinHandle, JoinSet};
 /// The signing key every test instance uses.
 pub const KEY: &[u8] = b"integration-test-key-0123456789abcdef";
 
+/// A second key, which `env:NEW_KEY` resolves to (every other spec resolves to [`KEY`]).
+pub const NEW_KEY: &[u8] = b"integration-test-new-key-0123456789abcdef";
+
 /// The key ring stickyd builds from [`KEY`], to forge and check tokens in tests.
 pub fn ring() -> KeyRing {
     KeyRing::new(&[KEY], "stickyd")
@@ -39,8 +42,8 @@ impl KeySource for TestKeys {
     fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
         Ok(KEY.to_vec())
     }
-    fn env(&self, _: &str) -> Option<Vec<u8>> {
-        Some(KEY.to_vec())
+    fn env(&self, name: &str) -> Option<Vec<u8>> {
+        Some(if name == "NEW_KEY" { NEW_KEY } else { KEY }.to_vec())
     }
 }
 
