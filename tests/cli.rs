@@ -95,24 +95,8 @@ fn sigterm_stops_the_daemon_with_status_0() {
     let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let text = GOOD.replace("127.0.0.1:9", &backend.local_addr().unwrap().to_string());
     let path = write_config("term", &text);
-    let mut child = Reaped(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut child, lines) = daemon(&path);
     let child = &mut child.0;
-    // Log lines arrive through a channel so that every wait below has a deadline.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
     let next = || {
         lines
             .recv_timeout(Duration::from_secs(20))
@@ -164,6 +148,28 @@ fn sigterm_stops_the_daemon_with_status_0() {
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
 
+/// Starts the daemon on `path` with info logs; its log lines arrive through the channel, so
+/// that every wait on them can have a deadline.
+fn daemon(path: &std::path::Path) -> (Reaped, std::sync::mpsc::Receiver<String>) {
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (child, lines)
+}
+
 /// A child process killed if the test fails before it exits, so no daemon outlives its test.
 struct Reaped(std::process::Child);
 
@@ -194,22 +200,7 @@ fn http(addr: &str, method: &str, path: &str) -> String {
 fn post_reload_rereads_the_file_and_refuses_a_bad_one_with_its_position() {
     let text = format!("{GOOD}[admin]\nlisten = \"127.0.0.1:0\"\n");
     let path = write_config("reload", &text);
-    let mut child = Reaped(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (_child, lines) = daemon(&path);
     let admin = loop {
         let l = lines
             .recv_timeout(Duration::from_secs(20))

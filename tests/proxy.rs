@@ -614,16 +614,7 @@ async fn above_max_connections_new_clients_wait_until_one_closes() {
 
 #[tokio::test]
 async fn sequential_requests_reuse_one_backend_connection() {
-    let b = RawBackend::start(Misbehave::KeepAlive).await;
-    let lb = stickyd(
-        &Cfg {
-            server: "worker_threads = 1",
-            ..Cfg::default()
-        },
-        &[("a", b.addr)],
-    )
-    .await;
-    let mut browser = Browser::new(lb.local_addrs()[0]);
+    let (b, _lb, mut browser) = one_worker_before(Misbehave::KeepAlive).await;
     for _ in 0..20 {
         let got = browser.get("/").await;
         assert_eq!(got.status, 200);
@@ -639,16 +630,7 @@ async fn sequential_requests_reuse_one_backend_connection() {
 
 #[tokio::test]
 async fn a_post_is_never_lost_to_a_pooled_connection_the_backend_closed() {
-    let b = RawBackend::start(Misbehave::AnswerThenClose).await;
-    let lb = stickyd(
-        &Cfg {
-            server: "worker_threads = 1",
-            ..Cfg::default()
-        },
-        &[("a", b.addr)],
-    )
-    .await;
-    let mut browser = Browser::new(lb.local_addrs()[0]);
+    let (b, _lb, mut browser) = one_worker_before(Misbehave::AnswerThenClose).await;
     for i in 0..20 {
         let got = browser
             .send("POST", "/", Bytes::from(format!("order {i}")), &[])
@@ -658,4 +640,19 @@ async fn a_post_is_never_lost_to_a_pooled_connection_the_backend_closed() {
     // Each POST reached the backend exactly once, each on a connection of its own.
     assert_eq!(b.requests.load(std::sync::atomic::Ordering::SeqCst), 20);
     assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 20);
+}
+
+/// A raw backend behind a one-worker stickyd (so one upstream pool), and a client.
+async fn one_worker_before(how: Misbehave) -> (RawBackend, stickyd::server::Running, Browser) {
+    let b = RawBackend::start(how).await;
+    let lb = stickyd(
+        &Cfg {
+            server: "worker_threads = 1",
+            ..Cfg::default()
+        },
+        &[("a", b.addr)],
+    )
+    .await;
+    let browser = Browser::new(lb.local_addrs()[0]);
+    (b, lb, browser)
 }
