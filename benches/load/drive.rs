@@ -260,13 +260,7 @@ async fn closed_conn(sh: Arc<Shared>, t: usize, index: u64, stats: Arc<Mutex<Thr
             if !sh.running(sent) {
                 break 'run;
             }
-            let deadline = tokio::time::Instant::from_std(sent + sh.timeout);
-            let result = tokio::time::timeout_at(deadline, async {
-                let conn = ready_conn(&mut slot, sh.target.addr).await?;
-                exchange(conn, &sh.target, &mut user).await
-            })
-            .await
-            .unwrap_or(Err(Failure::Timeout));
+            let result = timed_exchange(&sh, &mut slot, &mut user, sent).await;
             let done = Instant::now();
             user.remaining -= 1;
             let failed = result.as_ref().err().copied();
@@ -399,6 +393,23 @@ async fn open_thread(
     state.stats.replace(ThreadStats::new(1, &[]))
 }
 
+/// One request of `user` on the slot's connection (opened if needed), bounded by the run's
+/// timeout counted from `sent`.
+async fn timed_exchange(
+    sh: &Shared,
+    slot: &mut Option<Conn>,
+    user: &mut User,
+    sent: Instant,
+) -> Result<Answer, Failure> {
+    let deadline = tokio::time::Instant::from_std(sent + sh.timeout);
+    tokio::time::timeout_at(deadline, async {
+        let conn = ready_conn(slot, sh.target.addr).await?;
+        exchange(conn, &sh.target, user).await
+    })
+    .await
+    .unwrap_or(Err(Failure::Timeout))
+}
+
 async fn open_request(
     sh: Arc<Shared>,
     t: usize,
@@ -419,13 +430,7 @@ async fn open_request(
         found
     };
     let sent = Instant::now();
-    let deadline = tokio::time::Instant::from_std(sent + sh.timeout);
-    let result = tokio::time::timeout_at(deadline, async {
-        let conn = ready_conn(&mut slot, sh.target.addr).await?;
-        exchange(conn, &sh.target, &mut user).await
-    })
-    .await
-    .unwrap_or(Err(Failure::Timeout));
+    let result = timed_exchange(&sh, &mut slot, &mut user, sent).await;
     let done = Instant::now();
     let ok = result.is_ok();
     {
