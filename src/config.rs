@@ -70,6 +70,8 @@ pub struct Config {
     pub log: Log,
     /// `[admin]`: the admin API. Absent: no admin listener.
     pub admin: Option<Admin>,
+    /// `[tls]`: certificates for `listen_tls`.
+    pub tls: Option<Tls>,
     /// `[[backend]]`: the pool.
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
@@ -82,6 +84,38 @@ pub struct Config {
     /// The admin API's bearer token, resolved from `admin.token`.
     #[serde(skip)]
     pub admin_token: Option<Secret>,
+    /// Certificates loaded from `tls.certs`, in order (the first is the default).
+    #[serde(skip)]
+    pub certs: Vec<crate::tls::Cert>,
+    /// The TLS server config made from them, when there are any.
+    #[serde(skip)]
+    pub tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chains and keys; SNI picks by the certificates' names, the first is the
+    /// default.
+    pub certs: Spanned<Vec<CertSpec>>,
+    /// Time a client gets to complete the TLS handshake.
+    #[serde(default = "ten_seconds")]
+    pub handshake_timeout: Dur,
+}
+
+fn ten_seconds() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// One `[tls] certs` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSpec {
+    /// PEM certificate chain, leaf first (relative to the config file).
+    pub cert: Spanned<String>,
+    /// PEM private key (relative to the config file).
+    pub key: Spanned<String>,
 }
 
 /// `[admin]`.
@@ -112,6 +146,8 @@ impl Default for Admin {
 pub struct Server {
     /// Plain HTTP listeners (HTTP/1.1, and h2c with prior knowledge).
     pub listen: Spanned<Vec<SocketAddr>>,
+    /// TLS listeners (ALPN h2 and http/1.1); certificates from `[tls]`.
+    pub listen_tls: Spanned<Vec<SocketAddr>>,
     /// Worker threads (thread-per-core: own runtime, listeners and upstream pool); 0 means one
     /// per CPU.
     pub worker_threads: usize,
@@ -137,6 +173,7 @@ impl Default for Server {
     fn default() -> Server {
         Server {
             listen: Spanned::new(0..0, vec![SocketAddr::from(([127, 0, 0, 1], 8080))]),
+            listen_tls: Spanned::new(0..0, Vec::new()),
             worker_threads: 0,
             max_connections: 10_000,
             header_read_timeout: Dur(Duration::from_secs(10)),
@@ -219,8 +256,9 @@ pub struct Affinity {
     pub keys: Vec<Spanned<String>>,
     /// What to do when the pinned backend is unusable.
     pub on_pinned_down: OnPinnedDown,
-    /// Add `Secure` to the cookie on plain listeners (set behind a TLS-terminating proxy).
-    pub secure: bool,
+    /// `Secure` on the cookie: absent, on TLS listeners only; `true`, always (set it behind a
+    /// TLS-terminating proxy); `false`, never.
+    pub secure: Option<bool>,
     /// Optional cookie `Domain`.
     pub domain: Option<Spanned<String>>,
 }
@@ -235,7 +273,7 @@ impl Default for Affinity {
             clock_skew: Dur(Duration::from_secs(30)),
             keys: Vec::new(),
             on_pinned_down: OnPinnedDown::Repin,
-            secure: false,
+            secure: None,
             domain: None,
         }
     }
@@ -478,6 +516,20 @@ pub fn parse(
     })?;
     cfg.validate().map_err(|(span, msg)| at(span, msg))?;
     cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
+    if let Some(t) = &cfg.tls {
+        for spec in t.certs.get_ref() {
+            let cert = crate::tls::load(
+                &dir.join(spec.cert.get_ref()),
+                &dir.join(spec.key.get_ref()),
+            )
+            .map_err(|m| at(spec.cert.span(), m))?;
+            cfg.certs.push(cert);
+        }
+        if !cfg.certs.is_empty() {
+            cfg.tls_config =
+                Some(crate::tls::server_config(&cfg.certs).map_err(|m| at(t.certs.span(), m))?);
+        }
+    }
     if let Some(f) = cfg.log.access_file.take() {
         cfg.log.access_file = Some(dir.join(f));
     }
@@ -570,9 +622,23 @@ impl Config {
             }
         }
         let s = &self.server;
-        check(!s.listen.get_ref().is_empty(), s.listen.span(), || {
-            "server.listen needs at least one address".into()
-        })?;
+        check(
+            !(s.listen.get_ref().is_empty() && s.listen_tls.get_ref().is_empty()),
+            s.listen.span(),
+            || "server.listen or server.listen_tls needs at least one address".into(),
+        )?;
+        let has_certs = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.certs.get_ref().is_empty());
+        check(
+            s.listen_tls.get_ref().is_empty() || has_certs,
+            s.listen_tls.span(),
+            || {
+                "server.listen_tls needs certificates: [tls] certs = [{ cert = ..., key = ... }]"
+                    .into()
+            },
+        )?;
         check(s.max_connections >= 1, 0..0, || {
             "server.max_connections must be at least 1".into()
         })?;

@@ -209,14 +209,15 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
 pub struct CookieAttrs {
     /// Cookie name.
     pub name: String,
-    /// Add `Secure`.
-    pub secure: bool,
+    /// `Secure`: `None` on TLS connections only, else always (`true`) or never (`false`).
+    pub secure: Option<bool>,
     /// Optional `Domain`.
     pub domain: Option<String>,
 }
 
-/// The `Set-Cookie` value for token `value` with `max_age` seconds left.
-pub fn set_cookie(attrs: &CookieAttrs, value: &str, max_age: u32) -> HeaderValue {
+/// The `Set-Cookie` value for token `value` with `max_age` seconds left, for a client on a TLS
+/// connection or not.
+pub fn set_cookie(attrs: &CookieAttrs, value: &str, max_age: u32, tls: bool) -> HeaderValue {
     let mut s = String::with_capacity(128);
     s.push_str(&attrs.name);
     s.push('=');
@@ -228,7 +229,7 @@ pub fn set_cookie(attrs: &CookieAttrs, value: &str, max_age: u32) -> HeaderValue
         s.push_str(d);
     }
     s.push_str("; HttpOnly; SameSite=Lax");
-    if attrs.secure {
+    if attrs.secure.unwrap_or(tls) {
         s.push_str("; Secure");
     }
     // Name and domain are validated as cookie tokens at config load; value is base64url.
@@ -426,21 +427,36 @@ mod tests {
     fn set_cookie_carries_every_attribute() {
         let a = CookieAttrs {
             name: "stickyd".into(),
-            secure: false,
+            secure: None,
             domain: None,
         };
         assert_eq!(
-            set_cookie(&a, "TOK", 3600),
+            set_cookie(&a, "TOK", 3600, false),
             "stickyd=TOK; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            set_cookie(&a, "TOK", 3600, true),
+            "stickyd=TOK; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax; Secure",
+            "Secure on TLS by default"
         );
         let a = CookieAttrs {
             name: "sid".into(),
-            secure: true,
+            secure: Some(true),
             domain: Some("example.com".into()),
         };
         assert_eq!(
-            set_cookie(&a, "T", 5),
+            set_cookie(&a, "T", 5, false),
             "sid=T; Path=/; Max-Age=5; Domain=example.com; HttpOnly; SameSite=Lax; Secure"
+        );
+        let never = CookieAttrs {
+            secure: Some(false),
+            ..a
+        };
+        assert!(
+            !set_cookie(&never, "T", 5, true)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
         );
     }
 

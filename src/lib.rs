@@ -37,5 +37,6 @@ pub mod proxy;
 pub mod server;
 pub mod sessions;
 pub mod state;
+pub mod tls;
 pub mod token;
 pub mod upstream;

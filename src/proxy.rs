@@ -176,7 +176,7 @@ impl Proxy {
                     }
                     let resp = resp
                         .map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard, log.take())));
-                    return Ok(respond(snap, resp, route.issue, now));
+                    return Ok(respond(snap, resp, route.issue, now, conn.tls));
                 }
                 Err(e) => {
                     drop(guard);
@@ -225,13 +225,14 @@ fn respond(
     mut resp: Response<ProxyBody>,
     issue: Option<crate::token::Claims>,
     now: u32,
+    tls: bool,
 ) -> Response<ProxyBody> {
     let headers = resp.headers_mut();
     headers::strip_hop_by_hop(headers);
     if let Some(claims) = issue {
         let token = snap.ring.sign(&claims);
         let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
-        let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age);
+        let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age, tls);
         headers::add_set_cookie(headers, cookie);
     }
     resp

@@ -34,6 +34,20 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::state::Shared;
 use crate::upstream::Upstream;
 
+/// A listener as the config names it: its address (port 0 stays 0) and whether it is TLS.
+type ListenKey = (SocketAddr, bool);
+
+/// The listeners `config` asks for, plain ones first.
+fn listen_keys(config: &Config) -> Vec<ListenKey> {
+    let s = &config.server;
+    s.listen
+        .get_ref()
+        .iter()
+        .map(|a| (*a, false))
+        .chain(s.listen_tls.get_ref().iter().map(|a| (*a, true)))
+        .collect()
+}
+
 /// Lifecycle phase broadcast to accept loops and connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -48,8 +62,9 @@ enum Phase {
 pub struct Running {
     /// Bound addresses, in config order.
     addrs: Vec<SocketAddr>,
-    /// The configured address of each (port 0 stays 0 here), to compare with a reload's.
-    listen_keys: Vec<SocketAddr>,
+    /// The configured address of each (port 0 stays 0 here) and whether it is TLS, to compare
+    /// with a reload's.
+    listen_keys: Vec<ListenKey>,
     /// Commands to each worker: listeners to open and close.
     cmds: Vec<mpsc::UnboundedSender<WorkerCmd>>,
     shared: Arc<Shared>,
@@ -94,8 +109,9 @@ pub async fn start(config: Config) -> io::Result<Running> {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let listen_keys = config.server.listen.get_ref().clone();
-    let (addrs, mut sockets) = bind_all(&listen_keys, workers)?;
+    let listen_keys = listen_keys(&config);
+    let plain: Vec<SocketAddr> = listen_keys.iter().map(|k| k.0).collect();
+    let (addrs, mut sockets) = bind_all(&plain, workers)?;
 
     if config.generated_key {
         warn!(
@@ -258,9 +274,9 @@ struct Worker {
 /// What a reload asks of each worker.
 enum WorkerCmd {
     /// Accept on this socket, known by its configured address.
-    Listen(SocketAddr, std::net::TcpListener),
+    Listen(ListenKey, std::net::TcpListener),
     /// Stop accepting on the listener of this configured address (its connections stay).
-    Close(SocketAddr),
+    Close(ListenKey),
 }
 
 impl Worker {
@@ -269,7 +285,7 @@ impl Worker {
     /// drain, when its last connection has closed, or at once when the grace period is over.
     fn run(
         self,
-        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+        listeners: Vec<(ListenKey, std::net::TcpListener)>,
         ready: oneshot::Sender<io::Result<()>>,
     ) {
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -289,7 +305,7 @@ impl Worker {
 
     async fn serve(
         self,
-        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+        listeners: Vec<(ListenKey, std::net::TcpListener)>,
         ready: oneshot::Sender<io::Result<()>>,
     ) {
         let listeners = match listeners
@@ -312,8 +328,8 @@ impl Worker {
         drop(snap);
         // Every accept loop and connection holds a clone; `recv` returns None once all are gone.
         let (alive, mut all_done) = mpsc::channel::<()>(1);
-        let mut stops: HashMap<SocketAddr, watch::Sender<bool>> = HashMap::new();
-        let open = |key: SocketAddr, l: TcpListener, stops: &mut HashMap<_, _>| {
+        let mut stops: HashMap<ListenKey, watch::Sender<bool>> = HashMap::new();
+        let open = |key: ListenKey, l: TcpListener, stops: &mut HashMap<_, _>| {
             let (stop, stopped) = watch::channel(false);
             // A listener reopened under the same key replaces (and stops) the old one.
             if let Some(old) = stops.insert(key, stop) {
@@ -321,6 +337,7 @@ impl Worker {
             }
             tokio::task::spawn_local(accept_loop(
                 l,
+                key.1,
                 self.conns.clone(),
                 builder.clone(),
                 proxy.clone(),
@@ -341,7 +358,7 @@ impl Worker {
                 cmd = cmds.recv() => match cmd {
                     Some(WorkerCmd::Listen(key, l)) => match TcpListener::from_std(l) {
                         Ok(l) => open(key, l, &mut stops),
-                        Err(e) => warn!(address = %key, error = %e, "cannot open a listener"),
+                        Err(e) => warn!(address = %key.0, error = %e, "cannot open a listener"),
                     },
                     Some(WorkerCmd::Close(key)) => {
                         if let Some(stop) = stops.remove(&key) {
@@ -395,19 +412,20 @@ impl Running {
     /// connections finish). Other server-level changes need a restart (logged).
     pub fn reload(&mut self, config: Config) -> io::Result<()> {
         let old = self.shared.load();
-        let new_keys = config.server.listen.get_ref().clone();
-        let added: Vec<SocketAddr> = new_keys
+        let new_keys = listen_keys(&config);
+        let added: Vec<ListenKey> = new_keys
             .iter()
             .filter(|k| !self.listen_keys.contains(k))
             .copied()
             .collect();
-        let removed: Vec<SocketAddr> = self
+        let removed: Vec<ListenKey> = self
             .listen_keys
             .iter()
             .filter(|k| !new_keys.contains(k))
             .copied()
             .collect();
-        let (added_at, sockets) = bind_all(&added, self.cmds.len())?;
+        let added_addrs: Vec<SocketAddr> = added.iter().map(|k| k.0).collect();
+        let (added_at, sockets) = bind_all(&added_addrs, self.cmds.len())?;
         let server_changed = {
             let (o, n) = (&old.config.server, &config.server);
             o.worker_threads != n.worker_threads
@@ -437,7 +455,7 @@ impl Running {
                 let _ = worker.send(WorkerCmd::Close(*key));
             }
         }
-        let mut at: HashMap<SocketAddr, SocketAddr> = self
+        let mut at: HashMap<ListenKey, SocketAddr> = self
             .listen_keys
             .iter()
             .copied()
@@ -449,7 +467,7 @@ impl Running {
         for a in &added_at {
             info!(address = %a, "listening (added by reload)");
         }
-        for a in &removed {
+        for (a, _) in &removed {
             info!(address = %a, "listener closed by reload");
         }
         info!(backends = snap.backends.len(), "configuration reloaded");
@@ -642,8 +660,10 @@ fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {
     b
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
+    tls: bool,
     conns: Arc<Semaphore>,
     builder: Rc<auto::Builder<LocalExec>>,
     proxy: Rc<Proxy>,
@@ -690,7 +710,14 @@ async fn accept_loop(
         let (builder, proxy, phase, alive) =
             (builder.clone(), proxy.clone(), phase.clone(), alive.clone());
         tokio::task::spawn_local(async move {
-            serve(stream, peer, &builder, proxy, phase).await;
+            let _ = stream.set_nodelay(true);
+            if tls {
+                if let Some(stream) = handshake(stream, peer, &proxy).await {
+                    serve(stream, ConnInfo::new(peer, true), &builder, proxy, phase).await;
+                }
+            } else {
+                serve(stream, ConnInfo::new(peer, false), &builder, proxy, phase).await;
+            }
             drop((permit, alive));
         });
     }
@@ -706,15 +733,51 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-async fn serve(
+/// The TLS handshake, in the connection's own task, with the current certificates and the
+/// configured deadline. A failed or slow handshake just closes the connection (logged at debug:
+/// scanners and bad clients must not flood the log).
+async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
+    proxy: &Proxy,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let snap = proxy.shared().load();
+    let cfg = snap.config.tls_config.clone()?;
+    let deadline = snap
+        .config
+        .tls
+        .as_ref()
+        .map_or(Duration::from_secs(10), |t| t.handshake_timeout.get());
+    drop(snap);
+    match tokio::time::timeout(
+        deadline,
+        tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(peer = %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve<I>(
+    stream: I,
+    info: ConnInfo,
     builder: &auto::Builder<LocalExec>,
     proxy: Rc<Proxy>,
     mut phase: watch::Receiver<Phase>,
-) {
-    let _ = stream.set_nodelay(true);
-    let info = Rc::new(ConnInfo::new(peer, false));
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let peer = info.peer;
+    let info = Rc::new(info);
     let svc = service_fn(move |req| {
         let (proxy, info) = (proxy.clone(), info.clone());
         async move { proxy.handle(req, &info).await }

@@ -90,7 +90,13 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     assert_eq!(c.secrets.len(), 2);
     assert!(!c.generated_key);
     // Every field of every section appears in the example (as a key or commented key).
-    let debug = format!("{c:?}");
+    // [tls] is commented out in the example (it needs certificate files): its fields are
+    // checked against an empty section.
+    let tls = Tls {
+        certs: Spanned::new(0..0, Vec::new()),
+        handshake_timeout: Dur(std::time::Duration::from_secs(10)),
+    };
+    let debug = format!("{c:?}{tls:?}");
     for section in [
         "server", "affinity", "balance", "upstream", "health", "log", "admin",
     ] {
@@ -101,6 +107,9 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     }
     for key in [
         "listen",
+        "listen_tls",
+        "certs",
+        "handshake_timeout",
         "worker_threads",
         "max_connections",
         "header_read_timeout",
@@ -367,4 +376,25 @@ fn an_admin_listener_off_loopback_needs_a_token() {
         parse_ok(MINIMAL).admin.is_none(),
         "no [admin], no admin listener"
     );
+}
+
+#[test]
+fn tls_listeners_need_loadable_certificates_and_errors_point_at_them() {
+    let text = MINIMAL.replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = []\nlisten_tls = [\"127.0.0.1:0\"]",
+    );
+    let e = parse_err(&text);
+    assert!(e.message.contains("needs certificates"), "{e}");
+    assert_eq!(e.line, 4, "{e}");
+
+    let with =
+        format!("{text}\n[tls]\ncerts = [{{ cert = \"missing.pem\", key = \"missing.key\" }}]\n");
+    let e = parse_err(&with);
+    assert!(e.message.contains("/etc/stickyd/missing.pem"), "{e}");
+    assert_eq!(e.line, with.lines().count(), "{e}");
+
+    let none = MINIMAL.replace("listen = [\"127.0.0.1:0\"]", "listen = []");
+    let e = parse_err(&none);
+    assert!(e.message.contains("at least one address"), "{e}");
 }

@@ -1,0 +1,158 @@
+//! TLS termination with rustls: certificates from PEM files, chosen per handshake by SNI (the
+//! first certificate valid for the requested name, the first one when there is no name or no
+//! match), ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3 only, the `ring` provider.
+//!
+//! Certificates are loaded with the config (so `stickyd check` validates them and a reload can
+//! refuse bad ones) and the resulting `ServerConfig` lives in the snapshot: a reload swaps the
+//! certificates for new handshakes; established connections keep theirs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// ALPN protocols offered, in order of preference.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A certificate chain and its key, ready to serve.
+#[derive(Clone)]
+pub struct Cert(pub Arc<CertifiedKey>);
+
+impl std::fmt::Debug for Cert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cert({} certificate(s))", self.0.cert.len())
+    }
+}
+
+/// Loads a PEM certificate chain and its PEM private key, and checks that they belong
+/// together.
+pub fn load(cert: &Path, key: &Path) -> Result<Cert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in {}: {e}", cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!("no certificate in {}", cert.display()));
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("{} is not a usable certificate: {e}", cert.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&private)
+        .map_err(|e| format!("unsupported private key in {}: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} does not belong to the certificate in {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Cert(Arc::new(certified)))
+}
+
+/// Picks the certificate for a handshake.
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<Cert>,
+}
+
+impl SniResolver {
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = sni
+            .and_then(|n| ServerName::try_from(n).ok())
+            .and_then(|name| {
+                self.certs.iter().find(|c| {
+                    c.0.end_entity_cert()
+                        .ok()
+                        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+                })
+            });
+        by_name.or_else(|| self.certs.first()).map(|c| c.0.clone())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// The rustls server config for `certs` (at least one).
+pub fn server_config(certs: &[Cert]) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver {
+            certs: certs.to_vec(),
+        }));
+    cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("stickyd-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn sni_picks_the_matching_certificate_and_falls_back_to_the_first() {
+        let d = dir("sni");
+        let (ca, ka) = self_signed(&d, "a.test");
+        let (cb, kb) = self_signed(&d, "*.b.test");
+        let a = load(&ca, &ka).unwrap();
+        let b = load(&cb, &kb).unwrap();
+        let r = SniResolver {
+            certs: vec![a.clone(), b.clone()],
+        };
+        let is = |got: Option<Arc<CertifiedKey>>, want: &Cert| Arc::ptr_eq(&got.unwrap(), &want.0);
+        assert!(is(r.pick(Some("a.test")), &a));
+        assert!(is(r.pick(Some("www.b.test")), &b), "wildcard");
+        assert!(is(r.pick(Some("other.test")), &a), "no match: the first");
+        assert!(is(r.pick(None), &a), "no SNI: the first");
+        assert!(server_config(&[a, b]).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn mismatched_or_missing_files_are_refused_with_their_path() {
+        let d = dir("bad");
+        let (ca, _) = self_signed(&d, "a.test");
+        let (_, kb) = self_signed(&d, "b.test");
+        let e = load(&ca, &kb).unwrap_err();
+        assert!(e.contains("does not belong"), "{e}");
+        let e = load(&d.join("nope.pem"), &kb).unwrap_err();
+        assert!(e.contains("nope.pem"), "{e}");
+        std::fs::write(d.join("empty.pem"), "").unwrap();
+        let e = load(&d.join("empty.pem"), &kb).unwrap_err();
+        assert!(e.contains("no certificate"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
