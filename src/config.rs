@@ -316,6 +316,8 @@ pub struct Upstream {
     pub pool_max_idle: usize,
     /// Extra attempts on another backend when a retry is safe (0 disables).
     pub retries: Spanned<u32>,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Dur,
 }
 
 impl Default for Upstream {
@@ -326,6 +328,7 @@ impl Default for Upstream {
             pool_idle_timeout: Dur(Duration::from_secs(90)),
             pool_max_idle: 256,
             retries: Spanned::new(0..0, 1),
+            tunnel_idle_timeout: Dur(Duration::from_secs(600)),
         }
     }
 }

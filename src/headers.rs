@@ -151,6 +151,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol a request asks to switch to, if it is a switch stickyd tunnels: HTTP/1.1 with
+/// `Connection: upgrade` and an `Upgrade` header. `Upgrade: h2c` is never tunnelled (stickyd
+/// speaks h2c itself, with prior knowledge): such a request is served as a plain one.
+pub fn upgrade_protocol(headers: &HeaderMap, version: http::Version) -> Option<HeaderValue> {
+    // Most requests have no Upgrade header: one lookup decides.
+    let proto = headers.get(header::UPGRADE)?;
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let h2c = proto
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (asks && !h2c && !proto.is_empty()).then(|| proto.clone())
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -421,6 +442,32 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "shop.example");
         let vias: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(vias, ["1.1 edge", "1.1 stickyd"]);
+    }
+
+    #[test]
+    fn upgrades_are_recognised_and_h2c_is_never_tunnelled() {
+        use http::Version;
+        let ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            upgrade_protocol(&ws, Version::HTTP_11).unwrap(),
+            "websocket"
+        );
+        assert!(upgrade_protocol(&ws, Version::HTTP_10).is_none());
+        assert!(upgrade_protocol(&ws, Version::HTTP_2).is_none());
+        let no_conn = map(&[("upgrade", "websocket")]);
+        assert!(upgrade_protocol(&no_conn, Version::HTTP_11).is_none());
+        let no_upgrade = map(&[("connection", "upgrade")]);
+        assert!(upgrade_protocol(&no_upgrade, Version::HTTP_11).is_none());
+        let h2c = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(upgrade_protocol(&h2c, Version::HTTP_11).is_none());
+        let mixed = map(&[("connection", "upgrade"), ("upgrade", "websocket, H2C")]);
+        assert!(upgrade_protocol(&mixed, Version::HTTP_11).is_none());
     }
 
     #[test]

@@ -39,4 +39,5 @@ pub mod sessions;
 pub mod state;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 pub mod upstream;

@@ -30,6 +30,17 @@ use crate::state::{Shared, Snapshot};
 use crate::token::Invalid;
 use crate::upstream::Upstream;
 
+/// Whatever keeps a client connection counted (its connection-limit slot, the worker's
+/// liveness): an upgraded connection's tunnel holds it until it closes.
+#[derive(Clone)]
+pub struct Hold(pub std::rc::Rc<dyn std::any::Any>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
 /// What the proxy knows of the client connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -39,6 +50,8 @@ pub struct ConnInfo {
     pub peer_value: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// What a tunnel made from this connection must keep alive.
+    pub hold: Option<Hold>,
 }
 
 impl ConnInfo {
@@ -50,6 +63,7 @@ impl ConnInfo {
             peer_value: HeaderValue::from_str(&ip.to_string())
                 .expect("an IP address is a valid header value"),
             tls,
+            hold: None,
         }
     }
 }
@@ -59,12 +73,23 @@ impl ConnInfo {
 pub struct Proxy {
     shared: Arc<Shared>,
     upstream: Upstream,
+    /// Turns true when shutdown's grace period is over: tunnels close.
+    cut: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Proxy {
-    /// A proxy over `shared` state, forwarding through `upstream`.
-    pub fn new(shared: Arc<Shared>, upstream: Upstream) -> Proxy {
-        Proxy { shared, upstream }
+    /// A proxy over `shared` state, forwarding through `upstream`; tunnels close when `cut`
+    /// turns true.
+    pub fn new(
+        shared: Arc<Shared>,
+        upstream: Upstream,
+        cut: tokio::sync::watch::Receiver<bool>,
+    ) -> Proxy {
+        Proxy {
+            shared,
+            upstream,
+            cut,
+        }
     }
 
     /// The shared state.
@@ -108,6 +133,10 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         check_request(&parts)?;
+        // An upgrade (WebSocket) keeps its Connection/Upgrade pair, which the hop-by-hop strip
+        // below removes, and the client side's upgrade handle.
+        let upgrade = headers::upgrade_protocol(&parts.headers, parts.version)
+            .and_then(|p| Some((p, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?)));
 
         let found = headers::take_cookie(&mut parts.headers, &snap.cookie.name);
         let token = match found {
@@ -119,6 +148,13 @@ impl Proxy {
             },
         };
         prepare_upstream_head(snap, &mut parts, conn);
+        if let Some((proto, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
+        let mut upgrade = upgrade.map(|(_, on)| on);
 
         let idempotent = is_idempotent(&parts.method);
         let body = Replay::new(body);
@@ -143,8 +179,13 @@ impl Proxy {
             let up = Request::from_parts(head, body.take());
 
             let guard = InFlight::start(&backend.live);
-            match self.upstream.send(&backend.authority, up).await {
-                Ok((resp, lease)) => {
+            let sent = if upgrade.is_some() {
+                self.upstream.send_upgrade(&backend.authority, up).await
+            } else {
+                self.upstream.send(&backend.authority, up).await
+            };
+            match sent {
+                Ok((mut resp, lease)) => {
                     backend.live.connect_ok();
                     backend.live.record_status(resp.status().as_u16());
                     let repinned = self.count_route(&route, snap);
@@ -173,6 +214,24 @@ impl Proxy {
                         backend
                             .live
                             .record_session(nonce, u64::from(now), pinned_here);
+                    }
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client) = upgrade.take()
+                    {
+                        let upstream = hyper::upgrade::on(&mut resp);
+                        tokio::task::spawn_local(crate::tunnel::serve(
+                            client,
+                            upstream,
+                            snap.config.upstream.tunnel_idle_timeout.get(),
+                            self.cut.clone(),
+                            guard,
+                            conn.hold.clone(),
+                        ));
+                        drop(lease);
+                        if let Some(p) = log.take() {
+                            p.finish(101, 0);
+                        }
+                        return Ok(switching(snap, resp, route.issue, now, conn.tls));
                     }
                     let resp = resp
                         .map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard, log.take())));
@@ -234,6 +293,35 @@ fn respond(
         let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
         let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age, tls);
         headers::add_set_cookie(headers, cookie);
+    }
+    resp
+}
+
+/// The backend's `101` on its way to the client: its Connection/Upgrade pair and protocol
+/// headers kept, other hop-by-hop headers out, the cookie in when one is issued, no body.
+fn switching(
+    snap: &Snapshot,
+    resp: Response<Incoming>,
+    issue: Option<crate::token::Claims>,
+    now: u32,
+    tls: bool,
+) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    let keep = (
+        parts.headers.get(header::CONNECTION).cloned(),
+        parts.headers.get(header::UPGRADE).cloned(),
+    );
+    let mut resp = respond(
+        snap,
+        Response::from_parts(parts.clone(), ProxyBody::full(Bytes::new())),
+        issue,
+        now,
+        tls,
+    );
+    parts.headers.clear();
+    if let (Some(c), Some(u)) = keep {
+        resp.headers_mut().insert(header::CONNECTION, c);
+        resp.headers_mut().insert(header::UPGRADE, u);
     }
     resp
 }

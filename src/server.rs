@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, ReloadCall};
 use crate::checker::{self, Checkers};
 use crate::config::{self, Config};
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnInfo, Hold, Proxy};
 use crate::state::Shared;
 use crate::upstream::Upstream;
 
@@ -321,9 +321,17 @@ impl Worker {
         };
         let snap = self.shared.load();
         let builder = Rc::new(http_builder(&snap.config));
+        // Tunnels (upgraded connections) close when the grace period is over.
+        let (cut, cut_rx) = watch::channel(false);
+        let mut closing = self.phase.clone();
+        tokio::task::spawn_local(async move {
+            let _ = closing.wait_for(|p| *p >= Phase::Closing).await;
+            let _ = cut.send(true);
+        });
         let proxy = Rc::new(Proxy::new(
             self.shared.clone(),
             Upstream::new(&snap.config.upstream),
+            cut_rx,
         ));
         drop(snap);
         // Every accept loop and connection holds a clone; `recv` returns None once all are gone.
@@ -711,14 +719,17 @@ async fn accept_loop(
             (builder.clone(), proxy.clone(), phase.clone(), alive.clone());
         tokio::task::spawn_local(async move {
             let _ = stream.set_nodelay(true);
+            // The connection's slot and the worker's liveness, kept by whoever holds a clone:
+            // the connection, and a tunnel made from it.
+            let mut info = ConnInfo::new(peer, tls);
+            info.hold = Some(Hold(Rc::new((permit, alive))));
             if tls {
                 if let Some(stream) = handshake(stream, peer, &proxy).await {
-                    serve(stream, ConnInfo::new(peer, true), &builder, proxy, phase).await;
+                    serve(stream, info, &builder, proxy, phase).await;
                 }
             } else {
-                serve(stream, ConnInfo::new(peer, false), &builder, proxy, phase).await;
+                serve(stream, info, &builder, proxy, phase).await;
             }
-            drop((permit, alive));
         });
     }
 }
@@ -774,7 +785,7 @@ async fn serve<I>(
     proxy: Rc<Proxy>,
     mut phase: watch::Receiver<Phase>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
     let info = Rc::new(info);
@@ -782,7 +793,7 @@ async fn serve<I>(
         let (proxy, info) = (proxy.clone(), info.clone());
         async move { proxy.handle(req, &info).await }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let first = tokio::select! {
         r = conn.as_mut() => Some(r),

@@ -110,10 +110,29 @@ impl Upstream {
                 Err(Failed::Error(e)) => return Err(e),
             }
         }
-        let mut sender = pool.connect(backend).await?;
+        let mut sender = pool.connect(backend, false).await?;
         match pool.exchange(&mut sender, req).await {
             Ok(resp) => Ok((resp, self.lease(backend, sender))),
             // A new connection that cannot take a request died at once: nothing was sent.
+            Err(Failed::Unsent(_)) => Err(ProxyError::Connect(
+                "connection closed before the request was sent".into(),
+            )),
+            Err(Failed::Error(e)) => Err(e),
+        }
+    }
+
+    /// Sends an upgrade request (WebSocket and the like) on a new connection of its own, able
+    /// to switch protocols: after a `101` the connection is the tunnel's; after any other answer
+    /// it can go back to the pool like any other.
+    pub async fn send_upgrade(
+        &self,
+        backend: &Authority,
+        req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let pool = &self.inner;
+        let mut sender = pool.connect(backend, true).await?;
+        match pool.exchange(&mut sender, req).await {
+            Ok(resp) => Ok((resp, self.lease(backend, sender))),
             Err(Failed::Unsent(_)) => Err(ProxyError::Connect(
                 "connection closed before the request was sent".into(),
             )),
@@ -173,7 +192,11 @@ impl Pool {
         list.push(Idle { sender, since: now });
     }
 
-    async fn connect(&self, backend: &Authority) -> Result<http1::SendRequest<UpBody>, ProxyError> {
+    async fn connect(
+        &self,
+        backend: &Authority,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<UpBody>, ProxyError> {
         let connect = async {
             let stream = TcpStream::connect(backend.as_str()).await?;
             stream.set_nodelay(true)?;
@@ -198,7 +221,11 @@ impl Pool {
             .map_err(|e| ProxyError::Connect(format!("handshake with {backend}: {}", chain(&e))))?;
         tokio::task::spawn_local(async move {
             // Errors here also reach the request that was in flight; nothing more to do.
-            let _ = conn.await;
+            if upgrades {
+                let _ = conn.with_upgrades().await;
+            } else {
+                let _ = conn.await;
+            }
         });
         Ok(sender)
     }

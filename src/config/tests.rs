@@ -136,6 +136,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "pool_idle_timeout",
         "pool_max_idle",
         "retries",
+        "tunnel_idle_timeout",
         "enabled",
         "path",
         "host",
