@@ -562,6 +562,13 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
+/// HTTP/2: streams reset by the client before being accepted, tolerated per connection.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2: streams stickyd resets for protocol errors, tolerated per connection.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+/// HTTP/2: bytes buffered per stream toward a slow client.
+const H2_MAX_SEND_BUF: usize = 256 * 1024;
+
 /// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`: they need not be `Send`.
 #[derive(Clone, Copy, Debug)]
 struct LocalExec;
@@ -663,6 +670,12 @@ fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(*s.max_header_bytes.get_ref()).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
+        // accepted, and streams reset because the client misbehaved, are bounded per
+        // connection; past the bound the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
+        .max_send_buf_size(H2_MAX_SEND_BUF)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     b

@@ -656,3 +656,40 @@ async fn one_worker_before(how: Misbehave) -> (RawBackend, stickyd::server::Runn
     let browser = Browser::new(lb.local_addrs()[0]);
     (b, lb, browser)
 }
+
+#[tokio::test]
+async fn an_h2_stream_reset_by_the_client_cancels_its_upstream_request() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(&Cfg::default(), &pool(&[&a])).await;
+    let tcp = tokio::net::TcpStream::connect(lb.local_addrs()[0])
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let live = lb.shared().load().backends[0].live.clone();
+    let slow = http::Request::get("http://x/slow?ms=20000")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let pending = tokio::spawn(send.send_request(slow));
+    eventually("the slow request to reach the backend", || {
+        live.in_flight() == 1
+    })
+    .await;
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    pending.abort();
+    eventually("the upstream request to be cancelled", || {
+        live.in_flight() == 0
+    })
+    .await;
+    // The connection keeps serving other streams.
+    let ok = send
+        .send_request(http::Request::get("http://x/").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
