@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -43,6 +42,7 @@ pub fn spawn(snap: &Snapshot) -> Checkers {
         .map(|b| {
             let probe = Probe {
                 address: b.authority.to_string(),
+                origin: b.origin.clone(),
                 host: h.host.clone().unwrap_or_else(|| b.authority.to_string()),
                 path: h.path.get_ref().clone(),
                 timeout: h.timeout.get_ref().get(),
@@ -71,6 +71,7 @@ fn settings(h: &Health) -> Settings {
 
 struct Probe {
     address: String,
+    origin: Option<crate::tls::Origin>,
     host: String,
     path: String,
     timeout: Duration,
@@ -120,10 +121,9 @@ impl Probe {
     }
 
     async fn exchange(&self) -> Result<(), String> {
-        let stream = TcpStream::connect(&self.address)
+        let stream = crate::tls::MaybeTls::connect(&self.address, self.origin.as_ref())
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;

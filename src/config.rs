@@ -451,6 +451,17 @@ pub struct Backend {
     /// Admin state at start.
     #[serde(default = "active")]
     pub state: AdminState,
+    /// Speak TLS to this backend.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA certificates to verify this backend's certificate with (default: the Mozilla
+    /// roots).
+    pub tls_ca: Option<Spanned<String>>,
+    /// The name its certificate must carry (default: the host of `address`).
+    pub server_name: Option<Spanned<String>>,
+    /// The TLS client for this backend, made at load when `tls` is on.
+    #[serde(skip)]
+    pub origin: Option<crate::tls::Origin>,
 }
 
 fn one() -> Spanned<u32> {
@@ -519,6 +530,31 @@ pub fn parse(
     })?;
     cfg.validate().map_err(|(span, msg)| at(span, msg))?;
     cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
+    for b in &mut cfg.backends {
+        if !b.tls {
+            continue;
+        }
+        let host = parse_address(b.address.get_ref())
+            .map(|a| {
+                a.host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let name = b
+            .server_name
+            .as_ref()
+            .map_or(host.as_str(), |n| n.get_ref().as_str());
+        let span = b
+            .tls_ca
+            .as_ref()
+            .map(|c| c.span())
+            .or_else(|| b.server_name.as_ref().map(|n| n.span()))
+            .unwrap_or_else(|| b.address.span());
+        let ca = b.tls_ca.as_ref().map(|c| dir.join(c.get_ref()));
+        b.origin = Some(crate::tls::Origin::new(ca.as_deref(), name).map_err(|m| at(span, m))?);
+    }
     if let Some(t) = &cfg.tls {
         for spec in t.certs.get_ref() {
             let cert = crate::tls::load(

@@ -161,14 +161,18 @@ impl Proxy {
         let now = unix_now();
         let mut excluded: Vec<usize> = Vec::new();
         let mut retries_left = *snap.config.upstream.retries.get_ref();
+        // The failure of the previous attempt: when a retry finds no other backend, that is
+        // the answer (a 502 says more than "no backend").
+        let mut failed: Option<ProxyError> = None;
         loop {
-            let route =
-                affinity::route(&snap.policy, token, now, snap, &excluded, nonce).map_err(|e| {
-                    match e {
-                        NoRoute::AllDown => ProxyError::NoBackend,
-                        NoRoute::PinnedDown => ProxyError::PinnedDown,
-                    }
-                })?;
+            let route = match affinity::route(&snap.policy, token, now, snap, &excluded, nonce) {
+                Ok(r) => r,
+                Err(_) if failed.is_some() => {
+                    return Err(failed.take().unwrap_or(ProxyError::NoBackend));
+                }
+                Err(NoRoute::AllDown) => return Err(ProxyError::NoBackend),
+                Err(NoRoute::PinnedDown) => return Err(ProxyError::PinnedDown),
+            };
             let backend = &snap.backends[route.backend];
             let may_retry = retries_left > 0 && body.replayable();
             let head = if may_retry {
@@ -179,10 +183,14 @@ impl Proxy {
             let up = Request::from_parts(head, body.take());
 
             let guard = InFlight::start(&backend.live);
+            let target = crate::upstream::Target {
+                authority: &backend.authority,
+                origin: backend.origin.as_ref(),
+            };
             let sent = if upgrade.is_some() {
-                self.upstream.send_upgrade(&backend.authority, up).await
+                self.upstream.send_upgrade(target, up).await
             } else {
-                self.upstream.send(&backend.authority, up).await
+                self.upstream.send(target, up).await
             };
             match sent {
                 Ok((mut resp, lease)) => {
@@ -254,6 +262,7 @@ impl Proxy {
                         self.shared.metrics.retry();
                         excluded.push(route.backend);
                         retries_left -= 1;
+                        failed = Some(e);
                         continue;
                     }
                     return Err(e);

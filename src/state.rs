@@ -33,6 +33,8 @@ pub struct Backend {
     pub admin: AdminState,
     /// Live state, shared with every snapshot that has this id.
     pub live: Arc<BackendLive>,
+    /// TLS to this backend, when on.
+    pub origin: Option<crate::tls::Origin>,
 }
 
 impl Backend {
@@ -94,6 +96,7 @@ impl Snapshot {
                         .expect("addresses are validated at config load"),
                     weight: *b.weight.get_ref(),
                     admin: b.state,
+                    origin: b.origin.clone(),
                     id,
                     live,
                 }

@@ -19,12 +19,12 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::tls::MaybeTls;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::body::UpBody;
 use crate::config;
@@ -42,7 +42,8 @@ pub struct Upstream {
 }
 
 struct Pool {
-    idle: RefCell<HashMap<Box<str>, Vec<Idle>>>,
+    /// Idle connections by backend address: plain ones at index 0, TLS ones at 1.
+    idle: RefCell<[HashMap<Box<str>, Vec<Idle>>; 2]>,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -72,7 +73,7 @@ impl Upstream {
         builder.writev(false);
         Upstream {
             inner: Rc::new(Pool {
-                idle: RefCell::new(HashMap::new()),
+                idle: RefCell::new([HashMap::new(), HashMap::new()]),
                 connect_timeout: cfg.connect_timeout.get(),
                 response_timeout: cfg.response_timeout.get(),
                 idle_timeout: cfg.pool_idle_timeout.get(),
@@ -85,19 +86,25 @@ impl Upstream {
 
     /// Idle connections kept now, over all backends.
     pub fn idle_count(&self) -> usize {
-        self.inner.idle.borrow().values().map(Vec::len).sum()
+        self.inner
+            .idle
+            .borrow()
+            .iter()
+            .flat_map(|m| m.values())
+            .map(Vec::len)
+            .sum()
     }
 
     /// Sends `req` (origin form; Host set by the caller) to `backend` and waits, at most the
     /// response timeout, for the response head.
     pub async fn send(
         &self,
-        backend: &Authority,
+        backend: Target<'_>,
         mut req: Request<UpBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let pool = &self.inner;
         // Idle connections first; each may turn out closed, or hand the request back unsent.
-        while let Some(mut sender) = pool.checkout(backend.as_str()) {
+        while let Some(mut sender) = pool.checkout(backend) {
             // Ready at once unless its connection task has yet to see the last response
             // finished; bounded in case it is still sending an old request body.
             match tokio::time::timeout(pool.connect_timeout, sender.ready()).await {
@@ -126,7 +133,7 @@ impl Upstream {
     /// it can go back to the pool like any other.
     pub async fn send_upgrade(
         &self,
-        backend: &Authority,
+        backend: Target<'_>,
         req: Request<UpBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let pool = &self.inner;
@@ -140,13 +147,23 @@ impl Upstream {
         }
     }
 
-    fn lease(&self, backend: &Authority, sender: http1::SendRequest<UpBody>) -> Lease {
+    fn lease(&self, backend: Target<'_>, sender: http1::SendRequest<UpBody>) -> Lease {
         Lease {
             pool: self.inner.clone(),
-            backend: backend.clone(),
+            backend: backend.authority.clone(),
+            tls: backend.origin.is_some(),
             sender,
         }
     }
+}
+
+/// A backend as the pool reaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// `host:port`.
+    pub authority: &'a Authority,
+    /// TLS, when the backend speaks it.
+    pub origin: Option<&'a crate::tls::Origin>,
 }
 
 enum Failed {
@@ -156,9 +173,9 @@ enum Failed {
 }
 
 impl Pool {
-    fn checkout(&self, key: &str) -> Option<http1::SendRequest<UpBody>> {
+    fn checkout(&self, t: Target<'_>) -> Option<http1::SendRequest<UpBody>> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
+        let list = idle[usize::from(t.origin.is_some())].get_mut(t.authority.as_str())?;
         while let Some(c) = list.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
                 return Some(c.sender);
@@ -167,7 +184,7 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, key: &Authority, sender: http1::SendRequest<UpBody>) {
+    fn checkin(&self, key: &Authority, tls: bool, sender: http1::SendRequest<UpBody>) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -176,14 +193,17 @@ impl Pool {
         if now.duration_since(self.last_sweep.get()) >= SWEEP_EVERY {
             self.last_sweep.set(now);
             let timeout = self.idle_timeout;
-            idle.retain(|_, list| {
-                list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
-                !list.is_empty()
-            });
+            for m in idle.iter_mut() {
+                m.retain(|_, list| {
+                    list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+                    !list.is_empty()
+                });
+            }
         }
-        let list = match idle.get_mut(key.as_str()) {
+        let map = &mut idle[usize::from(tls)];
+        let list = match map.get_mut(key.as_str()) {
             Some(l) => l,
-            None => idle.entry(key.as_str().into()).or_default(),
+            None => map.entry(key.as_str().into()).or_default(),
         };
         if list.len() >= self.max_idle {
             // Keep the warmest: the oldest goes.
@@ -194,14 +214,14 @@ impl Pool {
 
     async fn connect(
         &self,
-        backend: &Authority,
+        target: Target<'_>,
         upgrades: bool,
     ) -> Result<http1::SendRequest<UpBody>, ProxyError> {
+        let backend = target.authority;
         let connect = async {
-            let stream = TcpStream::connect(backend.as_str()).await?;
-            stream.set_nodelay(true)?;
+            let stream = MaybeTls::connect(backend.as_str(), target.origin).await?;
             let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-            socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+            socket2::SockRef::from(stream.tcp()).set_tcp_keepalive(&keepalive)?;
             Ok::<_, io::Error>(stream)
         };
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
@@ -251,13 +271,14 @@ impl Pool {
 pub struct Lease {
     pool: Rc<Pool>,
     backend: Authority,
+    tls: bool,
     sender: http1::SendRequest<UpBody>,
 }
 
 impl Lease {
     /// The response body was read to its end: the connection may serve another request.
     pub fn release(self) {
-        self.pool.checkin(&self.backend, self.sender);
+        self.pool.checkin(&self.backend, self.tls, self.sender);
     }
 }
 

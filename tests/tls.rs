@@ -231,3 +231,93 @@ async fn a_client_that_never_finishes_the_handshake_is_closed_at_the_deadline() 
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A backend that speaks only TLS, with `site`'s certificate; answers its name and which
+/// path it saw, and counts requests.
+async fn tls_backend(site: &Site) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let cert = stickyd::tls::load(&site.cert, &site.key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(stickyd::tls::server_config(&[cert]).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = format!("secure backend {}", req.uri().path());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// Plain listener, one TLS backend with `extra` backend keys.
+fn to_tls_backend(addr: SocketAddr, extra: &str, health: &'static str) -> stickyd::config::Config {
+    let cfg = Cfg {
+        health,
+        ..Cfg::default()
+    };
+    let text = config_text(&cfg, &[("secure", addr)]).replace(
+        &format!("address = \"{addr}\"\n"),
+        &format!("address = \"{addr}\"\ntls = true\n{extra}\n"),
+    );
+    parse_config(&text)
+}
+
+#[tokio::test]
+async fn backends_can_be_reached_over_tls_verified_by_their_ca_and_name() {
+    let dir = temp_dir("upstream");
+    let site = site(&dir, "backend", "backend.test");
+    let (addr, hits) = tls_backend(&site).await;
+    let ca = format!("tls_ca = {:?}\nserver_name = \"backend.test\"", site.cert);
+    // Active health checks on, over TLS as well.
+    let lb = stickyd::server::start(to_tls_backend(
+        addr,
+        &ca,
+        "interval = \"100ms\"\nrise = 1\ninitial = \"down\"",
+    ))
+    .await
+    .unwrap();
+    let live = lb.shared().load().backends[0].live.clone();
+    eventually("the TLS backend to pass its health check", || {
+        live.is_healthy()
+    })
+    .await;
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    for _ in 0..3 {
+        let got = user.get("/over-tls").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), "secure backend /over-tls");
+    }
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+
+    // The wrong name: the handshake fails and nothing is sent (502, not a hang).
+    let wrong = format!("tls_ca = {:?}\nserver_name = \"other.test\"", site.cert);
+    let lb2 = stickyd::server::start(to_tls_backend(addr, &wrong, "enabled = false"))
+        .await
+        .unwrap();
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let got = Browser::new(lb2.local_addrs()[0]).get("/x").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -158,6 +158,9 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "address",
         "weight",
         "state",
+        "tls",
+        "tls_ca",
+        "server_name",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
