@@ -43,6 +43,7 @@ pub fn spawn(snap: &Snapshot) -> Checkers {
             let probe = Probe {
                 address: b.authority.to_string(),
                 origin: b.origin.clone(),
+                h2: b.h2,
                 host: h.host.clone().unwrap_or_else(|| b.authority.to_string()),
                 path: h.path.get_ref().clone(),
                 timeout: h.timeout.get_ref().get(),
@@ -72,6 +73,7 @@ fn settings(h: &Health) -> Settings {
 struct Probe {
     address: String,
     origin: Option<crate::tls::Origin>,
+    h2: bool,
     host: String,
     path: String,
     timeout: Duration,
@@ -124,21 +126,48 @@ impl Probe {
         let stream = crate::tls::MaybeTls::connect(&self.address, self.origin.as_ref())
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let resp = if self.h2 {
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(stream),
+            )
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-        let driver = tokio::spawn(conn);
-        let req = Request::get(self.path.as_str())
-            .header(header::HOST, self.host.as_str())
-            .header(header::USER_AGENT, "stickyd-health")
-            .header(header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"));
-        driver.abort();
+            let driver = tokio::spawn(conn);
+            let scheme = if self.origin.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let req = Request::get(format!("{scheme}://{}{}", self.address, self.path))
+                .header(header::HOST, self.host.as_str())
+                .header(header::USER_AGENT, "stickyd-health")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"));
+            driver.abort();
+            resp
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let driver = tokio::spawn(conn);
+            let req = Request::get(self.path.as_str())
+                .header(header::HOST, self.host.as_str())
+                .header(header::USER_AGENT, "stickyd-health")
+                .header(header::CONNECTION, "close")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"));
+            driver.abort();
+            resp
+        };
         let status = resp?.status().as_u16();
         if self.expect.contains(status) {
             Ok(())

@@ -437,6 +437,18 @@ impl Default for Log {
     }
 }
 
+/// The HTTP version stickyd speaks to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2: one multiplexed connection per worker (h2c with prior knowledge, or ALPN h2
+    /// with `tls = true`).
+    H2,
+}
+
 /// `[[backend]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -454,6 +466,9 @@ pub struct Backend {
     /// Speak TLS to this backend.
     #[serde(default)]
     pub tls: bool,
+    /// The HTTP version spoken to this backend.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// PEM CA certificates to verify this backend's certificate with (default: the Mozilla
     /// roots).
     pub tls_ca: Option<Spanned<String>>,
@@ -553,7 +568,10 @@ pub fn parse(
             .or_else(|| b.server_name.as_ref().map(|n| n.span()))
             .unwrap_or_else(|| b.address.span());
         let ca = b.tls_ca.as_ref().map(|c| dir.join(c.get_ref()));
-        b.origin = Some(crate::tls::Origin::new(ca.as_deref(), name).map_err(|m| at(span, m))?);
+        b.origin = Some(
+            crate::tls::Origin::new(ca.as_deref(), name, b.protocol == Protocol::H2)
+                .map_err(|m| at(span, m))?,
+        );
     }
     if let Some(t) = &cfg.tls {
         for spec in t.certs.get_ref() {

@@ -186,6 +186,8 @@ impl Proxy {
             let target = crate::upstream::Target {
                 authority: &backend.authority,
                 origin: backend.origin.as_ref(),
+                // Upgrades (WebSocket) always go over HTTP/1.1.
+                h2: backend.h2 && upgrade.is_none(),
             };
             let sent = if upgrade.is_some() {
                 self.upstream.send_upgrade(target, up).await

@@ -35,6 +35,8 @@ pub struct Backend {
     pub live: Arc<BackendLive>,
     /// TLS to this backend, when on.
     pub origin: Option<crate::tls::Origin>,
+    /// Whether it speaks HTTP/2.
+    pub h2: bool,
 }
 
 impl Backend {
@@ -97,6 +99,7 @@ impl Snapshot {
                     weight: *b.weight.get_ref(),
                     admin: b.state,
                     origin: b.origin.clone(),
+                    h2: b.protocol == crate::config::Protocol::H2,
                     id,
                     live,
                 }

@@ -112,8 +112,9 @@ impl std::fmt::Debug for Origin {
 
 impl Origin {
     /// TLS to a backend named `server_name` (a DNS name or an IP address), verified against the
-    /// PEM certificates in `ca` or, without one, the Mozilla root set (webpki-roots).
-    pub fn new(ca: Option<&Path>, server_name: &str) -> Result<Origin, String> {
+    /// PEM certificates in `ca` or, without one, the Mozilla root set (webpki-roots). ALPN
+    /// offers `h2` for an HTTP/2 backend, `http/1.1` otherwise.
+    pub fn new(ca: Option<&Path>, server_name: &str, h2: bool) -> Result<Origin, String> {
         let mut roots = rustls::RootCertStore::empty();
         match ca {
             Some(path) => {
@@ -136,7 +137,11 @@ impl Origin {
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         Ok(Origin {
             connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
             name,

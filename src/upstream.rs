@@ -23,7 +23,7 @@ use crate::tls::MaybeTls;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 
 use crate::body::UpBody;
@@ -44,6 +44,9 @@ pub struct Upstream {
 struct Pool {
     /// Idle connections by backend address: plain ones at index 0, TLS ones at 1.
     idle: RefCell<[HashMap<Box<str>, Vec<Idle>>; 2]>,
+    /// The HTTP/2 connection of each HTTP/2 backend, plain at 0, TLS at 1. The slot's lock is
+    /// held while connecting, so concurrent first requests share one connection.
+    h2: RefCell<[HashMap<Box<str>, H2Slot>; 2]>,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -51,6 +54,8 @@ struct Pool {
     builder: http1::Builder,
     last_sweep: Cell<Instant>,
 }
+
+type H2Slot = Rc<tokio::sync::Mutex<Option<http2::SendRequest<UpBody>>>>;
 
 struct Idle {
     sender: http1::SendRequest<UpBody>,
@@ -74,6 +79,7 @@ impl Upstream {
         Upstream {
             inner: Rc::new(Pool {
                 idle: RefCell::new([HashMap::new(), HashMap::new()]),
+                h2: RefCell::new([HashMap::new(), HashMap::new()]),
                 connect_timeout: cfg.connect_timeout.get(),
                 response_timeout: cfg.response_timeout.get(),
                 idle_timeout: cfg.pool_idle_timeout.get(),
@@ -103,6 +109,9 @@ impl Upstream {
         mut req: Request<UpBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let pool = &self.inner;
+        if backend.h2 {
+            return pool.send_h2(backend, req).await.map(|r| (r, Lease(None)));
+        }
         // Idle connections first; each may turn out closed, or hand the request back unsent.
         while let Some(mut sender) = pool.checkout(backend) {
             // Ready at once unless its connection task has yet to see the last response
@@ -148,12 +157,12 @@ impl Upstream {
     }
 
     fn lease(&self, backend: Target<'_>, sender: http1::SendRequest<UpBody>) -> Lease {
-        Lease {
+        Lease(Some(H1Lease {
             pool: self.inner.clone(),
             backend: backend.authority.clone(),
             tls: backend.origin.is_some(),
             sender,
-        }
+        }))
     }
 }
 
@@ -164,6 +173,21 @@ pub struct Target<'a> {
     pub authority: &'a Authority,
     /// TLS, when the backend speaks it.
     pub origin: Option<&'a crate::tls::Origin>,
+    /// HTTP/2 (one multiplexed connection per worker) rather than HTTP/1.1.
+    pub h2: bool,
+}
+
+/// Spawns the HTTP/2 client's connection tasks on the worker's `LocalSet`.
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
 }
 
 enum Failed {
@@ -210,6 +234,83 @@ impl Pool {
             list.remove(0);
         }
         list.push(Idle { sender, since: now });
+    }
+
+    /// Sends on the backend's HTTP/2 connection, made (once per worker) when there is none
+    /// or it closed. The request goes out in absolute form (`:scheme`, `:authority`).
+    async fn send_h2(
+        &self,
+        t: Target<'_>,
+        mut req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let slot: H2Slot = {
+            let mut h2 = self.h2.borrow_mut();
+            let map = &mut h2[usize::from(t.origin.is_some())];
+            match map.get(t.authority.as_str()) {
+                Some(s) => s.clone(),
+                None => map.entry(t.authority.as_str().into()).or_default().clone(),
+            }
+        };
+        let mut current = slot.lock().await;
+        let mut sender = match current.as_ref().filter(|s| !s.is_closed()) {
+            Some(s) => s.clone(),
+            None => {
+                let connect = async {
+                    let stream = MaybeTls::connect(t.authority.as_str(), t.origin)
+                        .await
+                        .map_err(|e| {
+                            ProxyError::Connect(format!("connect to {}: {e}", t.authority))
+                        })?;
+                    let (sender, conn) = http2::Builder::new(LocalExec)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .keep_alive_interval(Some(Duration::from_secs(30)))
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| {
+                            ProxyError::Connect(format!(
+                                "h2 handshake with {}: {}",
+                                t.authority,
+                                chain(&e)
+                            ))
+                        })?;
+                    tokio::task::spawn_local(async move {
+                        let _ = conn.await;
+                    });
+                    Ok::<_, ProxyError>(sender)
+                };
+                let sender = tokio::time::timeout(self.connect_timeout, connect)
+                    .await
+                    .map_err(|_| {
+                        ProxyError::Connect(format!(
+                            "connect to {} timed out after {:?}",
+                            t.authority, self.connect_timeout
+                        ))
+                    })??;
+                *current = Some(sender.clone());
+                sender
+            }
+        };
+        drop(current);
+        let scheme = if t.origin.is_some() { "https" } else { "http" };
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        *req.uri_mut() = format!("{scheme}://{}{pq}", t.authority)
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("request target not forwardable\n"))?;
+        let exchange = async {
+            sender
+                .ready()
+                .await
+                .map_err(|e| ProxyError::Reset(chain(&e)))?;
+            sender.send_request(req).await.map_err(|e| classify(&e))
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Err(_) => Err(ProxyError::Timeout),
+            Ok(r) => r,
+        }
     }
 
     async fn connect(
@@ -267,8 +368,11 @@ impl Pool {
     }
 }
 
-/// The connection a response came on, until its body is done.
-pub struct Lease {
+/// The HTTP/1.1 connection a response came on, until its body is done (nothing for HTTP/2,
+/// whose connection is shared).
+pub struct Lease(Option<H1Lease>);
+
+struct H1Lease {
     pool: Rc<Pool>,
     backend: Authority,
     tls: bool,
@@ -278,7 +382,9 @@ pub struct Lease {
 impl Lease {
     /// The response body was read to its end: the connection may serve another request.
     pub fn release(self) {
-        self.pool.checkin(&self.backend, self.tls, self.sender);
+        if let Some(l) = self.0 {
+            l.pool.checkin(&l.backend, l.tls, l.sender);
+        }
     }
 }
 

@@ -693,3 +693,81 @@ async fn an_h2_stream_reset_by_the_client_cancels_its_upstream_request() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+#[tokio::test]
+async fn an_h2_backend_gets_one_multiplexed_connection_and_h2_health_checks() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    // An HTTP/2-only backend (prior knowledge): answers with the version it saw, and records
+    // which of its connections carried non-health requests.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns_used = Arc::new(Mutex::new(HashSet::new()));
+    let next_id = Arc::new(AtomicUsize::new(0));
+    let used = conns_used.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let id = next_id.fetch_add(1, Ordering::SeqCst);
+            let used = used.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let probe = req
+                        .headers()
+                        .get("user-agent")
+                        .is_some_and(|v| v == "stickyd-health");
+                    if !probe {
+                        used.lock().unwrap().insert(id);
+                    }
+                    let body = format!("{:?} {}", req.version(), req.uri().path());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    }
+                });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    let cfg = Cfg {
+        server: "worker_threads = 1",
+        health: "interval = \"100ms\"\nrise = 1\ninitial = \"down\"",
+        ..Cfg::default()
+    };
+    let text = config_text(&cfg, &[("h2", addr)]).replace(
+        &format!("address = \"{addr}\"\n"),
+        &format!("address = \"{addr}\"\nprotocol = \"h2\"\n"),
+    );
+    let lb = stickyd::server::start(parse_config(&text)).await.unwrap();
+    let live = lb.shared().load().backends[0].live.clone();
+    eventually("the h2 backend to pass an h2 health check", || {
+        live.is_healthy()
+    })
+    .await;
+    // Several clients at once: their requests share the worker's one HTTP/2 connection.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let addr = lb.local_addrs()[0];
+        tasks.push(tokio::spawn(async move {
+            let got = Browser::new(addr).get(&format!("/p{i}")).await;
+            (got.status, got.text())
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, text) = t.await.unwrap();
+        assert_eq!((status, text), (200, format!("HTTP/2.0 /p{i}")));
+    }
+    assert_eq!(
+        conns_used.lock().unwrap().len(),
+        1,
+        "one multiplexed connection"
+    );
+}

@@ -161,6 +161,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "tls",
         "tls_ca",
         "server_name",
+        "protocol",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
