@@ -1,0 +1,111 @@
+//! Affinity across replicas and over a backend's death and return.
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn two_replicas_with_the_same_keys_agree_on_tokens_and_fallbacks() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let mut backends = vec![a, b, c];
+    // The same ids and key, listed in different orders.
+    let one = stickyd(
+        &Cfg::default(),
+        &pool(&[&backends[0], &backends[1], &backends[2]]),
+    )
+    .await;
+    let two = stickyd(
+        &Cfg::default(),
+        &pool(&[&backends[2], &backends[0], &backends[1]]),
+    )
+    .await;
+    let (r1, r2) = (one.local_addrs()[0], two.local_addrs()[0]);
+
+    // Sessions made on one are honoured by the other, without any new cookie.
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let mut user = Browser::new(r1);
+        let home = user.get("/").await.backend();
+        let token = user.cookie.clone().unwrap();
+        let mut other = Browser::new(r2);
+        other.cookie = Some(token.clone());
+        let got = other.get("/").await;
+        assert_eq!(got.backend(), home);
+        assert!(got.set_cookie().is_none());
+        tokens.push((token, home));
+    }
+
+    // The pinned backend of the first session dies: both replicas pick the same fallback,
+    // and so do ten parallel requests carrying the stale token.
+    let (token, home) = tokens[0].clone();
+    let dead = backends.iter().position(|b| b.name == home).unwrap();
+    backends[dead].kill().await;
+    let mut fallbacks = Vec::new();
+    for addr in [r1, r2, r1, r2] {
+        let mut u = Browser::new(addr);
+        u.cookie = Some(token.clone());
+        let got = u.get("/").await;
+        assert_eq!(got.status, 200);
+        fallbacks.push(got.backend());
+    }
+    let mut parallel = Vec::new();
+    for i in 0..10 {
+        let token = token.clone();
+        let addr = if i % 2 == 0 { r1 } else { r2 };
+        parallel.push(tokio::spawn(async move {
+            let mut u = Browser::new(addr);
+            u.cookie = Some(token);
+            u.get("/").await.backend()
+        }));
+    }
+    for p in parallel {
+        fallbacks.push(p.await.unwrap());
+    }
+    assert_ne!(fallbacks[0], home);
+    assert!(
+        fallbacks.iter().all(|f| *f == fallbacks[0]),
+        "one fallback for every request and replica: {fallbacks:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_return_a_session_goes_home_when_its_backend_recovers() {
+    let mut a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = stickyd(
+        &Cfg {
+            affinity: "on_pinned_down = \"return\"",
+            health: "interval = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"500ms\"",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let mut user = loop {
+        let mut u = Browser::new(addr);
+        if u.get("/").await.backend() == "a" {
+            break u;
+        }
+    };
+    let token = user.cookie.clone().unwrap();
+    let a_live = lb.shared().load().backends[0].live.clone();
+
+    a.kill().await;
+    eventually("a to be marked down", || !a_live.is_healthy()).await;
+    for _ in 0..3 {
+        let got = user.get("/").await;
+        assert_eq!((got.status, got.backend().as_str()), (200, "b"));
+        assert!(got.set_cookie().is_none(), "the token still names a");
+    }
+    assert_eq!(user.cookie.as_deref(), Some(token.as_str()));
+
+    a.restart().await;
+    eventually("a to be back up", || a_live.is_healthy()).await;
+    let got = user.get("/").await;
+    assert_eq!(got.backend(), "a", "home again");
+}
