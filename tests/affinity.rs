@@ -11,7 +11,7 @@ async fn two_replicas_with_the_same_keys_agree_on_tokens_and_fallbacks() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     );
-    let mut backends = vec![a, b, c];
+    let mut backends = [a, b, c];
     // The same ids and key, listed in different orders.
     let one = stickyd(
         &Cfg::default(),
