@@ -42,6 +42,8 @@ pub struct BackendLive {
     draining_since: AtomicU64,
     /// When it last became usable ([`epoch_ms`]; 0: since start), for slow start.
     up_since_ms: AtomicU64,
+    /// Sessions pinned here lately, halved every second (`f64` bits), for least_loaded.
+    recent_pins: AtomicU64,
 }
 
 /// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
@@ -83,7 +85,33 @@ impl BackendLive {
             last_request_at: AtomicU64::new(0),
             draining_since: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
+            recent_pins: AtomicU64::new(0f64.to_bits()),
         }
+    }
+
+    /// The load least_loaded weighs: requests in flight plus a quarter of the recent pins. A
+    /// new session's next requests are not in flight yet; a quarter of a request each, halving
+    /// every second, keeps a burst of new sessions from all landing on one idle backend without
+    /// outweighing real in-flight work.
+    pub fn load(&self) -> f64 {
+        const PIN_LOAD: f64 = 0.25;
+        self.in_flight().max(0) as f64
+            + PIN_LOAD * f64::from_bits(self.recent_pins.load(Ordering::Relaxed))
+    }
+
+    /// Halves the recent pins (once a second).
+    pub fn decay_pins(&self) {
+        let v = f64::from_bits(self.recent_pins.load(Ordering::Relaxed));
+        self.recent_pins
+            .store((v * 0.5).to_bits(), Ordering::Relaxed);
+    }
+
+    fn add_recent_pin(&self) {
+        // Only this backend's requests add, on their worker threads; a lost update under a race
+        // only makes the estimate a little low.
+        let v = f64::from_bits(self.recent_pins.load(Ordering::Relaxed));
+        self.recent_pins
+            .store((v + 1.0).to_bits(), Ordering::Relaxed);
     }
 
     /// Notes that the backend just became usable (recovered, or added by a reload): slow start
@@ -161,6 +189,7 @@ impl BackendLive {
         }
         if pinned_here {
             self.pins.fetch_add(1, Ordering::Relaxed);
+            self.add_recent_pin();
         }
     }
 
@@ -323,6 +352,24 @@ mod tests {
         b.note_admin_state(AdminState::Active, 1200);
         assert_eq!(b.draining_since(), None);
         assert!(!b.drained(5000, 60));
+    }
+
+    #[test]
+    fn load_is_in_flight_plus_a_quarter_of_recent_pins_which_decay() {
+        let b = Arc::new(BackendLive::new("a", true, 2, 3));
+        let _g = InFlight::start(&b);
+        for n in 0..4 {
+            b.record_session(n, 10, true);
+        }
+        assert_eq!(b.load(), 2.0);
+        b.decay_pins();
+        assert_eq!(b.load(), 1.5);
+        b.record_session(9, 11, false);
+        assert_eq!(
+            b.load(),
+            1.5,
+            "a request of a pinned session is not a new pin"
+        );
     }
 
     #[test]

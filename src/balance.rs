@@ -91,6 +91,65 @@ impl SmoothWrr {
     }
 }
 
+/// Least-loaded placement of a new session: weighted power of two choices with a bounded-load
+/// cap. Two eligible backends are drawn with probability proportional to their weight (from
+/// `rand`, two independent 32-bit halves), and the one with the lower load per unit of weight
+/// wins, unless it is above its cap, `c` times its weighted share of the total load (plus the
+/// session being placed); then the other, and if both are above, the least loaded of all
+/// eligible backends under their cap, or else of all.
+///
+/// `loads[i]` is what backend `i` carries now (in-flight requests plus recent pins).
+pub fn least_loaded(
+    weights: &[u32],
+    loads: &[f64],
+    eligible: impl Fn(usize) -> bool,
+    rand: u64,
+    c: f64,
+) -> Option<usize> {
+    let cands: Vec<usize> = (0..weights.len())
+        .filter(|&i| weights[i] > 0 && eligible(i))
+        .collect();
+    match cands.len() {
+        0 => return None,
+        1 => return Some(cands[0]),
+        _ => {}
+    }
+    let total_w: f64 = cands.iter().map(|&i| f64::from(weights[i])).sum();
+    let total_load: f64 = cands.iter().map(|&i| loads[i].max(0.0)).sum();
+    let ratio = |i: usize| loads[i].max(0.0) / f64::from(weights[i]);
+    let cap = |i: usize| c * (total_load + 1.0) * f64::from(weights[i]) / total_w;
+    let under = |i: usize| loads[i].max(0.0) + 1.0 <= cap(i);
+    // Draw by weight: a point in [0, total_w) from each half of `rand`.
+    let draw = |r: u32| {
+        let mut x = f64::from(r) / (f64::from(u32::MAX) + 1.0) * total_w;
+        for &i in &cands {
+            x -= f64::from(weights[i]);
+            if x < 0.0 {
+                return i;
+            }
+        }
+        cands[cands.len() - 1]
+    };
+    let a = draw(rand as u32);
+    let mut b = draw((rand >> 32) as u32);
+    if b == a {
+        // Another one, deterministically: the next eligible backend.
+        let pos = cands.iter().position(|&i| i == a).unwrap_or(0);
+        b = cands[(pos + 1) % cands.len()];
+    }
+    let (best, other) = if ratio(b) < ratio(a) { (b, a) } else { (a, b) };
+    if under(best) {
+        return Some(best);
+    }
+    if under(other) {
+        return Some(other);
+    }
+    let least =
+        |pool: &mut dyn Iterator<Item = usize>| pool.min_by(|&x, &y| ratio(x).total_cmp(&ratio(y)));
+    least(&mut cands.iter().copied().filter(|&i| under(i)))
+        .or_else(|| least(&mut cands.iter().copied()))
+}
+
 /// Scale of [`ramp_weight`]: a backend out of slow start weighs `weight * RAMP_SCALE`.
 pub const RAMP_SCALE: u32 = 1000;
 
@@ -110,6 +169,65 @@ pub fn ramp_weight(weight: u32, elapsed_ms: Option<u64>, slow_start_ms: u64) -> 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn least_loaded_avoids_a_busy_backend_and_respects_the_cap() {
+        let w = [1, 1, 1];
+        // Backend 0 is busy: it is never chosen while the others are idle.
+        let loads = [50.0, 0.0, 0.0];
+        for r in 0..200u64 {
+            let rand = r.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_ne!(least_loaded(&w, &loads, |_| true, rand, 1.25), Some(0));
+        }
+        // Nothing eligible, one eligible.
+        assert_eq!(least_loaded(&w, &loads, |_| false, 1, 1.25), None);
+        assert_eq!(least_loaded(&w, &loads, |i| i == 0, 1, 1.25), Some(0));
+    }
+
+    #[test]
+    fn least_loaded_spreads_like_the_weights_when_loads_follow_placements() {
+        // Each placement adds one unit of load: the result tracks the weights closely.
+        let w = [1, 2, 3, 2];
+        let mut loads = [0.0; 4];
+        let mut x: u64 = 1;
+        for _ in 0..8000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = least_loaded(&w, &loads, |_| true, x, 1.25).unwrap();
+            loads[i] += 1.0;
+        }
+        for (i, &wi) in w.iter().enumerate() {
+            let want = 8000.0 * f64::from(wi) / 8.0;
+            assert!((loads[i] - want).abs() / want < 0.05, "{loads:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn least_loaded_picks_an_eligible_backend_under_its_cap_when_one_exists(
+            loads in proptest::collection::vec(0.0f64..100.0, 1..12),
+            mask in any::<u16>(),
+            rand in any::<u64>(),
+        ) {
+            let n = loads.len();
+            let w: Vec<u32> = (0..n).map(|i| 1 + (i as u32 % 3)).collect();
+            let eligible = |i: usize| mask & (1 << i) != 0;
+            let got = least_loaded(&w, &loads, eligible, rand, 1.25);
+            let any = (0..n).any(eligible);
+            prop_assert_eq!(got.is_some(), any);
+            if let Some(i) = got {
+                prop_assert!(eligible(i));
+                let cands: Vec<usize> = (0..n).filter(|&i| eligible(i)).collect();
+                let tw: f64 = cands.iter().map(|&i| f64::from(w[i])).sum();
+                let tl: f64 = cands.iter().map(|&i| loads[i]).sum();
+                let under = |j: usize| loads[j] + 1.0 <= 1.25 * (tl + 1.0) * f64::from(w[j]) / tw;
+                if cands.iter().any(|&j| under(j)) {
+                    prop_assert!(under(i), "picked {} over its cap", i);
+                }
+            }
+        }
+    }
 
     #[test]
     fn slow_start_ramps_linearly_from_one_to_full() {

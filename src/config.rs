@@ -290,6 +290,23 @@ pub struct Balance {
     /// A backend that recovers or is added gets new sessions on a weight ramp over this long
     /// (0: off).
     pub slow_start: Dur,
+    /// How new sessions are placed.
+    pub new_sessions: NewSessions,
+    /// least_loaded: no backend takes a new session above this many times its share of the
+    /// load (>= 1.0).
+    pub load_factor: Spanned<f64>,
+}
+
+/// How new sessions are placed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewSessions {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted power of two choices on in-flight requests and recent pins, with a
+    /// bounded-load cap.
+    LeastLoaded,
 }
 
 impl Default for Balance {
@@ -298,6 +315,8 @@ impl Default for Balance {
             all_down: AllDown::Fail,
             retry_after: Dur(Duration::from_secs(5)),
             slow_start: Dur(Duration::ZERO),
+            new_sessions: NewSessions::RoundRobin,
+            load_factor: Spanned::new(0..0, 1.25),
         }
     }
 }
@@ -678,6 +697,12 @@ impl Config {
                 ));
             }
         }
+        let lf = *self.balance.load_factor.get_ref();
+        check(
+            lf.is_finite() && (1.0..=100.0).contains(&lf),
+            self.balance.load_factor.span(),
+            || format!("balance.load_factor must be 1.0 to 100.0, not {lf}"),
+        )?;
         let s = &self.server;
         check(
             !(s.listen.get_ref().is_empty() && s.listen_tls.get_ref().is_empty()),

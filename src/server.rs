@@ -628,6 +628,7 @@ async fn maintain(shared: Arc<Shared>) {
         let snap = shared.load();
         let mut usable = Vec::with_capacity(snap.backends.len());
         for b in &snap.backends {
+            b.live.decay_pins();
             let n = b.live.requests();
             let e = rates.entry(b.id.clone()).or_insert((n, 0.0));
             let delta = n.saturating_sub(e.0) as f64;

@@ -70,6 +70,8 @@ pub struct Snapshot {
     rr: Mutex<SmoothWrr>,
     /// `[balance] slow_start` in milliseconds (0: off).
     slow_start_ms: u64,
+    /// `[balance] new_sessions = "least_loaded"`, with its load factor.
+    least_loaded: Option<f64>,
 }
 
 impl Snapshot {
@@ -123,6 +125,8 @@ impl Snapshot {
             rr: Mutex::new(SmoothWrr::new(backends.len())),
             slow_start_ms: u64::try_from(config.balance.slow_start.get().as_millis())
                 .unwrap_or(u64::MAX),
+            least_loaded: (config.balance.new_sessions == crate::config::NewSessions::LeastLoaded)
+                .then_some(*config.balance.load_factor.get_ref()),
             by_tag,
             policy: config.policy(),
             cookie: CookieAttrs {
@@ -175,24 +179,47 @@ impl PoolView for Snapshot {
         self.tags[i]
     }
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-        if self.slow_start_ms == 0 {
+        if self.slow_start_ms == 0 && self.least_loaded.is_none() {
+            let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
             return rr.next(&self.weights, eligible);
         }
-        // Weights scaled for the ramp, in a per-thread buffer (no allocation per request).
+        // Weights scaled for the ramp (and loads), in per-thread buffers: no allocation per
+        // request.
         thread_local! {
-            static RAMPED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+            static RAMPED: std::cell::RefCell<(Vec<u32>, Vec<f64>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+            static RNG: std::cell::Cell<u64> = std::cell::Cell::new(
+                std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8) | 1,
+            );
         }
         let now = crate::backend::epoch_ms();
         RAMPED.with(|buf| {
-            let mut w = buf.borrow_mut();
+            let (w, loads) = &mut *buf.borrow_mut();
             w.clear();
             w.extend(
                 self.backends
                     .iter()
                     .map(|b| ramp_weight(b.weight, b.live.up_for_ms(now), self.slow_start_ms)),
             );
-            rr.next(&w, eligible)
+            match self.least_loaded {
+                None => {
+                    let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
+                    rr.next(w, eligible)
+                }
+                Some(c) => {
+                    loads.clear();
+                    loads.extend(self.backends.iter().map(|b| b.live.load()));
+                    let rand = RNG.with(|r| {
+                        let mut x = r.get();
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        r.set(x);
+                        x
+                    });
+                    crate::balance::least_loaded(w, loads, eligible, rand, c)
+                }
+            }
         })
     }
 }

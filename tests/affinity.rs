@@ -109,3 +109,44 @@ async fn with_return_a_session_goes_home_when_its_backend_recovers() {
     let got = user.get("/").await;
     assert_eq!(got.backend(), "a", "home again");
 }
+
+#[tokio::test]
+async fn least_loaded_sends_new_sessions_away_from_a_busy_backend() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let lb = stickyd(
+        &Cfg {
+            balance: "new_sessions = \"least_loaded\"",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let on_a = loop {
+        let mut u = Browser::new(addr);
+        if u.get("/").await.backend() == "a" {
+            break u.cookie.unwrap();
+        }
+    };
+    // Twenty slow requests of a's session keep a busy.
+    let a_live = lb.shared().load().backends[0].live.clone();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let token = on_a.clone();
+        slow.push(tokio::spawn(async move {
+            let mut u = Browser::new(addr);
+            u.cookie = Some(token);
+            u.get("/slow?ms=3000").await.status
+        }));
+    }
+    eventually("a to be busy", || a_live.in_flight() == 20).await;
+    let mut names = Vec::new();
+    for _ in 0..40 {
+        names.push(Browser::new(addr).get("/").await.backend());
+    }
+    let t = tally(names.iter().map(String::as_str));
+    assert!(t.get("a").copied().unwrap_or(0) <= 2, "{t:?}");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+}

@@ -131,6 +131,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "all_down",
         "retry_after",
         "slow_start",
+        "new_sessions",
+        "load_factor",
         "connect_timeout",
         "response_timeout",
         "pool_idle_timeout",
