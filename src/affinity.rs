@@ -74,11 +74,14 @@ pub enum Outcome {
     BackendDown,
     /// Valid, served by its backend, which is draining.
     Draining,
+    /// No token: placed by a hash of the client address or a header (`ip` and trusted
+    /// `header` modes).
+    Hashed,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (metrics index).
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Valid,
         Outcome::New,
         Outcome::Refreshed,
@@ -91,6 +94,7 @@ impl Outcome {
         Outcome::UnknownBackend,
         Outcome::BackendDown,
         Outcome::Draining,
+        Outcome::Hashed,
     ];
 
     /// The metric label.
@@ -108,6 +112,7 @@ impl Outcome {
             Outcome::UnknownBackend => "unknown_backend",
             Outcome::BackendDown => "backend_down",
             Outcome::Draining => "draining",
+            Outcome::Hashed => "hashed",
         }
     }
 
@@ -282,6 +287,28 @@ pub fn route(
         outcome: Outcome::BackendDown,
         issue,
         fallback: true,
+    })
+}
+
+/// Placement by a key instead of a token (`ip` mode, trusted `header` mode): the weighted
+/// rendezvous choice among usable backends, so every instance agrees and a key moves only when
+/// its backend becomes unusable. No token is issued.
+pub fn route_hashed(
+    policy: &Policy,
+    key: u64,
+    pool: &dyn PoolView,
+    excluded: &[usize],
+) -> Result<Route, NoRoute> {
+    let open = |i: usize| !excluded.contains(&i);
+    let placeable = |i: usize| open(i) && pool.healthy(i) && pool.admin(i) == AdminState::Active;
+    let backend = balance::rendezvous(key, pool.hashes(), pool.weights(), placeable)
+        .or_else(|| open_fallback(policy, pool, &open))
+        .ok_or(NoRoute::AllDown)?;
+    Ok(Route {
+        backend,
+        outcome: Outcome::Hashed,
+        issue: None,
+        fallback: false,
     })
 }
 
@@ -488,6 +515,34 @@ mod tests {
             assert_eq!(r.outcome, want);
             assert!(r.issue.is_some());
         }
+    }
+
+    #[test]
+    fn hashed_placement_is_stable_and_moves_only_keys_of_an_unusable_backend() {
+        let mut pool = Pool::new(4);
+        let before: Vec<usize> = (0..200u64)
+            .map(|k| route_hashed(&policy(), k, &pool, &[]).unwrap().backend)
+            .collect();
+        let again: Vec<usize> = (0..200u64)
+            .map(|k| route_hashed(&policy(), k, &pool, &[]).unwrap().backend)
+            .collect();
+        assert_eq!(before, again);
+        assert!((0..4).all(|b| before.contains(&b)), "spread over all");
+        pool.healthy[1] = false;
+        for (k, &was) in before.iter().enumerate() {
+            let r = route_hashed(&policy(), k as u64, &pool, &[]).unwrap();
+            assert_eq!((r.outcome, r.issue), (Outcome::Hashed, None));
+            if was != 1 {
+                assert_eq!(r.backend, was, "key {k} moved without cause");
+            } else {
+                assert_ne!(r.backend, 1);
+            }
+        }
+        pool.healthy = vec![false; 4];
+        assert_eq!(
+            route_hashed(&policy(), 1, &pool, &[]).unwrap_err(),
+            NoRoute::AllDown
+        );
     }
 
     #[test]

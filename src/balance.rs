@@ -7,8 +7,14 @@
 
 /// Stable 64-bit hash of a backend id, the same on every instance and every build.
 pub fn id_hash(id: &str) -> u64 {
+    key_hash(id.as_bytes())
+}
+
+/// Stable 64-bit hash of any key (a client address, a header value), the same on every
+/// instance and every build.
+pub fn key_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

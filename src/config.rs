@@ -242,6 +242,14 @@ where
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Affinity {
+    /// What carries affinity.
+    pub mode: Mode,
+    /// `header` mode: the request and response header that carries the token (or, with
+    /// `header_trusted`, whose value is hashed).
+    pub header: Spanned<String>,
+    /// `header` mode: hash the header's plain value instead of a signed token (only for a
+    /// header set by something trusted, e.g. an authenticating gateway).
+    pub header_trusted: bool,
     /// Cookie name.
     pub cookie: Spanned<String>,
     /// Sliding idle lifetime.
@@ -266,6 +274,9 @@ pub struct Affinity {
 impl Default for Affinity {
     fn default() -> Affinity {
         Affinity {
+            mode: Mode::Cookie,
+            header: Spanned::new(0..0, "x-stickyd-session".to_string()),
+            header_trusted: false,
             cookie: Spanned::new(0..0, "stickyd".to_string()),
             max_idle: Spanned::new(0..0, Dur(Duration::from_secs(30 * 60))),
             max_life: Spanned::new(0..0, Dur(Duration::from_secs(24 * 3600))),
@@ -277,6 +288,23 @@ impl Default for Affinity {
             domain: None,
         }
     }
+}
+
+/// What carries a client's affinity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The signed cookie (the default).
+    #[default]
+    Cookie,
+    /// A hash of the client's address (first untrusted X-Forwarded-For hop from a trusted
+    /// proxy): no cookie.
+    Ip,
+    /// The signed token in a request/response header (API and mobile clients), or a hash of a
+    /// trusted header's value.
+    Header,
+    /// No affinity: every request is placed anew.
+    None,
 }
 
 /// `[balance]`.
@@ -739,6 +767,11 @@ impl Config {
         })?;
 
         let a = &self.affinity;
+        check(
+            http::HeaderName::from_bytes(a.header.get_ref().as_bytes()).is_ok(),
+            a.header.span(),
+            || format!("invalid header name {:?}", a.header.get_ref()),
+        )?;
         check(is_cookie_name(a.cookie.get_ref()), a.cookie.span(), || {
             format!("invalid cookie name {:?}", a.cookie.get_ref())
         })?;

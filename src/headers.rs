@@ -5,6 +5,8 @@
 //! the proxy: hop-by-hop headers (and every name listed in `Connection`) are removed *before*
 //! stickyd adds its own, so a client cannot use `Connection` to delete them.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Longest cookie value kept for verification; anything longer is not a token.
@@ -170,6 +172,35 @@ pub fn upgrade_protocol(headers: &HeaderMap, version: http::Version) -> Option<H
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
     (asks && !h2c && !proto.is_empty()).then(|| proto.clone())
+}
+
+/// The client's address for `ip` affinity: the TCP peer, or, when the peer is a trusted proxy,
+/// the first address from the right of X-Forwarded-For that is not a trusted proxy (the
+/// leftmost entry is whatever the client claimed; only hops from the right are vouched for).
+/// Entries that do not parse end the walk.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+    if !trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<&[u8]> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .collect();
+    let mut client = peer;
+    while let Some(hop) = hops.pop() {
+        let Some(ip) = std::str::from_utf8(hop.trim_ascii())
+            .ok()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !trusted(client) {
+            break;
+        }
+    }
+    client
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -442,6 +473,37 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "shop.example");
         let vias: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(vias, ["1.1 edge", "1.1 stickyd"]);
+    }
+
+    #[test]
+    fn the_client_address_is_the_first_untrusted_hop_from_the_right() {
+        let t = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let p: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.5")]);
+        assert_eq!(
+            client_ip(&h, p, t),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let untrusted: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, untrusted, t),
+            untrusted,
+            "an untrusted peer is the client"
+        );
+        let garbage = map(&[("x-forwarded-for", "nonsense, 10.0.0.5")]);
+        assert_eq!(
+            client_ip(&garbage, p, t),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&HeaderMap::new(), p, t), p);
+        let split = map(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "10.9.9.9"),
+        ]);
+        assert_eq!(
+            client_ip(&split, p, t),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::affinity::{self, NoRoute, TokenInput};
 use crate::backend::InFlight;
 pub use crate::body::ProxyBody;
 use crate::body::{Replay, Tracked};
+use crate::config::Mode;
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded, Found};
 use crate::health::Transition;
@@ -138,15 +139,7 @@ impl Proxy {
         let upgrade = headers::upgrade_protocol(&parts.headers, parts.version)
             .and_then(|p| Some((p, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?)));
 
-        let found = headers::take_cookie(&mut parts.headers, &snap.cookie.name);
-        let token = match found {
-            Found::Absent => TokenInput::Absent,
-            Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
-            Found::Value(..) => match snap.ring.verify(found.bytes()) {
-                Ok(v) => TokenInput::Valid(v),
-                Err(why) => TokenInput::Invalid(why),
-            },
-        };
+        let (token, keyed) = affinity_input(snap, &mut parts, conn);
         prepare_upstream_head(snap, &mut parts, conn);
         if let Some((proto, _)) = &upgrade {
             parts
@@ -165,8 +158,17 @@ impl Proxy {
         // the answer (a 502 says more than "no backend").
         let mut failed: Option<ProxyError> = None;
         loop {
-            let route = match affinity::route(&snap.policy, token, now, snap, &excluded, nonce) {
-                Ok(r) => r,
+            let routed = match keyed {
+                Some(key) => affinity::route_hashed(&snap.policy, key, snap, &excluded),
+                None => affinity::route(&snap.policy, token, now, snap, &excluded, nonce),
+            };
+            let route = match routed {
+                Ok(mut r) => {
+                    if snap.config.affinity.mode == Mode::None {
+                        r.issue = None;
+                    }
+                    r
+                }
                 Err(_) if failed.is_some() => {
                     return Err(failed.take().unwrap_or(ProxyError::NoBackend));
                 }
@@ -302,8 +304,18 @@ fn respond(
     if let Some(claims) = issue {
         let token = snap.ring.sign(&claims);
         let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
-        let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age, tls);
-        headers::add_set_cookie(headers, cookie);
+        if snap.config.affinity.mode == Mode::Header {
+            if let Ok(v) = HeaderValue::from_str(token.as_str()) {
+                headers.insert(snap.token_header.clone(), v);
+            }
+            // Like a cookie: no shared cache may keep one client's token for others.
+            if !headers.contains_key(header::CACHE_CONTROL) {
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            }
+        } else {
+            let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age, tls);
+            headers::add_set_cookie(headers, cookie);
+        }
     }
     resp
 }
@@ -335,6 +347,55 @@ fn switching(
         resp.headers_mut().insert(header::UPGRADE, u);
     }
     resp
+}
+
+/// What the request carries for affinity, by mode: a token (cookie, or header in `header`
+/// mode; taken out of the request either way), or a key to hash (`ip`, trusted `header`), or
+/// nothing (`none`).
+fn affinity_input(
+    snap: &Snapshot,
+    parts: &mut Parts,
+    conn: &ConnInfo,
+) -> (TokenInput, Option<u64>) {
+    let verify = |bytes: &[u8]| match snap.ring.verify(bytes) {
+        Ok(v) => TokenInput::Valid(v),
+        Err(why) => TokenInput::Invalid(why),
+    };
+    let a = &snap.config.affinity;
+    match a.mode {
+        Mode::Cookie => {
+            let found = headers::take_cookie(&mut parts.headers, &snap.cookie.name);
+            let token = match found {
+                Found::Absent => TokenInput::Absent,
+                Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
+                Found::Value(..) => verify(found.bytes()),
+            };
+            (token, None)
+        }
+        Mode::Header => {
+            let value = parts.headers.remove(&snap.token_header);
+            match value {
+                None => (TokenInput::Absent, None),
+                Some(v) if a.header_trusted => (
+                    TokenInput::Absent,
+                    Some(crate::balance::key_hash(v.as_bytes())),
+                ),
+                Some(v) if v.len() > headers::MAX_COOKIE_VALUE => {
+                    (TokenInput::Invalid(Invalid::Malformed), None)
+                }
+                Some(v) => (verify(v.as_bytes().trim_ascii()), None),
+            }
+        }
+        Mode::Ip => {
+            let ip = headers::client_ip(&parts.headers, conn.peer.ip(), |ip| snap.is_trusted(ip));
+            let key = match ip {
+                std::net::IpAddr::V4(v4) => crate::balance::key_hash(&v4.octets()),
+                std::net::IpAddr::V6(v6) => crate::balance::key_hash(&v6.octets()),
+            };
+            (TokenInput::Absent, Some(key))
+        }
+        Mode::None => (TokenInput::Absent, None),
+    }
 }
 
 /// Rejects what cannot be forwarded.

@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// Cookie attributes for Set-Cookie.
     pub cookie: CookieAttrs,
+    /// `header` mode's header name.
+    pub token_header: http::HeaderName,
     /// Trusted proxy networks.
     pub trusted: Vec<Cidr>,
     weights: Vec<u32>,
@@ -129,6 +131,8 @@ impl Snapshot {
                 .then_some(*config.balance.load_factor.get_ref()),
             by_tag,
             policy: config.policy(),
+            token_header: http::HeaderName::from_bytes(config.affinity.header.get_ref().as_bytes())
+                .expect("validated at config load"),
             cookie: CookieAttrs {
                 name: config.affinity.cookie.get_ref().clone(),
                 secure: config.affinity.secure,

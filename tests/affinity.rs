@@ -150,3 +150,140 @@ async fn least_loaded_sends_new_sessions_away_from_a_busy_backend() {
         assert_eq!(s.await.unwrap(), 200);
     }
 }
+
+#[tokio::test]
+async fn ip_mode_pins_by_client_address_and_by_x_forwarded_for_behind_a_trusted_proxy() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let lb = stickyd(
+        &Cfg {
+            affinity: "mode = \"ip\"",
+            server: "trusted_proxies = [\"127.0.0.1/32\"]",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b, &c]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    // The same client: always one backend, and no cookie.
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let got = Browser::new(addr).get("/").await;
+        assert!(got.set_cookie().is_none());
+        seen.push(got.backend());
+    }
+    assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
+    // Behind the trusted proxy (127.0.0.1), the client is the X-Forwarded-For address.
+    let mut by_client = std::collections::HashMap::new();
+    for round in 0..2 {
+        for i in 0..30 {
+            let xff = format!("203.0.113.{i}");
+            let got = Browser::new(addr)
+                .send(
+                    "GET",
+                    "/",
+                    bytes::Bytes::new(),
+                    &[("x-forwarded-for", &xff)],
+                )
+                .await;
+            let prev = by_client.insert(xff.clone(), got.backend());
+            if round == 1 {
+                assert_eq!(prev, Some(got.backend()), "{xff} moved");
+            }
+        }
+    }
+    let distinct: std::collections::HashSet<_> = by_client.values().collect();
+    assert_eq!(distinct.len(), 3, "clients spread over every backend");
+    assert!(
+        lb.shared()
+            .metrics
+            .outcomes(stickyd::affinity::Outcome::Hashed)
+            >= 70
+    );
+}
+
+#[tokio::test]
+async fn header_mode_carries_the_signed_token_in_a_header() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let lb = stickyd(
+        &Cfg {
+            affinity: "mode = \"header\"\nheader = \"x-session\"",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let first = Browser::new(addr).get("/").await;
+    assert!(first.set_cookie().is_none(), "no cookie in header mode");
+    let token = first.headers["x-session"].to_str().unwrap().to_string();
+    assert!(ring().verify(token.as_bytes()).is_ok());
+    assert_eq!(first.headers["cache-control"], "private");
+    let home = first.backend();
+    for _ in 0..5 {
+        let got = Browser::new(addr)
+            .send("GET", "/", bytes::Bytes::new(), &[("x-session", &token)])
+            .await;
+        assert_eq!(got.backend(), home);
+        assert!(got.headers.get("x-session").is_none(), "no refresh due");
+    }
+    let backend = if home == "a" { &a } else { &b };
+    assert!(
+        backend.last().headers.get("x-session").is_none(),
+        "the token is not forwarded"
+    );
+    // A forged token is a new session with a new token, never an error.
+    let got = Browser::new(addr)
+        .send("GET", "/", bytes::Bytes::new(), &[("x-session", "forged")])
+        .await;
+    assert_eq!(got.status, 200);
+    assert!(got.headers.get("x-session").is_some());
+}
+
+#[tokio::test]
+async fn a_trusted_header_is_hashed_and_none_mode_has_no_affinity() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let lb = stickyd(
+        &Cfg {
+            affinity: "mode = \"header\"\nheader = \"x-user\"\nheader_trusted = true",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    let mut homes = std::collections::HashSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let got = Browser::new(addr)
+                .send("GET", "/", bytes::Bytes::new(), &[("x-user", user)])
+                .await;
+            assert!(got.headers.get("x-user").is_none() && got.set_cookie().is_none());
+            seen.push(got.backend());
+        }
+        assert!(seen.iter().all(|s| *s == seen[0]), "{user}: {seen:?}");
+        homes.insert(seen[0].clone());
+    }
+    assert_eq!(homes.len(), 2, "users spread over both backends");
+
+    let none = stickyd(
+        &Cfg {
+            affinity: "mode = \"none\"",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    let mut user = Browser::new(none.local_addrs()[0]);
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let got = user.get("/").await;
+        assert!(got.set_cookie().is_none());
+        names.push(got.backend());
+    }
+    assert_eq!(names, ["a", "b", "a", "b", "a", "b"], "plain round robin");
+}
