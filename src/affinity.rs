@@ -45,6 +45,16 @@ pub struct Policy {
     pub on_pinned_down: OnPinnedDown,
     /// See [`AllDown`].
     pub all_down: AllDown,
+    /// New sessions are pinned when the hash of their nonce is below this (`u64::MAX`: all of
+    /// them); the others get an unpinned token and are placed anew on every request.
+    pub sticky_below: u64,
+}
+
+impl Policy {
+    /// Whether a new session with this nonce is pinned (see `sticky_below`).
+    pub fn pins(&self, nonce: u64) -> bool {
+        self.sticky_below == u64::MAX || balance::key_hash(&nonce.to_le_bytes()) < self.sticky_below
+    }
 }
 
 /// The affinity outcome of a request, counted by reason.
@@ -77,11 +87,13 @@ pub enum Outcome {
     /// No token: placed by a hash of the client address or a header (`ip` and trusted
     /// `header` modes).
     Hashed,
+    /// A session left unpinned by `sticky_fraction`: placed anew on every request.
+    Unpinned,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (metrics index).
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Valid,
         Outcome::New,
         Outcome::Refreshed,
@@ -95,6 +107,7 @@ impl Outcome {
         Outcome::BackendDown,
         Outcome::Draining,
         Outcome::Hashed,
+        Outcome::Unpinned,
     ];
 
     /// The metric label.
@@ -113,6 +126,7 @@ impl Outcome {
             Outcome::BackendDown => "backend_down",
             Outcome::Draining => "draining",
             Outcome::Hashed => "hashed",
+            Outcome::Unpinned => "unpinned",
         }
     }
 
@@ -169,6 +183,8 @@ pub trait PoolView {
     fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize>;
     /// Tag of backend `i` under the signing key.
     fn tag(&self, i: usize) -> [u8; 8];
+    /// The tag an unpinned session's token carries under key `key_index` (it names no backend).
+    fn unpinned_tag(&self, key_index: usize) -> [u8; 8];
     /// Next backend for a new session among those `eligible` says yes to (stateful).
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize>;
 }
@@ -229,6 +245,25 @@ pub fn route(
     };
     if let Some(why) = expired {
         return place_new(policy, why, now, pool, &open, nonce);
+    }
+    if c.backend_tag == pool.unpinned_tag(verified.key_index) {
+        // Unpinned by sticky_fraction: placed anew, the token kept (re-signed when due).
+        let refresh_due =
+            now.saturating_sub(c.last_seen) >= policy.refresh_after || verified.key_index != 0;
+        let backend = pool
+            .next_new(&placeable)
+            .or_else(|| open_fallback(policy, pool, &open))
+            .ok_or(NoRoute::AllDown)?;
+        return Ok(Route {
+            backend,
+            outcome: Outcome::Unpinned,
+            issue: refresh_due.then(|| Claims {
+                backend_tag: pool.unpinned_tag(0),
+                last_seen: now,
+                ..c
+            }),
+            fallback: false,
+        });
     }
     let Some(home) = pool.resolve(verified.key_index, &c.backend_tag) else {
         // Its backend was removed from the pool: the same deterministic fallback as for a dead
@@ -336,12 +371,18 @@ fn place_new(
         .next_new(&|i| open(i) && pool.healthy(i) && pool.admin(i) == AdminState::Active)
         .or_else(|| open_fallback(policy, pool, open))
         .ok_or(NoRoute::AllDown)?;
+    let nonce = nonce();
+    let backend_tag = if policy.pins(nonce) {
+        pool.tag(backend)
+    } else {
+        pool.unpinned_tag(0)
+    };
     Ok(Route {
         backend,
         outcome,
         issue: Some(Claims {
-            backend_tag: pool.tag(backend),
-            nonce: nonce(),
+            backend_tag,
+            nonce,
             issued_at: now,
             last_seen: now,
         }),
@@ -420,6 +461,9 @@ mod tests {
         fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
             (0..self.ids.len()).find(|&i| self.ring.backend_tag(key_index, &self.ids[i]) == *tag)
         }
+        fn unpinned_tag(&self, k: usize) -> [u8; 8] {
+            self.ring.backend_tag(k, "\0unpinned")
+        }
         fn tag(&self, i: usize) -> [u8; 8] {
             self.ring.backend_tag(0, &self.ids[i])
         }
@@ -436,6 +480,7 @@ mod tests {
             skew: 30,
             on_pinned_down: OnPinnedDown::Repin,
             all_down: AllDown::Fail,
+            sticky_below: u64::MAX,
         }
     }
 
@@ -515,6 +560,42 @@ mod tests {
             assert_eq!(r.outcome, want);
             assert!(r.issue.is_some());
         }
+    }
+
+    #[test]
+    fn sticky_fraction_leaves_some_sessions_unpinned_and_they_stay_unpinned() {
+        let pool = Pool::new(3);
+        let half = Policy {
+            sticky_below: u64::MAX / 2,
+            ..policy()
+        };
+        let mut pinned = 0;
+        for n in 0..1000u64 {
+            let r = route(&half, TokenInput::Absent, NOW, &pool, &[], || n).unwrap();
+            let c = r.issue.unwrap();
+            if c.backend_tag == pool.tag(r.backend) {
+                pinned += 1;
+            } else {
+                assert_eq!(c.backend_tag, pool.unpinned_tag(0));
+                // Its next requests are placed anew, keeping the token.
+                let t = TokenInput::Valid(Verified {
+                    key_index: 0,
+                    claims: c,
+                });
+                let next = route(&half, t, NOW + 1, &pool, &[], || 7).unwrap();
+                assert_eq!((next.outcome, next.issue), (Outcome::Unpinned, None));
+            }
+        }
+        assert!(
+            (400..600).contains(&pinned),
+            "{pinned} of 1000 pinned at 0.5"
+        );
+        let none = Policy {
+            sticky_below: 0,
+            ..policy()
+        };
+        assert!(!(0..100u64).any(|n| none.pins(n)));
+        assert!((0..100u64).all(|n| policy().pins(n)));
     }
 
     #[test]

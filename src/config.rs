@@ -250,6 +250,9 @@ pub struct Affinity {
     /// `header` mode: hash the header's plain value instead of a signed token (only for a
     /// header set by something trusted, e.g. an authenticating gateway).
     pub header_trusted: bool,
+    /// Share of new sessions that are pinned (0.0 to 1.0); the others are placed anew on every
+    /// request.
+    pub sticky_fraction: Spanned<f64>,
     /// Cookie name.
     pub cookie: Spanned<String>,
     /// Sliding idle lifetime.
@@ -277,6 +280,7 @@ impl Default for Affinity {
             mode: Mode::Cookie,
             header: Spanned::new(0..0, "x-stickyd-session".to_string()),
             header_trusted: false,
+            sticky_fraction: Spanned::new(0..0, 1.0),
             cookie: Spanned::new(0..0, "stickyd".to_string()),
             max_idle: Spanned::new(0..0, Dur(Duration::from_secs(30 * 60))),
             max_life: Spanned::new(0..0, Dur(Duration::from_secs(24 * 3600))),
@@ -767,6 +771,10 @@ impl Config {
         })?;
 
         let a = &self.affinity;
+        let sf = *a.sticky_fraction.get_ref();
+        check((0.0..=1.0).contains(&sf), a.sticky_fraction.span(), || {
+            format!("affinity.sticky_fraction must be 0.0 to 1.0, not {sf}")
+        })?;
         check(
             http::HeaderName::from_bytes(a.header.get_ref().as_bytes()).is_ok(),
             a.header.span(),
@@ -895,6 +903,14 @@ impl Config {
             skew: a.clock_skew.secs_u32(),
             on_pinned_down: a.on_pinned_down,
             all_down: self.balance.all_down,
+            sticky_below: {
+                let f = *a.sticky_fraction.get_ref();
+                if f >= 1.0 {
+                    u64::MAX
+                } else {
+                    (f.max(0.0) * u64::MAX as f64) as u64
+                }
+            },
         }
     }
 

@@ -216,13 +216,14 @@ impl Proxy {
                     };
                     if let Some(nonce) = session {
                         // A refresh re-signs the same pin; anything else issued is a new pin.
-                        let pinned_here = route.issue.is_some()
-                            && !matches!(
-                                route.outcome,
-                                affinity::Outcome::Refreshed
-                                    | affinity::Outcome::Valid
-                                    | affinity::Outcome::Draining
-                            );
+                        let pinned_here = route.issue.is_some_and(|c| {
+                            c.backend_tag == affinity::PoolView::tag(snap, route.backend)
+                        }) && !matches!(
+                            route.outcome,
+                            affinity::Outcome::Refreshed
+                                | affinity::Outcome::Valid
+                                | affinity::Outcome::Draining
+                        );
                         backend
                             .live
                             .record_session(nonce, u64::from(now), pinned_here);

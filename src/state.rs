@@ -20,6 +20,9 @@ use crate::headers::CookieAttrs;
 use crate::metrics::Metrics;
 use crate::token::KeyRing;
 
+/// The pseudo backend id whose tag marks an unpinned session (no configured id can have a NUL).
+const UNPINNED_ID: &str = "\0unpinned";
+
 /// A backend as one snapshot sees it.
 #[derive(Debug)]
 pub struct Backend {
@@ -67,6 +70,8 @@ pub struct Snapshot {
     hashes: Vec<u64>,
     /// Tag of each backend under the signing key.
     tags: Vec<[u8; 8]>,
+    /// The unpinned-session tag under each key of the ring.
+    unpinned: Vec<[u8; 8]>,
     /// (key index, tag) to backend index, for every key in the ring.
     by_tag: HashMap<(usize, [u8; 8]), usize>,
     rr: Mutex<SmoothWrr>,
@@ -123,6 +128,9 @@ impl Snapshot {
             tags: backends
                 .iter()
                 .map(|b| ring.backend_tag(0, &b.id))
+                .collect(),
+            unpinned: (0..ring.len())
+                .map(|k| ring.backend_tag(k, UNPINNED_ID))
                 .collect(),
             rr: Mutex::new(SmoothWrr::new(backends.len())),
             slow_start_ms: u64::try_from(config.balance.slow_start.get().as_millis())
@@ -181,6 +189,9 @@ impl PoolView for Snapshot {
     }
     fn tag(&self, i: usize) -> [u8; 8] {
         self.tags[i]
+    }
+    fn unpinned_tag(&self, k: usize) -> [u8; 8] {
+        self.unpinned.get(k).copied().unwrap_or([0; 8])
     }
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         if self.slow_start_ms == 0 && self.least_loaded.is_none() {

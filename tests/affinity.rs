@@ -287,3 +287,37 @@ async fn a_trusted_header_is_hashed_and_none_mode_has_no_affinity() {
     }
     assert_eq!(names, ["a", "b", "a", "b", "a", "b"], "plain round robin");
 }
+
+#[tokio::test]
+async fn sticky_fraction_zero_keeps_new_sessions_unpinned_for_good() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let lb = stickyd(
+        &Cfg {
+            affinity: "sticky_fraction = 0.0",
+            ..Cfg::default()
+        },
+        &pool(&[&a, &b]),
+    )
+    .await;
+    let mut user = Browser::new(lb.local_addrs()[0]);
+    let mut names = Vec::new();
+    for _ in 0..8 {
+        names.push(user.get("/").await.backend());
+    }
+    assert!(user.cookie.is_some(), "it holds an (unpinned) token");
+    assert!(
+        names.contains(&"a".to_string()) && names.contains(&"b".to_string()),
+        "{names:?}"
+    );
+    let m = &lb.shared().metrics;
+    assert_eq!(m.outcomes(stickyd::affinity::Outcome::New), 1);
+    assert_eq!(m.outcomes(stickyd::affinity::Outcome::Unpinned), 7);
+    let pins: u64 = lb
+        .shared()
+        .load()
+        .backends
+        .iter()
+        .map(|b| b.live.pins())
+        .sum();
+    assert_eq!(pins, 0);
+}

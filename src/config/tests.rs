@@ -122,6 +122,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "mode",
         "header",
         "header_trusted",
+        "sticky_fraction",
         "cookie",
         "max_idle",
         "max_life",
