@@ -44,6 +44,8 @@ pub struct BackendLive {
     up_since_ms: AtomicU64,
     /// Sessions pinned here lately, halved every second (`f64` bits), for least_loaded.
     recent_pins: AtomicU64,
+    /// Requests per second over about the last 10 s (`f64` bits), set by the ticker.
+    rate: AtomicU64,
 }
 
 /// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
@@ -86,17 +88,31 @@ impl BackendLive {
             draining_since: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
             recent_pins: AtomicU64::new(0f64.to_bits()),
+            rate: AtomicU64::new(0f64.to_bits()),
         }
     }
 
-    /// The load least_loaded weighs: requests in flight plus a quarter of the recent pins. A
-    /// new session's next requests are not in flight yet; a quarter of a request each, halving
-    /// every second, keeps a burst of new sessions from all landing on one idle backend without
-    /// outweighing real in-flight work.
+    /// Sets the recent request rate (requests per second, smoothed over about 10 s).
+    pub fn set_rate(&self, r: f64) {
+        self.rate.store(r.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The recent request rate.
+    pub fn rate(&self) -> f64 {
+        f64::from_bits(self.rate.load(Ordering::Relaxed))
+    }
+
+    /// The load least_loaded weighs: requests in flight, plus a quarter of the recent pins,
+    /// plus one per hundred requests a second of recent rate. In flight sees slow and stuck
+    /// work at once; the rate sees the sessions already pinned here (heavy users) that in
+    /// flight, at a moment, hardly shows when responses are fast; the pins see a burst of new
+    /// sessions before their requests come.
     pub fn load(&self) -> f64 {
         const PIN_LOAD: f64 = 0.25;
+        const PER_RATE: f64 = 0.01;
         self.in_flight().max(0) as f64
             + PIN_LOAD * f64::from_bits(self.recent_pins.load(Ordering::Relaxed))
+            + PER_RATE * self.rate()
     }
 
     /// Halves the recent pins (once a second).

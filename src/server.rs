@@ -634,6 +634,7 @@ async fn maintain(shared: Arc<Shared>) {
             let delta = n.saturating_sub(e.0) as f64;
             e.1 += ALPHA * (delta - e.1);
             e.0 = n;
+            b.live.set_rate(e.1);
             if b.live.is_healthy() && b.admin_state() == crate::affinity::AdminState::Active {
                 usable.push(e.1);
             }

@@ -47,6 +47,14 @@ pub struct Args {
     /// The stickyd binary [default: the one Cargo built for this bench].
     #[arg(long, value_name = "PATH")]
     pub stickyd: Option<PathBuf>,
+    /// Put HAProxy (this binary, e.g. /usr/sbin/haproxy) in front of the own backends instead
+    /// of stickyd: cookie insert, balance roundrobin, one thread per --worker-threads. For
+    /// side-by-side runs; --reload and --add-backend are stickyd's only.
+    #[arg(long, value_name = "PATH", conflicts_with = "stickyd")]
+    pub haproxy: Option<PathBuf>,
+    /// stickyd's [balance] new_sessions: round_robin or least_loaded.
+    #[arg(long, value_name = "MODE")]
+    pub new_sessions: Option<String>,
     /// Backends to start (ids b1..bN).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub backends: usize,
@@ -225,7 +233,11 @@ pub fn parse_backend_at(s: &str) -> Result<(String, Duration), String> {
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Own backends and a stickyd process.
-    Stickyd { binary: PathBuf },
+    Stickyd {
+        binary: PathBuf,
+        /// The binary is HAProxy, not stickyd.
+        haproxy: bool,
+    },
     /// An existing deployment.
     Target { url: Uri },
     /// One own backend, no balancer.
@@ -297,6 +309,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     pub reload_every: Option<Duration>,
     pub recovery_grace: Duration,
+    /// stickyd's [balance] new_sessions, if set.
+    pub new_sessions: Option<String>,
     pub idle_conns: Option<usize>,
     pub idle_hold: Duration,
     pub json: PathBuf,
@@ -316,11 +330,18 @@ impl Plan {
         } else if args.backends_only {
             Mode::BackendsOnly
         } else {
-            Mode::Stickyd {
-                binary: args
-                    .stickyd
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(default_stickyd)),
+            match &args.haproxy {
+                Some(h) => Mode::Stickyd {
+                    binary: h.clone(),
+                    haproxy: true,
+                },
+                None => Mode::Stickyd {
+                    binary: args
+                        .stickyd
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(default_stickyd)),
+                    haproxy: false,
+                },
             }
         };
         let model = match args.rate {
@@ -413,9 +434,18 @@ impl Plan {
             RequestCount::pareto(args.min_requests, args.max_requests, args.pareto_alpha)?
         };
         let (steps, reload_every) = scenario(&args, &mode)?;
+        if let Some(n) = &args.new_sessions
+            && n != "round_robin"
+            && n != "least_loaded"
+        {
+            return Err(format!(
+                "--new-sessions must be round_robin or least_loaded, not {n:?}"
+            ));
+        }
         Ok(Plan {
             mode,
             model,
+            new_sessions: args.new_sessions.clone(),
             backends: if args.direct { 1 } else { args.backends },
             worker_threads: args.worker_threads,
             backend_threads: args.backend_threads,
@@ -615,7 +645,7 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let p = plan(&["--bench"]).expect("defaults are valid");
         assert!(
-            matches!(p.mode, Mode::Stickyd { ref binary } if binary == std::path::Path::new("/bin/stickyd"))
+            matches!(p.mode, Mode::Stickyd { ref binary, .. } if binary == std::path::Path::new("/bin/stickyd"))
         );
         assert!(matches!(p.model, Model::Closed { concurrency: 64 }));
         assert_eq!(p.duration, Duration::from_secs(10));

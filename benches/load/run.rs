@@ -125,7 +125,7 @@ async fn run_inner(
 
     let mut stickyd: Option<Stickyd> = None;
     let (target, kind, target_label, names) = match &plan.mode {
-        Mode::Stickyd { binary } => {
+        Mode::Stickyd { binary, haproxy } => {
             let key_file = tmp.path().join("key");
             stickyd::write_key(&key_file)?;
             let listen = stickyd::free_addr()?;
@@ -138,6 +138,8 @@ async fn run_inner(
                 }),
                 key_file,
                 backends: backends.iter().map(|b| (b.id.clone(), b.addr)).collect(),
+                new_sessions: plan.new_sessions.clone(),
+                haproxy: *haproxy,
             };
             let target = Target::new(
                 listen,
@@ -153,7 +155,7 @@ async fn run_inner(
             s.wait_ready(&target, Duration::from_secs(15)).await?;
             (
                 target,
-                "stickyd",
+                if *haproxy { "haproxy" } else { "stickyd" },
                 format!("http://{listen}"),
                 plan.backend_ids(),
             )
