@@ -126,48 +126,40 @@ impl Probe {
         let stream = crate::tls::MaybeTls::connect(&self.address, self.origin.as_ref())
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let resp = if self.h2 {
-            let (mut send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                TokioIo::new(stream),
-            )
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-            let driver = tokio::spawn(conn);
+        // HTTP/2 wants the absolute form (:scheme, :authority); HTTP/1.1 the path, and a close.
+        let mut req = if self.h2 {
             let scheme = if self.origin.is_some() {
                 "https"
             } else {
                 "http"
             };
-            let req = Request::get(format!("{scheme}://{}{}", self.address, self.path))
-                .header(header::HOST, self.host.as_str())
-                .header(header::USER_AGENT, "stickyd-health")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("request: {e}"))?;
-            let resp = send
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"));
-            driver.abort();
-            resp
+            Request::get(format!("{scheme}://{}{}", self.address, self.path))
         } else {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            Request::get(self.path.as_str()).header(header::CONNECTION, "close")
+        };
+        req = req
+            .header(header::HOST, self.host.as_str())
+            .header(header::USER_AGENT, "stickyd-health");
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let io = TokioIo::new(stream);
+        let (resp, driver) = if self.h2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            let driver = tokio::spawn(conn);
+            (send.send_request(req).await, driver)
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
             let driver = tokio::spawn(conn);
-            let req = Request::get(self.path.as_str())
-                .header(header::HOST, self.host.as_str())
-                .header(header::USER_AGENT, "stickyd-health")
-                .header(header::CONNECTION, "close")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("request: {e}"))?;
-            let resp = send
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"));
-            driver.abort();
-            resp
+            (send.send_request(req).await, driver)
         };
+        driver.abort();
+        let resp = resp.map_err(|e| format!("request: {e}"));
         let status = resp?.status().as_u16();
         if self.expect.contains(status) {
             Ok(())
