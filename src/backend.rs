@@ -42,9 +42,9 @@ pub struct BackendLive {
     draining_since: AtomicU64,
     /// When it last became usable ([`epoch_ms`]; 0: since start), for slow start.
     up_since_ms: AtomicU64,
-    /// Sessions pinned here lately, halved every second (`f64` bits), for least_loaded.
+    /// Sessions pinned here lately, halving every second (`f64` bits), for least_loaded.
     recent_pins: AtomicU64,
-    /// Requests per second over about the last 10 s (`f64` bits), set by the ticker.
+    /// Requests per second over about the last 0.3 s (`f64` bits), set by the ticker.
     rate: AtomicU64,
 }
 
@@ -92,7 +92,7 @@ impl BackendLive {
         }
     }
 
-    /// Sets the recent request rate (requests per second, smoothed over about 10 s).
+    /// Sets the recent request rate (requests per second, smoothed over about 0.3 s).
     pub fn set_rate(&self, r: f64) {
         self.rate.store(r.to_bits(), Ordering::Relaxed);
     }

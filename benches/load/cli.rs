@@ -55,6 +55,9 @@ pub struct Args {
     /// stickyd's [balance] new_sessions: round_robin or least_loaded.
     #[arg(long, value_name = "MODE")]
     pub new_sessions: Option<String>,
+    /// stickyd's [affinity] max_life (how long a session may stay on its backend), e.g. 5s.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub max_life: Option<Duration>,
     /// Backends to start (ids b1..bN).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub backends: usize,
@@ -309,6 +312,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     pub reload_every: Option<Duration>,
     pub recovery_grace: Duration,
+    /// stickyd's [affinity] max_life, if set.
+    pub max_life: Option<Duration>,
     /// stickyd's [balance] new_sessions, if set.
     pub new_sessions: Option<String>,
     pub idle_conns: Option<usize>,
@@ -446,6 +451,7 @@ impl Plan {
             mode,
             model,
             new_sessions: args.new_sessions.clone(),
+            max_life: args.max_life,
             backends: if args.direct { 1 } else { args.backends },
             worker_threads: args.worker_threads,
             backend_threads: args.backend_threads,

@@ -139,6 +139,7 @@ async fn run_inner(
                 key_file,
                 backends: backends.iter().map(|b| (b.id.clone(), b.addr)).collect(),
                 new_sessions: plan.new_sessions.clone(),
+                max_life: plan.max_life,
                 haproxy: *haproxy,
             };
             let target = Target::new(

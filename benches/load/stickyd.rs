@@ -28,6 +28,8 @@ pub struct Spec {
     pub backends: Vec<(String, SocketAddr)>,
     /// `[balance] new_sessions`, if set.
     pub new_sessions: Option<String>,
+    /// `[affinity] max_life`, if set.
+    pub max_life: Option<Duration>,
     /// Run HAProxy with an equivalent cookie-insert config instead.
     pub haproxy: bool,
 }
@@ -70,9 +72,13 @@ pub fn config_text(spec: &Spec) -> String {
         t.push_str(&format!("header_read_timeout = \"{}ms\"\n", d.as_millis()));
     }
     t.push_str(&format!(
-        "\n[affinity]\nkeys = [{}]\n\n[health]\n{HEALTH}\n[log]\nlevel = \"warn\"\n",
+        "\n[affinity]\nkeys = [{}]\n",
         quote(&format!("file:{}", spec.key_file.display()))
     ));
+    if let Some(d) = spec.max_life {
+        t.push_str(&format!("max_life = \"{}ms\"\n", d.as_millis()));
+    }
+    t.push_str(&format!("\n[health]\n{HEALTH}\n[log]\nlevel = \"warn\"\n"));
     if let Some(n) = &spec.new_sessions {
         t.push_str(&format!("\n[balance]\nnew_sessions = {}\n", quote(n)));
     }
@@ -303,6 +309,7 @@ mod tests {
                 ("b2".into(), "127.0.0.1:3002".parse().expect("addr")),
             ],
             new_sessions: Some("least_loaded".into()),
+            max_life: Some(Duration::from_secs(5)),
             haproxy: false,
         };
         let text = config_text(&spec);
@@ -319,6 +326,7 @@ mod tests {
             c.balance.new_sessions,
             stickyd::config::NewSessions::LeastLoaded
         );
+        assert_eq!(c.affinity.max_life.get_ref().get(), Duration::from_secs(5));
         let h = haproxy_config_text(&spec);
         assert!(h.contains("bind 127.0.0.1:18080"), "{h}");
         assert!(h.contains("server b2 127.0.0.1:3002 cookie b2"), "{h}");
