@@ -26,8 +26,12 @@ use crate::upstream::Lease;
 pub enum Replay {
     /// No body (`GET` and most others): always replayable.
     Empty,
-    /// A body not yet taken by an attempt, and its size hint.
-    Once(Rc<RefCell<Option<Incoming>>>, SizeHint),
+    /// A body not yet taken by an attempt, its size hint, and whether reading it failed.
+    Once(
+        Rc<RefCell<Option<Incoming>>>,
+        SizeHint,
+        Rc<std::cell::Cell<bool>>,
+    ),
 }
 
 impl Replay {
@@ -37,7 +41,11 @@ impl Replay {
             Replay::Empty
         } else {
             let hint = body.size_hint();
-            Replay::Once(Rc::new(RefCell::new(Some(body))), hint)
+            Replay::Once(
+                Rc::new(RefCell::new(Some(body))),
+                hint,
+                Rc::new(std::cell::Cell::new(false)),
+            )
         }
     }
 
@@ -45,7 +53,15 @@ impl Replay {
     pub fn replayable(&self) -> bool {
         match self {
             Replay::Empty => true,
-            Replay::Once(slot, _) => slot.borrow().is_some(),
+            Replay::Once(slot, ..) => slot.borrow().is_some(),
+        }
+    }
+
+    /// Whether reading the client's body failed (a malformed or truncated body).
+    pub fn client_failed(&self) -> bool {
+        match self {
+            Replay::Empty => false,
+            Replay::Once(_, _, failed) => failed.get(),
         }
     }
 
@@ -54,10 +70,11 @@ impl Replay {
     pub fn take(&self) -> UpBody {
         match self {
             Replay::Empty => UpBody::Empty,
-            Replay::Once(slot, hint) => UpBody::Lazy {
+            Replay::Once(slot, hint, failed) => UpBody::Lazy {
                 slot: slot.clone(),
                 hint: *hint,
                 body: None,
+                failed: failed.clone(),
             },
         }
     }
@@ -75,6 +92,8 @@ pub enum UpBody {
         hint: SizeHint,
         /// The body once taken.
         body: Option<Incoming>,
+        /// Set when reading the client's body fails.
+        failed: Rc<std::cell::Cell<bool>>,
     },
 }
 
@@ -88,12 +107,20 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
-            UpBody::Lazy { slot, body, .. } => {
+            UpBody::Lazy {
+                slot, body, failed, ..
+            } => {
                 if body.is_none() {
                     *body = slot.borrow_mut().take();
                 }
                 match body.as_mut() {
-                    Some(b) => Pin::new(b).poll_frame(cx),
+                    Some(b) => {
+                        let polled = Pin::new(b).poll_frame(cx);
+                        if let Poll::Ready(Some(Err(_))) = &polled {
+                            failed.set(true);
+                        }
+                        polled
+                    }
                     // Another attempt took it (cannot happen: attempts are serial).
                     None => Poll::Ready(None),
                 }

@@ -250,6 +250,12 @@ impl Proxy {
                         .map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard, log.take())));
                     return Ok(respond(snap, resp, route.issue, now, conn.tls));
                 }
+                Err(_) if body.client_failed() => {
+                    // The client's own body was malformed (bad chunk, cut short): its fault,
+                    // not the backend's; nothing to retry.
+                    drop(guard);
+                    return Err(ProxyError::BadRequest("invalid request body\n"));
+                }
                 Err(e) => {
                     drop(guard);
                     backend.live.record_failure();

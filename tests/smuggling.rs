@@ -1,0 +1,183 @@
+//! Request framing and smuggling: raw bytes from a client through stickyd to a raw backend
+//! that records exactly what it received. Every case asserts on what the client got and on
+//! what reached the backend.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that records every byte it receives and answers each request head with a small
+/// 200 (bodies are not parsed: what it records is what a real backend would have to frame).
+async fn recorder() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    if chunk.starts_with(b"GET /healthz") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                        return;
+                    }
+                    rec.lock().unwrap().extend_from_slice(chunk);
+                    let heads = chunk.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    for _ in 0..heads {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends `raw` on a fresh connection and reads until the connection closes or 2 s pass.
+async fn exchange(lb: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(lb).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Case {
+    name: &'static str,
+    raw: &'static [u8],
+}
+
+const SEVERE: &[Case] = &[
+    Case {
+        name: "two different Content-Lengths",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 40\r\n\r\nabcd",
+    },
+    Case {
+        name: "Content-Length list",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4, 40\r\n\r\nabcd",
+    },
+    Case {
+        name: "negative Content-Length",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n",
+    },
+    Case {
+        name: "Content-Length with a plus",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: +4\r\n\r\nabcd",
+    },
+    Case {
+        name: "TE not ending in chunked",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    },
+    Case {
+        name: "TE with a space before the colon",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding : chunked\r\n\r\n0\r\n\r\n",
+    },
+    Case {
+        name: "obs-fold",
+        raw: b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n  folded\r\n\r\n",
+    },
+    Case {
+        name: "NUL in a value",
+        raw: b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\x00b\r\n\r\n",
+    },
+    Case {
+        name: "bare CR in a value",
+        raw: b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\rb\r\n\r\n",
+    },
+    Case {
+        name: "bad chunk size",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n",
+    },
+    Case {
+        name: "no Host in HTTP/1.1",
+        raw: b"GET / HTTP/1.1\r\n\r\n",
+    },
+    Case {
+        name: "two Hosts",
+        raw: b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+    },
+    Case {
+        name: "space in a header name",
+        raw: b"GET / HTTP/1.1\r\nhost: x\r\nx a: 1\r\n\r\n",
+    },
+];
+
+#[tokio::test]
+async fn severe_framing_cases_are_400_closed_and_reach_no_backend() {
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let addr = lb.local_addrs()[0];
+    let mut report = Vec::new();
+    for case in SEVERE {
+        seen.lock().unwrap().clear();
+        let out = exchange(addr, case.raw).await;
+        let status = out.get(..12).unwrap_or("").to_string();
+        let reached = seen.lock().unwrap().len();
+        report.push(format!(
+            "{:40} {:14} backend bytes {}",
+            case.name, status, reached
+        ));
+        if !(status.starts_with("HTTP/1.1 400") && reached == 0) {
+            report.push("   ^ FAILED".into());
+        }
+    }
+    let text = report.join("\n");
+    assert!(!text.contains("FAILED"), "\n{text}");
+}
+
+#[tokio::test]
+async fn content_length_with_chunked_is_forwarded_with_one_framing_and_the_connection_closed() {
+    // RFC 9112 section 6.1: Transfer-Encoding wins, Content-Length is dropped, and the
+    // connection is closed after the response, so nothing pipelined behind it is read.
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let out = exchange(
+        lb.local_addrs()[0],
+        b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        1,
+        "one response, then closed: {out}"
+    );
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    assert!(got.starts_with("post /a http/1.1"), "{got}");
+    assert!(!got.contains("content-length"), "one framing only: {got}");
+    assert!(!got.contains("/smuggled"), "nothing behind it: {got}");
+}
+
+#[tokio::test]
+async fn a_valid_request_pipelined_behind_another_gets_its_own_response() {
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let out = exchange(
+        lb.local_addrs()[0],
+        b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(
+        got.contains("GET /one") && got.contains("GET /two"),
+        "{got}"
+    );
+}
