@@ -181,3 +181,33 @@ async fn a_valid_request_pipelined_behind_another_gets_its_own_response() {
         "{got}"
     );
 }
+
+#[tokio::test]
+async fn connection_cannot_strip_the_headers_stickyd_adds_and_hop_by_hop_never_reach_a_backend() {
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let out = exchange(
+        lb.local_addrs()[0],
+        b"GET /h HTTP/1.1\r\nhost: x\r\nconnection: close, x-forwarded-for, x-forwarded-proto, via, x-secret\r\nx-secret: 1\r\nx-forwarded-for: 6.6.6.6\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nte: trailers\r\nupgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    assert!(
+        got.contains("x-forwarded-for: 127.0.0.1\r\n"),
+        "ours, not the client's: {got}"
+    );
+    assert!(!got.contains("6.6.6.6"), "{got}");
+    assert!(got.contains("x-forwarded-proto: http\r\n"), "{got}");
+    assert!(got.contains("via: 1.1 stickyd\r\n"), "{got}");
+    for gone in [
+        "x-secret",
+        "keep-alive:",
+        "proxy-connection",
+        "te:",
+        "upgrade",
+        "connection: close",
+    ] {
+        assert!(!got.contains(gone), "{gone} reached the backend: {got}");
+    }
+}
