@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -119,7 +119,7 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         }
         (["backends"], Method::GET) => {
             let snap = ctx.shared.load();
-            let now = unix_now();
+            let now = crate::backend::unix_secs();
             let all: Vec<BackendView> = snap
                 .backends
                 .iter()
@@ -134,7 +134,10 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
                 "enable" => AdminState::Active,
                 _ => AdminState::Disabled,
             };
-            if !ctx.shared.set_admin(id, Some(state), unix_now()) {
+            if !ctx
+                .shared
+                .set_admin(id, Some(state), crate::backend::unix_secs())
+            {
                 return text(StatusCode::NOT_FOUND, "no such backend\n");
             }
             info!(backend = %id, state = ?state, "admin state set over the admin API");
@@ -177,7 +180,10 @@ async fn reload(ctx: &Ctx) -> Resp {
 fn backend_json(ctx: &Ctx, id: &str) -> Resp {
     let snap = ctx.shared.load();
     match snap.backends.iter().find(|b| &*b.id == id) {
-        Some(b) => json(StatusCode::OK, &BackendView::of(b, &snap, unix_now())),
+        Some(b) => json(
+            StatusCode::OK,
+            &BackendView::of(b, &snap, crate::backend::unix_secs()),
+        ),
         None => text(StatusCode::NOT_FOUND, "no such backend\n"),
     }
 }
@@ -227,11 +233,7 @@ impl BackendView {
     fn of(b: &Backend, snap: &Snapshot, now: u64) -> BackendView {
         let l = &b.live;
         let state = b.admin_state();
-        let quiet = snap
-            .config
-            .admin
-            .as_ref()
-            .map_or(120, |a| a.drain_quiet.get().as_secs());
+        let quiet = drain_quiet(snap);
         BackendView {
             id: b.id.to_string(),
             address: b.authority.to_string(),
@@ -265,12 +267,8 @@ impl BackendView {
 pub fn render_metrics(ctx: &Ctx) -> String {
     let snap = ctx.shared.load();
     let m = &ctx.shared.metrics;
-    let now = unix_now();
-    let quiet = snap
-        .config
-        .admin
-        .as_ref()
-        .map_or(120, |a| a.drain_quiet.get().as_secs());
+    let now = crate::backend::unix_secs();
+    let quiet = drain_quiet(&snap);
     let mut o = String::with_capacity(8192);
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -493,6 +491,15 @@ pub fn render_metrics(ctx: &Ctx) -> String {
     o
 }
 
+/// `[admin] drain_quiet` in seconds (its default when the section is absent).
+fn drain_quiet(snap: &Snapshot) -> u64 {
+    let quiet = |a: &crate::config::Admin| a.drain_quiet.get().as_secs();
+    snap.config
+        .admin
+        .as_ref()
+        .map_or_else(|| quiet(&Default::default()), quiet)
+}
+
 /// A label value with `\`, `"` and newlines escaped.
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -510,12 +517,6 @@ fn authorized(header: Option<&HeaderValue>, token: &[u8]) -> bool {
 /// Constant time in the content (the length is not secret).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Resp {

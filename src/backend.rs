@@ -48,6 +48,13 @@ pub struct BackendLive {
     rate: AtomicU64,
 }
 
+/// Seconds since the Unix epoch on the wall clock (0 if the clock is before it).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
 pub fn epoch_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();

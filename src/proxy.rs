@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -336,19 +336,12 @@ fn switching(
     now: u32,
     tls: bool,
 ) -> Response<ProxyBody> {
-    let (mut parts, _) = resp.into_parts();
     let keep = (
-        parts.headers.get(header::CONNECTION).cloned(),
-        parts.headers.get(header::UPGRADE).cloned(),
+        resp.headers().get(header::CONNECTION).cloned(),
+        resp.headers().get(header::UPGRADE).cloned(),
     );
-    let mut resp = respond(
-        snap,
-        Response::from_parts(parts.clone(), ProxyBody::full(Bytes::new())),
-        issue,
-        now,
-        tls,
-    );
-    parts.headers.clear();
+    let resp = resp.map(|_| ProxyBody::full(Bytes::new()));
+    let mut resp = respond(snap, resp, issue, now, tls);
     if let (Some(c), Some(u)) = keep {
         resp.headers_mut().insert(header::CONNECTION, c);
         resp.headers_mut().insert(header::UPGRADE, u);
@@ -473,10 +466,7 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 fn unix_now() -> u32 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    u32::try_from(secs).unwrap_or(u32::MAX)
+    u32::try_from(crate::backend::unix_secs()).unwrap_or(u32::MAX)
 }
 
 /// A fresh session nonce: a per-thread wyrand stream seeded from std's OS-seeded `RandomState`.

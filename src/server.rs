@@ -141,7 +141,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let mut shared = Shared::new(config);
     shared.access = access;
     let shared = Arc::new(shared);
-    shared.note_admin_states(unix_now());
+    shared.note_admin_states(crate::backend::unix_secs());
     let checkers = checker::spawn(&shared.load());
     let (phase, _) = watch::channel(Phase::Running);
     let conns = Arc::new(Semaphore::new(max_conns as usize));
@@ -452,7 +452,7 @@ impl Running {
             warn!("access log changes need a restart; keeping the current access log");
         }
         let snap = self.shared.apply(config);
-        self.shared.note_admin_states(unix_now());
+        self.shared.note_admin_states(crate::backend::unix_secs());
         self.checkers = checker::spawn(&snap);
 
         for (worker, socks) in self.cmds.iter().zip(sockets) {
@@ -569,9 +569,10 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 /// HTTP/2: bytes buffered per stream toward a slow client.
 const H2_MAX_SEND_BUF: usize = 256 * 1024;
 
-/// Spawns hyper's HTTP/2 stream tasks on the worker's `LocalSet`: they need not be `Send`.
+/// Spawns hyper's HTTP/2 tasks (server streams, client connections) on the worker's
+/// `LocalSet`: they need not be `Send`.
 #[derive(Clone, Copy, Debug)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where
@@ -664,12 +665,6 @@ async fn maintain(shared: Arc<Shared>) {
             }
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {

@@ -19,6 +19,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::server::LocalExec;
 use crate::tls::MaybeTls;
 use http::uri::Authority;
 use http::{Request, Response};
@@ -175,19 +176,6 @@ pub struct Target<'a> {
     pub origin: Option<&'a crate::tls::Origin>,
     /// HTTP/2 (one multiplexed connection per worker) rather than HTTP/1.1.
     pub h2: bool,
-}
-
-/// Spawns the HTTP/2 client's connection tasks on the worker's `LocalSet`.
-#[derive(Clone, Copy, Debug)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: std::future::Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }
 
 enum Failed {
