@@ -13,6 +13,10 @@ pub enum ProxyError {
     /// The client's request is not acceptable (e.g. HTTP/1.1 without Host).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request uses something stickyd does not implement (a transfer coding other than
+    /// `chunked`): 501, and the connection is closed like for a bad request.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// No backend is usable (all down, disabled or excluded).
     #[error("no usable backend")]
     NoBackend,
@@ -39,6 +43,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoBackend | ProxyError::PinnedDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Reset(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -50,7 +55,7 @@ impl ProxyError {
     /// The short body sent with the status.
     pub fn body(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(why) => why,
+            ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
             ProxyError::NoBackend => "no backend is available\n",
             ProxyError::PinnedDown => "the session's backend is unavailable\n",
             ProxyError::Connect(_) => "could not connect to the backend\n",
@@ -82,6 +87,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::NoBackend => "no_backend",
             ProxyError::PinnedDown => "pinned_down",
             ProxyError::Connect(_) => "connect",
@@ -100,6 +106,7 @@ mod tests {
     fn each_error_maps_to_its_status() {
         let cases = [
             (ProxyError::BadRequest("x\n"), 400),
+            (ProxyError::NotImplemented("x\n"), 501),
             (ProxyError::NoBackend, 503),
             (ProxyError::PinnedDown, 503),
             (ProxyError::Connect("refused".into()), 502),

@@ -304,6 +304,86 @@ pub fn is_cookie_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// What a request's framing headers allow, judged before anything is forwarded. hyper already
+/// refuses what no parser could agree on (differing Content-Lengths, a Transfer-Encoding not
+/// ending in `chunked`, bad names and values); this refuses what it lets through but that two
+/// HTTP/1 parsers might still read differently (the `http_desync_guardian` corpus's severe and
+/// ambiguous tiers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Nothing doubtful.
+    Clear,
+    /// Well framed, but a payload on a method where it has no defined meaning (GET, HEAD,
+    /// DELETE, OPTIONS, TRACE): a backend may ignore the body and read it as the next request.
+    /// Forwarded, and neither connection is reused after the response.
+    CloseAfter,
+    /// Refused (400, connection closed, nothing forwarded), with the reason for the client.
+    Refuse(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 section 6.1: 501, as nginx does).
+    /// Forwarding it would drop the coding: stickyd re-frames bodies with `chunked` alone.
+    Unsupported(&'static str),
+}
+
+/// Judges a request's framing headers (RFC 9112 section 6, RFC 9110 section 8.6).
+pub fn framing(method: &http::Method, headers: &HeaderMap) -> Framing {
+    let mut te_lines = 0;
+    let mut chunked = 0;
+    let mut other = false;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        te_lines += 1;
+        for c in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if c.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !c.is_empty() {
+                other = true;
+            }
+        }
+    }
+    if chunked > 1 {
+        return Framing::Refuse("chunked applied more than once\n");
+    }
+    if other {
+        return Framing::Unsupported("only the chunked transfer coding is supported\n");
+    }
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = cl.next();
+    if cl.next().is_some() {
+        return Framing::Refuse("more than one Content-Length header\n");
+    }
+    if headers.keys().any(looks_like_framing) {
+        return Framing::Refuse(
+            "a header name that reads as Content-Length or Transfer-Encoding\n",
+        );
+    }
+    let body = te_lines > 0 || length.is_some_and(|v| v.as_bytes().trim_ascii() != b"0");
+    let bodiless = matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::DELETE
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+    );
+    if body && bodiless {
+        Framing::CloseAfter
+    } else {
+        Framing::Clear
+    }
+}
+
+/// A name other than `content-length`/`transfer-encoding` that some server would map to one
+/// of them: the same letters with `_`, doubled or other separators (CGI-style servers turn
+/// `Content_Length` into `CONTENT_LENGTH`).
+fn looks_like_framing(name: &HeaderName) -> bool {
+    const LETTERS: [&[u8]; 2] = [b"contentlength", b"transferencoding"];
+    let n = name.as_str().as_bytes();
+    if n.len() < 14 || *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+        return false;
+    }
+    let letters = n.iter().filter(|b| b.is_ascii_alphanumeric());
+    LETTERS.iter().any(|want| letters.clone().eq(want.iter()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,6 +672,86 @@ mod tests {
         }
     }
 
+    #[test]
+    fn framing_refuses_what_two_parsers_could_read_differently() {
+        use http::Method;
+        let refused = [
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            vec![("transfer-encoding", "chunked, chunked")],
+            vec![("content-length", "5"), ("content-length", "5")],
+            vec![("content_length", "5")],
+            vec![("transfer_encoding", "chunked")],
+            vec![("transfer--encoding", "chunked")],
+            vec![("transfer___encoding", "chunked")],
+            vec![("content-length-", "5")],
+            vec![("x", "1"), ("-content-length", "5")],
+        ];
+        for h in refused {
+            assert!(
+                matches!(framing(&Method::POST, &map(&h)), Framing::Refuse(_)),
+                "{h:?}"
+            );
+        }
+        for h in [
+            vec![
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            vec![("transfer-encoding", "gzip, chunked")],
+            vec![("transfer-encoding", "identity, chunked")],
+        ] {
+            assert!(
+                matches!(framing(&Method::POST, &map(&h)), Framing::Unsupported(_)),
+                "{h:?}"
+            );
+        }
+        let clear = [
+            vec![],
+            vec![("content-length", "5")],
+            vec![("transfer-encoding", "chunked")],
+            vec![("transfer-encoding", "chunked,")],
+            vec![("content-lengthy", "5")],
+            vec![("x-content-length", "5")],
+            vec![("content-type", "text/plain"), ("content-language", "en")],
+        ];
+        for h in clear {
+            assert_eq!(framing(&Method::POST, &map(&h)), Framing::Clear, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn a_body_on_a_bodiless_method_closes_both_connections_after() {
+        use http::Method;
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::TRACE,
+        ] {
+            for h in [
+                vec![("content-length", "5")],
+                vec![("transfer-encoding", "chunked")],
+            ] {
+                assert_eq!(framing(&m, &map(&h)), Framing::CloseAfter, "{m} {h:?}");
+            }
+            assert_eq!(
+                framing(&m, &map(&[("content-length", "0")])),
+                Framing::Clear
+            );
+            assert_eq!(framing(&m, &map(&[])), Framing::Clear);
+        }
+        for m in [Method::POST, Method::PUT, Method::PATCH] {
+            assert_eq!(
+                framing(&m, &map(&[("content-length", "5")])),
+                Framing::Clear
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn take_cookie_never_panics_and_always_removes_the_name(raw in "[ -~]{0,200}") {
@@ -603,6 +763,34 @@ mod tests {
                     prop_assert!(!pairs(v.as_bytes()).any(|(n, _)| n == b"stickyd"));
                 }
             }
+        }
+
+        #[test]
+        fn a_name_is_refused_as_framing_iff_its_letters_spell_one_but_it_is_not_one(
+            name in "[a-z_-]{1,24}",
+        ) {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                let letters: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+                let spells = letters == "contentlength" || letters == "transferencoding";
+                let exact = name == "content-length" || name == "transfer-encoding";
+                prop_assert_eq!(looks_like_framing(&n), spells && !exact);
+            }
+        }
+
+        #[test]
+        fn framing_letters_with_any_separators_are_refused_unless_canonical(
+            which in 0..2usize,
+            seps in prop::collection::vec("[_-]{0,2}", 17),
+        ) {
+            let word = ["contentlength", "transferencoding"][which];
+            let mut name = String::new();
+            for (c, sep) in word.chars().zip(&seps) {
+                name.push_str(sep);
+                name.push(c);
+            }
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            let canonical = name == "content-length" || name == "transfer-encoding";
+            prop_assert_eq!(looks_like_framing(&n), name.len() >= 14 && !canonical);
         }
     }
 }

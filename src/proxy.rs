@@ -25,7 +25,7 @@ pub use crate::body::ProxyBody;
 use crate::body::{Replay, Tracked};
 use crate::config::Mode;
 use crate::error::ProxyError;
-use crate::headers::{self, Forwarded, Found};
+use crate::headers::{self, Forwarded, Found, Framing};
 use crate::health::Transition;
 use crate::state::{Shared, Snapshot};
 use crate::token::Invalid;
@@ -134,6 +134,13 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         check_request(&parts)?;
+        let close_after = match headers::framing(&parts.method, &parts.headers) {
+            Framing::Clear => false,
+            Framing::CloseAfter => true,
+            Framing::Refuse(why) => return Err(ProxyError::BadRequest(why)),
+            Framing::Unsupported(why) => return Err(ProxyError::NotImplemented(why)),
+        };
+        let client_h1 = parts.version <= Version::HTTP_11;
         // An upgrade (WebSocket) keeps its Connection/Upgrade pair, which the hop-by-hop strip
         // below removes, and the client side's upgrade handle.
         let upgrade = headers::upgrade_protocol(&parts.headers, parts.version)
@@ -141,6 +148,13 @@ impl Proxy {
 
         let (token, keyed) = affinity_input(snap, &mut parts, conn);
         prepare_upstream_head(snap, &mut parts, conn);
+        if close_after {
+            // The backend may not read the body as this request's: this connection serves
+            // nothing after it.
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some((proto, _)) = &upgrade {
             parts
                 .headers
@@ -197,7 +211,10 @@ impl Proxy {
                 self.upstream.send(target, up).await
             };
             match sent {
-                Ok((mut resp, lease)) => {
+                Ok((mut resp, mut lease)) => {
+                    if close_after {
+                        lease = lease.no_reuse();
+                    }
                     backend.live.connect_ok();
                     backend.live.record_status(resp.status().as_u16());
                     let repinned = self.count_route(&route, snap);
@@ -248,7 +265,12 @@ impl Proxy {
                     }
                     let resp = resp
                         .map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard, log.take())));
-                    return Ok(respond(snap, resp, route.issue, now, conn.tls));
+                    let mut resp = respond(snap, resp, route.issue, now, conn.tls);
+                    if close_after && client_h1 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Ok(resp);
                 }
                 Err(_) if body.client_failed() => {
                     // The client's own body was malformed (bad chunk, cut short): its fault,
@@ -499,7 +521,7 @@ pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
     if let Some(secs) = e.retry_after(snap.config.balance.retry_after.get()) {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if matches!(e, ProxyError::BadRequest(_)) {
+    if matches!(e, ProxyError::BadRequest(_) | ProxyError::NotImplemented(_)) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         // Debug, not info: a flood of bad requests must not flood the log.
         debug!(error = %e, "request refused");

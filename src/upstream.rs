@@ -368,6 +368,11 @@ struct H1Lease {
 }
 
 impl Lease {
+    /// The connection serves nothing after this response: it closes once the body is done.
+    pub fn no_reuse(self) -> Lease {
+        Lease(None)
+    }
+
     /// The response body was read to its end: the connection may serve another request.
     pub fn release(self) {
         if let Some(l) = self.0 {

@@ -211,3 +211,110 @@ async fn connection_cannot_strip_the_headers_stickyd_adds_and_hop_by_hop_never_r
         assert!(!got.contains(gone), "{gone} reached the backend: {got}");
     }
 }
+
+/// Backend responses whose framing no parser could agree on: each must reach the client as a
+/// 502, and the upstream connection it came on must never carry another request.
+const BROKEN_RESPONSES: &[(&str, &[u8])] = &[
+    (
+        "two different Content-Lengths",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 20\r\n\r\nok",
+    ),
+    (
+        "Content-Length not a number",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
+    ),
+    (
+        "negative Content-Length",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
+    ),
+    (
+        "not a status line",
+        b"HTTP/1.1 OK 200\r\ncontent-length: 2\r\n\r\nok",
+    ),
+    ("no status code", b"HTTP/1.1\r\ncontent-length: 2\r\n\r\nok"),
+    (
+        "space before the colon",
+        b"HTTP/1.1 200 OK\r\ncontent-length : 2\r\n\r\nok",
+    ),
+    (
+        "NUL in a header",
+        b"HTTP/1.1 200 OK\r\nx-a: a\x00b\r\ncontent-length: 2\r\n\r\nok",
+    ),
+    (
+        "bare LF in a header name",
+        b"HTTP/1.1 200 OK\r\nx\na: 1\r\ncontent-length: 2\r\n\r\nok",
+    ),
+    ("not HTTP at all", b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+];
+
+/// A backend that answers the first request on each connection with `reply` and counts
+/// requests that arrive on an already used connection (answered with a plain 200).
+async fn broken_backend(reply: &'static [u8]) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reused = Arc::new(AtomicUsize::new(0));
+    let count = reused.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        served += 1;
+                        let out: &[u8] = if served == 1 {
+                            reply
+                        } else {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        };
+                        if s.write_all(out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, reused)
+}
+
+#[tokio::test]
+async fn a_backend_response_with_broken_framing_is_a_502_and_its_connection_is_not_reused() {
+    use std::sync::atomic::Ordering;
+    let mut report = Vec::new();
+    for (name, reply) in BROKEN_RESPONSES {
+        let (backend, reused) = broken_backend(reply).await;
+        let lb = stickyd(&Cfg::default(), &[("b", backend)]).await;
+        let addr = lb.local_addrs()[0];
+        // Three requests, one after another on one client connection.
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let out = exchange(
+                addr,
+                b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+            statuses.push(out.get(9..12).unwrap_or("---").to_string());
+        }
+        let reused = reused.load(Ordering::SeqCst);
+        let ok = statuses.iter().all(|s| s == "502") && reused == 0;
+        report.push(format!(
+            "{} {name:32} client got {statuses:?}, requests on a reused upstream connection: {reused}",
+            if ok { "ok    " } else { "FAILED" }
+        ));
+    }
+    let text = report.join("\n");
+    assert!(!text.contains("FAILED"), "\n{text}");
+}
