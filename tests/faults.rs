@@ -1,0 +1,458 @@
+//! Faults under load: backends that die, stall, reset and flap while clients keep sending.
+//! Every request carries a unique id (`x-request-id`) that the backends record, so each
+//! assertion is about individual requests: none lost, none replayed.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// One client's outcome for one request.
+struct Outcome {
+    id: String,
+    post: bool,
+    status: u16,
+}
+
+/// Sends `total` requests from `clients` concurrent clients (each keeping its affinity cookie),
+/// alternating GET and POST, each with a unique id; counts completed requests in `done`.
+async fn load(lb: SocketAddr, clients: usize, total: usize, done: Arc<AtomicUsize>) -> Vec<Outcome> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (next, done) = (next.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let client: Client<_, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let mut cookie: Option<String> = None;
+            let mut out = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= total {
+                    return out;
+                }
+                let post = n % 2 == 1;
+                let id = format!("c{c}-r{n}");
+                let mut b = Request::builder()
+                    .method(if post { "POST" } else { "GET" })
+                    .uri(format!("http://{lb}/item"))
+                    .header("x-request-id", &id);
+                if let Some(c) = &cookie {
+                    b = b.header("cookie", format!("stickyd={c}"));
+                }
+                let body = if post {
+                    Bytes::from(format!("order {id}"))
+                } else {
+                    Bytes::new()
+                };
+                let status = match client.request(b.body(Full::new(body)).unwrap()).await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let got = Got {
+                            status,
+                            headers: resp.headers().clone(),
+                            body: Bytes::new(),
+                        };
+                        if let Some(c) = got.set_cookie() {
+                            cookie = Some(c);
+                        }
+                        // A body cut short is a failure too.
+                        match resp.into_body().collect().await {
+                            Ok(_) => status,
+                            Err(_) => 0,
+                        }
+                    }
+                    Err(_) => 0,
+                };
+                done.fetch_add(1, Ordering::SeqCst);
+                out.push(Outcome { id, post, status });
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Waits (on the completion counter, not the clock) until `n` more requests have completed,
+/// or the load is over.
+async fn after_requests(done: &AtomicUsize, n: usize, total: usize) {
+    let target = (done.load(Ordering::SeqCst) + n).min(total);
+    eventually("requests to complete", || done.load(Ordering::SeqCst) >= target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_four_backends_repeatedly_fails_no_get_and_replays_no_post() {
+    let mut backends = vec![
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+        TestBackend::start("d").await,
+    ];
+    let pool_addrs = pool(&backends.iter().collect::<Vec<_>>());
+    let lb = stickyd(
+        &Cfg {
+            health: "interval = \"50ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1\npassive_failures = 1",
+            upstream: "retries = 2",
+            ..Cfg::default()
+        },
+        &pool_addrs,
+    )
+    .await;
+    const TOTAL: usize = 4000;
+    const CLIENTS: usize = 8;
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(load(lb.local_addrs()[0], CLIENTS, TOTAL, done.clone()));
+    let mut kills = Vec::new();
+    for round in 0..8 {
+        after_requests(&done, 250, TOTAL).await;
+        let victim = round % 4;
+        backends[victim].kill().await;
+        kills.push(victim);
+        after_requests(&done, 150, TOTAL).await;
+        backends[victim].restart().await;
+    }
+    let outcomes = load.await.unwrap();
+    assert_eq!(outcomes.len(), TOTAL);
+
+    // Which backends saw each id.
+    let mut seen_by: HashMap<String, Vec<String>> = HashMap::new();
+    for b in &backends {
+        for s in b.seen.lock().unwrap().iter() {
+            if let Some(id) = s.headers.get("x-request-id") {
+                seen_by
+                    .entry(id.to_str().unwrap().to_string())
+                    .or_default()
+                    .push(b.name.clone());
+            }
+        }
+    }
+    let failed_gets: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| !o.post && o.status != 200)
+        .collect();
+    let failed_posts: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.post && o.status != 200)
+        .collect();
+    let posts_twice: Vec<(&String, &Vec<String>)> = outcomes
+        .iter()
+        .filter(|o| o.post)
+        .filter_map(|o| seen_by.get_key_value(&o.id))
+        .filter(|(_, by)| by.len() > 1)
+        .collect();
+    let unseen_ok: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status == 200 && !seen_by.contains_key(&o.id))
+        .collect();
+    let killed: Vec<String> = kills.iter().map(|&k| backends[k].name.clone()).collect();
+    let report = format!(
+        "{TOTAL} requests, {} kills: failed GETs {}, failed POSTs {} ({} of them seen by the killed backend), POSTs seen twice {}, 200s never seen by a backend {}",
+        kills.len(),
+        failed_gets.len(),
+        failed_posts.len(),
+        failed_posts.iter().filter(|o| seen_by.contains_key(&o.id)).count(),
+        posts_twice.len(),
+        unseen_ok.len(),
+    );
+    println!("{report}");
+    assert!(failed_gets.is_empty(), "{report}");
+    assert!(posts_twice.is_empty(), "{report}: {posts_twice:?}");
+    assert!(unseen_ok.is_empty(), "{report}");
+    // A POST may fail only if it was in flight on a backend as it was killed: at most one per
+    // client per kill, answered 502, and seen by no backend but a killed one.
+    assert!(failed_posts.len() <= kills.len() * CLIENTS, "{report}");
+    for o in &failed_posts {
+        assert_eq!(o.status, 502, "{report}");
+        for by in seen_by.get(&o.id).into_iter().flatten() {
+            assert!(killed.contains(by), "{} failed but {by} was never killed", o.id);
+        }
+    }
+}
+
+/// A backend that answers each request head with `head` and `body`, then closes the
+/// connection: a backend dying in the middle of a response.
+async fn dies_mid_body(head: &'static [u8], body: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(head).await;
+                let _ = s.write_all(body).await;
+                let _ = s.flush().await;
+                // Dropped: closed mid-body.
+            });
+        }
+    });
+    addr
+}
+
+/// Reads everything until the connection closes (or 5 s pass).
+async fn read_all(lb: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(lb).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test]
+async fn a_backend_dying_mid_body_gives_a_truncated_response_never_a_complete_one() {
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    // Content-Length framing: the client is told 100000 bytes, gets 1000, then a close.
+    let cl = dies_mid_body(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n",
+        &[b'x'; 1000],
+    )
+    .await;
+    let lb = stickyd(&Cfg::default(), &[("cl", cl)]).await;
+    let out = read_all(lb.local_addrs()[0], GET).await;
+    let text = String::from_utf8_lossy(&out);
+    let head_end = text.find("\r\n\r\n").expect("a response head") + 4;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(text.to_ascii_lowercase().contains("content-length: 100000"), "{text:.200}");
+    let body = out.len() - head_end;
+    assert!(body < 100_000, "a complete body from a dead backend: {body}");
+    assert!(body <= 1000, "bytes the backend never sent: {body}");
+
+    // Chunked framing: the last chunk never comes, so the client must not see one.
+    let ch = dies_mid_body(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n5\r\nworld\r\n",
+    )
+    .await;
+    let lb = stickyd(&Cfg::default(), &[("ch", ch)]).await;
+    let out = read_all(lb.local_addrs()[0], GET).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the client was given a terminating chunk the backend never sent: {text:?}"
+    );
+}
+
+/// A backend that reads request heads and never answers.
+async fn staller() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let h = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let text = String::from_utf8_lossy(&chunk[..n]);
+                            if text.starts_with("GET /healthz") {
+                                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                                return;
+                            }
+                            h.fetch_add(text.matches("\r\n\r\n").count(), Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stalls_headers_is_a_504_at_the_deadline_and_others_are_unaffected() {
+    let good = TestBackend::start("good").await;
+    let (stall, stalled_heads) = staller().await;
+    let lb = stickyd(
+        &Cfg {
+            upstream: "response_timeout = \"300ms\"",
+            ..Cfg::default()
+        },
+        &[("good", good.addr), ("stall", stall)],
+    )
+    .await;
+    let addr = lb.local_addrs()[0];
+    // A session pinned to the good backend.
+    let mut pinned = Browser::new(addr);
+    loop {
+        let got = pinned.send("GET", "/", Bytes::new(), &[]).await;
+        if got.status == 200 {
+            assert_eq!(got.backend(), "good");
+            break;
+        }
+        pinned.cookie = None;
+    }
+    // New sessions, some of which land on the staller, while the pinned one keeps going.
+    let fresh = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let mut b = Browser::new(addr);
+            let got = b.get("/").await;
+            statuses.push((got.status, got.backend()));
+        }
+        statuses
+    });
+    let mut pinned_statuses = Vec::new();
+    for _ in 0..50 {
+        let got = pinned.get("/").await;
+        pinned_statuses.push((got.status, got.backend()));
+    }
+    let fresh = fresh.await.unwrap();
+    assert!(
+        pinned_statuses.iter().all(|(s, b)| *s == 200 && b == "good"),
+        "{pinned_statuses:?}"
+    );
+    for (s, b) in &fresh {
+        assert!(
+            (*s == 200 && b == "good") || (*s == 504 && b.is_empty()),
+            "{fresh:?}"
+        );
+    }
+    let timeouts = fresh.iter().filter(|(s, _)| *s == 504).count();
+    assert!(timeouts >= 1, "round robin sent none to the staller: {fresh:?}");
+    // A timed-out request is not retried elsewhere (the backend may be acting on it).
+    assert_eq!(stalled_heads.load(Ordering::SeqCst), timeouts);
+}
+
+/// A backend whose health answers are given one by one by the test: each check announces
+/// itself and waits for its verdict, so the test knows exactly which checks stickyd has seen.
+async fn scripted_health() -> (SocketAddr, mpsc::UnboundedReceiver<oneshot::Sender<bool>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let (verdict_tx, verdict_rx) = oneshot::channel();
+                        let _ = tx.send(verdict_tx);
+                        let ok = verdict_rx.await.unwrap_or(false);
+                        let mut r = http::Response::new(Full::new(Bytes::from_static(b"")));
+                        *r.status_mut() = if ok {
+                            http::StatusCode::OK
+                        } else {
+                            http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        Ok::<_, hyper::Error>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The rise/fall rule, written out independently of stickyd's: `rise` passes in a row bring a
+/// down backend up, `fall` failures in a row take an up one down.
+fn model(script: &[bool], rise: u32, fall: u32) -> Vec<bool> {
+    let (mut up, mut oks, mut fails) = (true, 0, 0);
+    script
+        .iter()
+        .map(|&ok| {
+            if ok {
+                (oks, fails) = (oks + 1, 0);
+            } else {
+                (oks, fails) = (0, fails + 1);
+            }
+            if up && fails >= fall {
+                up = false;
+            } else if !up && oks >= rise {
+                up = true;
+            }
+            up
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn health_flapping_follows_the_rise_fall_model_check_by_check() {
+    let (addr, mut checks) = scripted_health().await;
+    let lb = stickyd(
+        &Cfg {
+            health: "interval = \"5ms\"\ntimeout = \"5s\"\nrise = 2\nfall = 3",
+            ..Cfg::default()
+        },
+        &[("flappy", addr)],
+    )
+    .await;
+    // A flapping pattern: runs of passes and failures of every length from 1 to 5, in a
+    // fixed pseudo-random order.
+    let mut script = Vec::new();
+    let mut x: u32 = 12345;
+    while script.len() < 200 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let run = 1 + (x >> 16) % 5;
+        let ok = (x >> 8) & 1 == 1;
+        script.extend(std::iter::repeat_n(ok, run as usize));
+    }
+    let expected = model(&script, 2, 3);
+    let state = || lb.shared().load().backends[0].live.is_healthy();
+    let mut seen = Vec::new();
+    for &ok in &script {
+        let verdict = tokio::time::timeout(Duration::from_secs(10), checks.recv())
+            .await
+            .expect("a health check")
+            .unwrap();
+        // This check's arrival means the previous one has been counted.
+        seen.push(state());
+        verdict.send(ok).unwrap();
+    }
+    // The state after the last verdict shows once the next check arrives.
+    let _next = tokio::time::timeout(Duration::from_secs(10), checks.recv())
+        .await
+        .expect("a health check")
+        .unwrap();
+    seen.push(state());
+    // seen[0] is the state before any check (up); seen[i + 1] follows script[i].
+    assert!(seen[0], "starts up");
+    let flips = expected.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(flips >= 20, "the script flaps: {flips} transitions");
+    assert_eq!(&seen[1..], &expected[..], "script {script:?}");
+}
