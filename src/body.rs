@@ -10,13 +10,16 @@
 //!
 //! Both live on one worker thread, so the shared slot is an `Rc<RefCell>`, not a mutex.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::access::Pending;
 use crate::backend::InFlight;
@@ -26,26 +29,42 @@ use crate::upstream::Lease;
 pub enum Replay {
     /// No body (`GET` and most others): always replayable.
     Empty,
-    /// A body not yet taken by an attempt, its size hint, and whether reading it failed.
-    Once(
-        Rc<RefCell<Option<Incoming>>>,
-        SizeHint,
-        Rc<std::cell::Cell<bool>>,
-    ),
+    /// A body not yet taken by an attempt, shared with the attempts.
+    Once(Rc<Kept>),
+}
+
+/// The client's body while attempts may still take it.
+pub struct Kept {
+    slot: RefCell<Option<Incoming>>,
+    /// The size hint of the client's body (kept so Content-Length is known before polling).
+    hint: SizeHint,
+    /// Why reading it failed, if it did.
+    failure: Cell<Option<ClientFailure>>,
+    /// Longest wait between two pieces of the body.
+    timeout: Duration,
+}
+
+/// How the client's own body failed an attempt (the client's fault, never the backend's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// Malformed or cut short (bad chunk, connection closed mid-body).
+    Malformed,
+    /// Nothing more arrived for `client_timeout`.
+    TimedOut,
 }
 
 impl Replay {
-    /// Wraps the client's body.
-    pub fn new(body: Incoming) -> Replay {
+    /// Wraps the client's body; `timeout` bounds the wait between two of its pieces.
+    pub fn new(body: Incoming, timeout: Duration) -> Replay {
         if body.is_end_stream() {
             Replay::Empty
         } else {
-            let hint = body.size_hint();
-            Replay::Once(
-                Rc::new(RefCell::new(Some(body))),
-                hint,
-                Rc::new(std::cell::Cell::new(false)),
-            )
+            Replay::Once(Rc::new(Kept {
+                hint: body.size_hint(),
+                slot: RefCell::new(Some(body)),
+                failure: Cell::new(None),
+                timeout,
+            }))
         }
     }
 
@@ -53,15 +72,15 @@ impl Replay {
     pub fn replayable(&self) -> bool {
         match self {
             Replay::Empty => true,
-            Replay::Once(slot, ..) => slot.borrow().is_some(),
+            Replay::Once(p) => p.slot.borrow().is_some(),
         }
     }
 
-    /// Whether reading the client's body failed (a malformed or truncated body).
-    pub fn client_failed(&self) -> bool {
+    /// Whether, and how, reading the client's body failed.
+    pub fn client_failure(&self) -> Option<ClientFailure> {
         match self {
-            Replay::Empty => false,
-            Replay::Once(_, _, failed) => failed.get(),
+            Replay::Empty => None,
+            Replay::Once(p) => p.failure.get(),
         }
     }
 
@@ -70,15 +89,18 @@ impl Replay {
     pub fn take(&self) -> UpBody {
         match self {
             Replay::Empty => UpBody::Empty,
-            Replay::Once(slot, hint, failed) => UpBody::Lazy {
-                slot: slot.clone(),
-                hint: *hint,
+            Replay::Once(p) => UpBody::Lazy {
+                pending: p.clone(),
                 body: None,
-                failed: failed.clone(),
+                stall: None,
+                armed: false,
             },
         }
     }
 }
+
+/// The error of a request body: the client's (hyper's), or its timeout.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of one upstream attempt.
 pub enum UpBody {
@@ -87,42 +109,65 @@ pub enum UpBody {
     /// The client's body, taken from the slot on first poll.
     Lazy {
         /// Shared with the [`Replay`] it came from.
-        slot: Rc<RefCell<Option<Incoming>>>,
-        /// The size hint of the client's body (kept so Content-Length is known before polling).
-        hint: SizeHint,
+        pending: Rc<Kept>,
         /// The body once taken.
         body: Option<Incoming>,
-        /// Set when reading the client's body fails.
-        failed: Rc<std::cell::Cell<bool>>,
+        /// The deadline of the current wait for the client, allocated on the first wait.
+        stall: Option<Pin<Box<Sleep>>>,
+        /// Whether `stall` runs for the current wait.
+        armed: bool,
     },
 }
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Lazy {
-                slot, body, failed, ..
+                pending,
+                body,
+                stall,
+                armed,
             } => {
                 if body.is_none() {
-                    *body = slot.borrow_mut().take();
+                    *body = pending.slot.borrow_mut().take();
                 }
-                match body.as_mut() {
-                    Some(b) => {
-                        let polled = Pin::new(b).poll_frame(cx);
-                        if let Poll::Ready(Some(Err(_))) = &polled {
-                            failed.set(true);
-                        }
-                        polled
+                // Another attempt took it (cannot happen: attempts are serial).
+                let Some(b) = body.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match Pin::new(b).poll_frame(cx) {
+                    Poll::Ready(Some(Err(e))) => {
+                        pending.failure.set(Some(ClientFailure::Malformed));
+                        Poll::Ready(Some(Err(e.into())))
                     }
-                    // Another attempt took it (cannot happen: attempts are serial).
-                    None => Poll::Ready(None),
+                    Poll::Ready(other) => {
+                        *armed = false;
+                        Poll::Ready(other.map(|r| r.map_err(Into::into)))
+                    }
+                    Poll::Pending => {
+                        // Waiting on the client: arm the deadline once per wait.
+                        let deadline = Instant::now() + pending.timeout;
+                        let sleep = match stall {
+                            Some(s) => {
+                                if !*armed {
+                                    s.as_mut().reset(deadline);
+                                }
+                                s
+                            }
+                            None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                        };
+                        *armed = true;
+                        ready!(sleep.as_mut().poll(cx));
+                        pending.failure.set(Some(ClientFailure::TimedOut));
+                        Poll::Ready(Some(Err("the client's request body stalled".into())))
+                    }
                 }
             }
         }
@@ -140,7 +185,7 @@ impl Body for UpBody {
         match self {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Lazy { body: Some(b), .. } => b.size_hint(),
-            UpBody::Lazy { hint, .. } => *hint,
+            UpBody::Lazy { pending, .. } => pending.hint,
         }
     }
 }

@@ -155,6 +155,10 @@ pub struct Server {
     pub max_connections: usize,
     /// Time allowed to receive a full request head, idle keep-alive time included.
     pub header_read_timeout: Dur,
+    /// Longest wait on the client in the middle of an exchange: between two reads of a request
+    /// body (408 past it), and for a write of the response to make progress (the connection is
+    /// closed past it).
+    pub client_timeout: Dur,
     /// Largest request head in bytes (answered 431 above it); at least 8192.
     pub max_header_bytes: Spanned<usize>,
     /// Most header fields in one request (431 above it).
@@ -177,6 +181,7 @@ impl Default for Server {
             worker_threads: 0,
             max_connections: 10_000,
             header_read_timeout: Dur(Duration::from_secs(10)),
+            client_timeout: Dur(Duration::from_secs(60)),
             max_header_bytes: Spanned::new(0..0, 65_536),
             max_headers: Spanned::new(0..0, 100),
             shutdown_grace: Dur(Duration::from_secs(30)),
@@ -768,6 +773,9 @@ impl Config {
         })?;
         check(!s.header_read_timeout.get().is_zero(), 0..0, || {
             "server.header_read_timeout must be more than 0".into()
+        })?;
+        check(!s.client_timeout.get().is_zero(), 0..0, || {
+            "server.client_timeout must be more than 0".into()
         })?;
 
         let a = &self.affinity;

@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// `chunked`): 501, and the connection is closed like for a bad request.
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// The client's request body stalled for `client_timeout`: 408, connection closed.
+    #[error("the client's request body stalled")]
+    ClientTimeout,
     /// No backend is usable (all down, disabled or excluded).
     #[error("no usable backend")]
     NoBackend,
@@ -44,6 +47,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend | ProxyError::PinnedDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Reset(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -56,6 +60,7 @@ impl ProxyError {
     pub fn body(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
+            ProxyError::ClientTimeout => "the request body did not arrive in time\n",
             ProxyError::NoBackend => "no backend is available\n",
             ProxyError::PinnedDown => "the session's backend is unavailable\n",
             ProxyError::Connect(_) => "could not connect to the backend\n",
@@ -88,6 +93,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::ClientTimeout => "client_timeout",
             ProxyError::NoBackend => "no_backend",
             ProxyError::PinnedDown => "pinned_down",
             ProxyError::Connect(_) => "connect",
@@ -107,6 +113,7 @@ mod tests {
         let cases = [
             (ProxyError::BadRequest("x\n"), 400),
             (ProxyError::NotImplemented("x\n"), 501),
+            (ProxyError::ClientTimeout, 408),
             (ProxyError::NoBackend, 503),
             (ProxyError::PinnedDown, 503),
             (ProxyError::Connect("refused".into()), 502),

@@ -9,13 +9,14 @@
 //! | [`affinity`] | the routing decision: pinned, fallback, new; lifetimes | policy |
 //! | [`balance`] | smooth weighted round robin, rendezvous hashing | policy |
 //! | [`health`] | rise/fall state machine, status ranges | policy |
-//! | [`headers`] | cookie strip, hop-by-hop, X-Forwarded-*, Set-Cookie | policy |
+//! | [`headers`] | cookie strip, hop-by-hop, framing checks, X-Forwarded-*, Set-Cookie | policy |
 //! | [`error`] | proxy errors and their one status mapping | policy |
 //! | [`config`] | TOML schema, defaults, validation, key loading | edge |
 //! | [`backend`] | live per-backend state (health, counters) | state |
 //! | [`state`] | the immutable snapshot behind an ArcSwap; live state by id | state |
 //! | [`metrics`] | process-wide counters | state |
 //! | [`upstream`] | the connection pool to backends | I/O |
+//! | [`io`] | the client stream's send deadline | I/O |
 //! | [`checker`] | active health probes | I/O |
 //! | [`proxy`] | the request path | I/O |
 //! | [`server`] | listeners, connections, reload, shutdown | I/O |
@@ -31,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod io;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

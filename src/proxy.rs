@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::affinity::{self, NoRoute, TokenInput};
 use crate::backend::InFlight;
 pub use crate::body::ProxyBody;
-use crate::body::{Replay, Tracked};
+use crate::body::{ClientFailure, Replay, Tracked};
 use crate::config::Mode;
 use crate::error::ProxyError;
 use crate::headers::{self, Forwarded, Found, Framing};
@@ -164,7 +164,7 @@ impl Proxy {
         let mut upgrade = upgrade.map(|(_, on)| on);
 
         let idempotent = is_idempotent(&parts.method);
-        let body = Replay::new(body);
+        let body = Replay::new(body, snap.config.server.client_timeout.get());
         let now = unix_now();
         let mut excluded: Vec<usize> = Vec::new();
         let mut retries_left = *snap.config.upstream.retries.get_ref();
@@ -272,11 +272,14 @@ impl Proxy {
                     }
                     return Ok(resp);
                 }
-                Err(_) if body.client_failed() => {
-                    // The client's own body was malformed (bad chunk, cut short): its fault,
-                    // not the backend's; nothing to retry.
+                Err(_) if body.client_failure().is_some() => {
+                    // The client's own body was malformed (bad chunk, cut short) or stalled:
+                    // its fault, not the backend's; nothing to retry.
                     drop(guard);
-                    return Err(ProxyError::BadRequest("invalid request body\n"));
+                    return Err(match body.client_failure() {
+                        Some(ClientFailure::TimedOut) => ProxyError::ClientTimeout,
+                        _ => ProxyError::BadRequest("invalid request body\n"),
+                    });
                 }
                 Err(e) => {
                     drop(guard);
@@ -521,7 +524,10 @@ pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
     if let Some(secs) = e.retry_after(snap.config.balance.retry_after.get()) {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if matches!(e, ProxyError::BadRequest(_) | ProxyError::NotImplemented(_)) {
+    if matches!(
+        e,
+        ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) | ProxyError::ClientTimeout
+    ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         // Debug, not info: a flood of bad requests must not flood the log.
         debug!(error = %e, "request refused");

@@ -813,6 +813,8 @@ async fn serve<I>(
 {
     let peer = info.peer;
     let info = Rc::new(info);
+    let send_timeout = proxy.shared().load().config.server.client_timeout.get();
+    let stream = crate::io::SendTimeout::new(stream, send_timeout);
     let svc = service_fn(move |req| {
         let (proxy, info) = (proxy.clone(), info.clone());
         async move { proxy.handle(req, &info).await }

@@ -31,14 +31,18 @@ struct Outcome {
 
 /// Sends `total` requests from `clients` concurrent clients (each keeping its affinity cookie),
 /// alternating GET and POST, each with a unique id; counts completed requests in `done`.
-async fn load(lb: SocketAddr, clients: usize, total: usize, done: Arc<AtomicUsize>) -> Vec<Outcome> {
+async fn load(
+    lb: SocketAddr,
+    clients: usize,
+    total: usize,
+    done: Arc<AtomicUsize>,
+) -> Vec<Outcome> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (next, done) = (next.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let client: Client<_, Full<Bytes>> =
-                Client::builder(TokioExecutor::new()).build_http();
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             let mut cookie: Option<String> = None;
             let mut out = Vec::new();
             loop {
@@ -95,7 +99,10 @@ async fn load(lb: SocketAddr, clients: usize, total: usize, done: Arc<AtomicUsiz
 /// or the load is over.
 async fn after_requests(done: &AtomicUsize, n: usize, total: usize) {
     let target = (done.load(Ordering::SeqCst) + n).min(total);
-    eventually("requests to complete", || done.load(Ordering::SeqCst) >= target).await;
+    eventually("requests to complete", || {
+        done.load(Ordering::SeqCst) >= target
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +175,10 @@ async fn killing_one_of_four_backends_repeatedly_fails_no_get_and_replays_no_pos
         kills.len(),
         failed_gets.len(),
         failed_posts.len(),
-        failed_posts.iter().filter(|o| seen_by.contains_key(&o.id)).count(),
+        failed_posts
+            .iter()
+            .filter(|o| seen_by.contains_key(&o.id))
+            .count(),
         posts_twice.len(),
         unseen_ok.len(),
     );
@@ -182,7 +192,11 @@ async fn killing_one_of_four_backends_repeatedly_fails_no_get_and_replays_no_pos
     for o in &failed_posts {
         assert_eq!(o.status, 502, "{report}");
         for by in seen_by.get(&o.id).into_iter().flatten() {
-            assert!(killed.contains(by), "{} failed but {by} was never killed", o.id);
+            assert!(
+                killed.contains(by),
+                "{} failed but {by} was never killed",
+                o.id
+            );
         }
     }
 }
@@ -239,9 +253,15 @@ async fn a_backend_dying_mid_body_gives_a_truncated_response_never_a_complete_on
     let text = String::from_utf8_lossy(&out);
     let head_end = text.find("\r\n\r\n").expect("a response head") + 4;
     assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
-    assert!(text.to_ascii_lowercase().contains("content-length: 100000"), "{text:.200}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 100000"),
+        "{text:.200}"
+    );
     let body = out.len() - head_end;
-    assert!(body < 100_000, "a complete body from a dead backend: {body}");
+    assert!(
+        body < 100_000,
+        "a complete body from a dead backend: {body}"
+    );
     assert!(body <= 1000, "bytes the backend never sent: {body}");
 
     // Chunked framing: the last chunk never comes, so the client must not see one.
@@ -255,7 +275,8 @@ async fn a_backend_dying_mid_body_gives_a_truncated_response_never_a_complete_on
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
-        text.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{text}"
     );
     assert!(
@@ -337,7 +358,9 @@ async fn a_backend_that_stalls_headers_is_a_504_at_the_deadline_and_others_are_u
     }
     let fresh = fresh.await.unwrap();
     assert!(
-        pinned_statuses.iter().all(|(s, b)| *s == 200 && b == "good"),
+        pinned_statuses
+            .iter()
+            .all(|(s, b)| *s == 200 && b == "good"),
         "{pinned_statuses:?}"
     );
     for (s, b) in &fresh {
@@ -347,7 +370,10 @@ async fn a_backend_that_stalls_headers_is_a_504_at_the_deadline_and_others_are_u
         );
     }
     let timeouts = fresh.iter().filter(|(s, _)| *s == 504).count();
-    assert!(timeouts >= 1, "round robin sent none to the staller: {fresh:?}");
+    assert!(
+        timeouts >= 1,
+        "round robin sent none to the staller: {fresh:?}"
+    );
     // A timed-out request is not retried elsewhere (the backend may be acting on it).
     assert_eq!(stalled_heads.load(Ordering::SeqCst), timeouts);
 }

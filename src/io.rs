@@ -1,0 +1,148 @@
+//! The client connection's stream with a send deadline: a write that makes no progress for
+//! `client_timeout` (the client stopped reading, its window is full) fails with `TimedOut`,
+//! which ends the connection. Reads pass through untouched: idle time between requests is the
+//! header deadline's business, and a stalled request body is the body's (`body.rs`).
+//!
+//! Nothing happens on the fast path: the deadline is armed only when a write returns
+//! `Pending`, and its timer is allocated once per connection, on the first stall.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A stream whose writes fail after `timeout` without progress.
+pub struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// The deadline of the current stall, if a write is stalled.
+    stall: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<S> SendTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> SendTimeout<S> {
+        SendTimeout {
+            inner,
+            timeout,
+            stall: None,
+            armed: false,
+        }
+    }
+
+    /// Called with the outcome of a write-side poll: progress disarms the deadline; `Pending`
+    /// arms it (once per stall) and fails the write when it has passed.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let sleep = match &mut self.stall {
+            Some(s) => {
+                if !self.armed {
+                    s.as_mut().reset(deadline);
+                }
+                s
+            }
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        ready!(sleep.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read the response in time",
+        )))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        me.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_flush(cx);
+        me.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_shutdown(cx);
+        me.watch(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_does_not_read_fails_at_the_deadline() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let mut a = SendTimeout::new(a, Duration::from_secs(60));
+        // Fills the pipe, then stalls: the peer reads nothing.
+        let big = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        let err = a.write_all(&big).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        // A reader that keeps up is never cut, however long the transfer takes in all.
+        let (a, mut b2) = tokio::io::duplex(1024);
+        let mut a = SendTimeout::new(a, Duration::from_secs(60));
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 512];
+            while got < 64 * 1024 {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                got += b2.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        a.write_all(&big).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 64 * 1024);
+        assert!(started.elapsed() > Duration::from_secs(600));
+    }
+}
