@@ -384,6 +384,62 @@ fn looks_like_framing(name: &HeaderName) -> bool {
     LETTERS.iter().any(|want| letters.clone().eq(want.iter()))
 }
 
+/// Whether a `Host` value is an authority a backend can only read one way (RFC 9110 section
+/// 7.2, RFC 3986 section 3.2.2): a reg-name, IPv4 or `[IPv6]` host and an optional numeric port
+/// up to 65535; no userinfo, path, spaces or second colon. Empty is allowed (RFC 9112 3.2).
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (inside, after) = (&rest[..close], &rest[close + 1..]);
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match after {
+            [] => (&[][..], None),
+            [b':', port @ ..] => (&[][..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let host_ok = host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
+    });
+    host_ok && port_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,6 +805,31 @@ mod tests {
                 framing(&m, &map(&[("content-length", "5")])),
                 Framing::Clear
             );
+        }
+    }
+
+    #[test]
+    fn host_values_are_authorities_or_refused() {
+        for good in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "a",
+            "x:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+            "under_score.local",
+            "host:65535",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "x:abc", "x:65536", "x:123456", "x:1:2", "user@x", "x/y", "x?y", "x#y", "x y", "[::1",
+            "[]", "[::1]x", "[::1]:x", "[zz]", "x\ty", "\"x\"",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
     }
 

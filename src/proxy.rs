@@ -431,6 +431,18 @@ fn check_request(parts: &Parts) -> Result<(), ProxyError> {
     if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(ProxyError::BadRequest("more than one Host header\n"));
     }
+    if let Some(h) = parts.headers.get(header::HOST)
+        && !headers::valid_host(h.as_bytes())
+    {
+        return Err(ProxyError::BadRequest("invalid Host header\n"));
+    }
+    if let Some(a) = parts.uri.authority()
+        && !headers::valid_host(a.as_str().as_bytes())
+    {
+        return Err(ProxyError::BadRequest(
+            "invalid authority in the request target\n",
+        ));
+    }
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
     }
@@ -441,8 +453,9 @@ fn check_request(parts: &Parts) -> Result<(), ProxyError> {
 /// Host kept (or taken from the h2 authority), X-Forwarded-*, Via, HTTP/1.1.
 fn prepare_upstream_head(snap: &Snapshot, parts: &mut Parts, conn: &ConnInfo) {
     headers::strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
+    // An absolute-form target (or h2's :authority) names the host: a Host header that says
+    // otherwise is replaced (RFC 9112 section 3.2.2), so the backend reads one host only.
+    if let Some(a) = parts.uri.authority()
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
         parts.headers.insert(header::HOST, v);

@@ -318,3 +318,122 @@ async fn a_backend_response_with_broken_framing_is_a_502_and_its_connection_is_n
     let text = report.join("\n");
     assert!(!text.contains("FAILED"), "\n{text}");
 }
+
+const MORE_SEVERE: &[Case] = &[
+    Case {
+        name: "Transfer-Encoding in HTTP/1.0",
+        raw: b"POST / HTTP/1.0\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    },
+    Case {
+        name: "chunked, chunked",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    },
+    Case {
+        name: "Transfer-Encoding twice",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    },
+    Case {
+        name: "Content_Length",
+        raw: b"POST / HTTP/1.1\r\nhost: x\r\ncontent_length: 4\r\n\r\nabcd",
+    },
+    Case {
+        name: "Host with a bad port",
+        raw: b"GET / HTTP/1.1\r\nhost: x:abc\r\n\r\n",
+    },
+    Case {
+        name: "Host with a port out of range",
+        raw: b"GET / HTTP/1.1\r\nhost: x:70000\r\n\r\n",
+    },
+    Case {
+        name: "Host with userinfo",
+        raw: b"GET / HTTP/1.1\r\nhost: user@x\r\n\r\n",
+    },
+    Case {
+        name: "Host with a path",
+        raw: b"GET / HTTP/1.1\r\nhost: x/admin\r\n\r\n",
+    },
+    Case {
+        name: "absolute-form with a bad authority",
+        raw: b"GET http://x:abc/ HTTP/1.1\r\nhost: x\r\n\r\n",
+    },
+    Case {
+        name: "LF-only line endings with a bare CR",
+        raw: b"GET / HTTP/1.1\nhost: x\nx-a: a\rb\n\n",
+    },
+];
+
+#[tokio::test]
+async fn more_severe_cases_are_400_closed_and_reach_no_backend() {
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let addr = lb.local_addrs()[0];
+    let mut report = Vec::new();
+    for case in MORE_SEVERE {
+        seen.lock().unwrap().clear();
+        let out = exchange(addr, case.raw).await;
+        let status = out.get(..12).unwrap_or("").to_string();
+        let reached = seen.lock().unwrap().len();
+        let ok = status.starts_with("HTTP/1.1 400") && reached == 0;
+        report.push(format!(
+            "{} {:40} {:14} backend bytes {}",
+            if ok { "ok    " } else { "FAILED" },
+            case.name,
+            status,
+            reached
+        ));
+    }
+    let text = report.join("\n");
+    assert!(!text.contains("FAILED"), "\n{text}");
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host_the_backend_sees() {
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let out = exchange(
+        lb.local_addrs()[0],
+        b"GET http://real.example:8080/p?q=1 HTTP/1.1\r\nhost: spoofed.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    assert!(got.starts_with("get /p?q=1 http/1.1\r\n"), "{got}");
+    assert!(got.contains("host: real.example:8080\r\n"), "{got}");
+    assert!(!got.contains("spoofed"), "{got}");
+}
+
+#[tokio::test]
+async fn an_upgrade_the_backend_refuses_is_not_tunnelled() {
+    // The backend answers 200, not 101: the connection stays HTTP, so what the client sends
+    // next is parsed and forwarded as a request of its own (with stickyd's headers), not
+    // passed through raw.
+    let (backend, seen) = recorder().await;
+    let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
+    let addr = lb.local_addrs()[0];
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    s.write_all(b"GET /after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    let after = &got[got
+        .find("get /after")
+        .expect("the second request reached the backend")..];
+    assert!(
+        after.contains("via: 1.1 stickyd\r\n"),
+        "parsed and forwarded: {after}"
+    );
+}
