@@ -208,7 +208,7 @@ impl Proxy {
             let sent = if upgrade.is_some() {
                 self.upstream.send_upgrade(target, up).await
             } else {
-                self.upstream.send(target, up).await
+                self.upstream.send(target, up, !idempotent).await
             };
             match sent {
                 Ok((mut resp, mut lease)) => {

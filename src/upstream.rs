@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use crate::server::LocalExec;
@@ -60,8 +61,12 @@ type H2Slot = Rc<tokio::sync::Mutex<Option<http2::SendRequest<UpBody>>>>;
 
 struct Idle {
     sender: http1::SendRequest<UpBody>,
+    /// The socket, to check for a close the connection task has not seen yet.
+    probe: Probe,
     since: Instant,
 }
+
+type Probe = Weak<tokio::net::TcpStream>;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,17 +109,27 @@ impl Upstream {
 
     /// Sends `req` (origin form; Host set by the caller) to `backend` and waits, at most the
     /// response timeout, for the response head.
+    ///
+    /// `careful` is for requests that must not be retried (non-idempotent): an idle connection
+    /// is first checked for a close by the backend that its connection task has not seen yet
+    /// (a backend's keep-alive timeout racing the reuse). A request written onto such a
+    /// connection would be lost with nothing to tell whether the backend read it; the check is a
+    /// non-blocking `peek`, one syscall, spared to requests that can be retried anyway.
     pub async fn send(
         &self,
         backend: Target<'_>,
         mut req: Request<UpBody>,
+        careful: bool,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let pool = &self.inner;
         if backend.h2 {
             return pool.send_h2(backend, req).await.map(|r| (r, Lease(None)));
         }
         // Idle connections first; each may turn out closed, or hand the request back unsent.
-        while let Some(mut sender) = pool.checkout(backend) {
+        while let Some((mut sender, probe)) = pool.checkout(backend) {
+            if careful && !crate::tls::idle_and_open(&probe) {
+                continue;
+            }
             // Ready at once unless its connection task has yet to see the last response
             // finished; bounded in case it is still sending an old request body.
             match tokio::time::timeout(pool.connect_timeout, sender.ready()).await {
@@ -122,14 +137,14 @@ impl Upstream {
                 _ => continue,
             }
             match pool.exchange(&mut sender, req).await {
-                Ok(resp) => return Ok((resp, self.lease(backend, sender))),
+                Ok(resp) => return Ok((resp, self.lease(backend, sender, probe))),
                 Err(Failed::Unsent(r)) => req = *r,
                 Err(Failed::Error(e)) => return Err(e),
             }
         }
-        let mut sender = pool.connect(backend, false).await?;
+        let (mut sender, probe) = pool.connect(backend, false).await?;
         match pool.exchange(&mut sender, req).await {
-            Ok(resp) => Ok((resp, self.lease(backend, sender))),
+            Ok(resp) => Ok((resp, self.lease(backend, sender, probe))),
             // A new connection that cannot take a request died at once: nothing was sent.
             Err(Failed::Unsent(_)) => Err(ProxyError::Connect(
                 "connection closed before the request was sent".into(),
@@ -147,9 +162,9 @@ impl Upstream {
         req: Request<UpBody>,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let pool = &self.inner;
-        let mut sender = pool.connect(backend, true).await?;
+        let (mut sender, probe) = pool.connect(backend, true).await?;
         match pool.exchange(&mut sender, req).await {
-            Ok(resp) => Ok((resp, self.lease(backend, sender))),
+            Ok(resp) => Ok((resp, self.lease(backend, sender, probe))),
             Err(Failed::Unsent(_)) => Err(ProxyError::Connect(
                 "connection closed before the request was sent".into(),
             )),
@@ -157,12 +172,18 @@ impl Upstream {
         }
     }
 
-    fn lease(&self, backend: Target<'_>, sender: http1::SendRequest<UpBody>) -> Lease {
+    fn lease(
+        &self,
+        backend: Target<'_>,
+        sender: http1::SendRequest<UpBody>,
+        probe: Probe,
+    ) -> Lease {
         Lease(Some(H1Lease {
             pool: self.inner.clone(),
             backend: backend.authority.clone(),
             tls: backend.origin.is_some(),
             sender,
+            probe,
         }))
     }
 }
@@ -185,18 +206,24 @@ enum Failed {
 }
 
 impl Pool {
-    fn checkout(&self, t: Target<'_>) -> Option<http1::SendRequest<UpBody>> {
+    fn checkout(&self, t: Target<'_>) -> Option<(http1::SendRequest<UpBody>, Probe)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle[usize::from(t.origin.is_some())].get_mut(t.authority.as_str())?;
         while let Some(c) = list.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
+                return Some((c.sender, c.probe));
             }
         }
         None
     }
 
-    fn checkin(&self, key: &Authority, tls: bool, sender: http1::SendRequest<UpBody>) {
+    fn checkin(
+        &self,
+        key: &Authority,
+        tls: bool,
+        sender: http1::SendRequest<UpBody>,
+        probe: Probe,
+    ) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -221,7 +248,11 @@ impl Pool {
             // Keep the warmest: the oldest goes.
             list.remove(0);
         }
-        list.push(Idle { sender, since: now });
+        list.push(Idle {
+            sender,
+            probe,
+            since: now,
+        });
     }
 
     /// Sends on the backend's HTTP/2 connection, made (once per worker) when there is none
@@ -305,7 +336,7 @@ impl Pool {
         &self,
         target: Target<'_>,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<UpBody>, ProxyError> {
+    ) -> Result<(http1::SendRequest<UpBody>, Probe), ProxyError> {
         let backend = target.authority;
         let connect = async {
             let stream = MaybeTls::connect(backend.as_str(), target.origin).await?;
@@ -323,6 +354,7 @@ impl Pool {
             Ok(Err(e)) => return Err(ProxyError::Connect(format!("connect to {backend}: {e}"))),
             Ok(Ok(s)) => s,
         };
+        let probe = stream.probe();
         let (sender, conn) = self
             .builder
             .handshake(TokioIo::new(stream))
@@ -336,7 +368,7 @@ impl Pool {
                 let _ = conn.await;
             }
         });
-        Ok(sender)
+        Ok((sender, probe))
     }
 
     async fn exchange(
@@ -365,6 +397,7 @@ struct H1Lease {
     backend: Authority,
     tls: bool,
     sender: http1::SendRequest<UpBody>,
+    probe: Probe,
 }
 
 impl Lease {
@@ -376,7 +409,7 @@ impl Lease {
     /// The response body was read to its end: the connection may serve another request.
     pub fn release(self) {
         if let Some(l) = self.0 {
-            l.pool.checkin(&l.backend, l.tls, l.sender);
+            l.pool.checkin(&l.backend, l.tls, l.sender, l.probe);
         }
     }
 }
