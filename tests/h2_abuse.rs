@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -232,7 +232,7 @@ impl Raw {
     }
 
     async fn tls(site: &Site, read: bool) -> Raw {
-        let tls = tls_connect(site, &[b"h2"]).await;
+        let tls = tls_connect_h2(site, &[b"h2"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         Raw::start(tls, "https", read).await
     }
@@ -342,19 +342,12 @@ impl Drop for Site {
 fn cert(tag: &str) -> Site {
     let dir = std::env::temp_dir().join(format!("stickyd-h2abuse-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let c = rcgen::CertificateParams::new(vec!["h2.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (cp, kp) = (dir.join("h2.pem"), dir.join("h2.key"));
-    std::fs::write(&cp, c.pem()).unwrap();
-    std::fs::write(&kp, key.serialize_pem()).unwrap();
+    let c = self_signed(&dir, "h2", "h2.test");
     Site {
         dir,
-        cert: cp,
-        key: kp,
-        der: c.der().clone(),
+        cert: c.cert,
+        key: c.key,
+        der: c.der,
         addr: "127.0.0.1:0".parse().unwrap(),
     }
 }
@@ -380,26 +373,11 @@ async fn stickyd_tls(
     (lb, plain)
 }
 
-async fn tls_connect(site: &Site, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(site.der.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(site.addr).await.unwrap();
-    timeout(
-        GUARD,
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("h2.test").unwrap(), tcp),
-    )
-    .await
-    .expect("TLS handshake in time")
-    .unwrap()
+async fn tls_connect_h2(site: &Site, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    timeout(GUARD, tls_connect(site.addr, "h2.test", &site.der, alpn))
+        .await
+        .expect("TLS handshake in time")
+        .unwrap()
 }
 
 // ---- The attacks ----------------------------------------------------------------------------
@@ -748,6 +726,17 @@ async fn h2_client(addr: SocketAddr, n: usize) -> Vec<u16> {
     out
 }
 
+/// Waits until an attacker has finished its first attacking connection.
+async fn first_attack(conns: &AtomicUsize) {
+    timeout(GUARD, async {
+        while conns.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a first attack finished");
+}
+
 /// Four attackers on one worker thread (every connection shares it) while an h2c client and
 /// an HTTP/1.1 client each send 50 requests: all 100 answered 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,13 +754,7 @@ async fn legitimate_clients_are_unaffected_by_attacks_on_other_connections() {
         .map(|_| tokio::spawn(attacker(addr, stop.clone(), conns.clone())))
         .collect();
     // The attack is under way before the legitimate clients start.
-    timeout(GUARD, async {
-        while conns.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("a first attack finished");
+    first_attack(&conns).await;
 
     let legit = async {
         let h2 = h2_client(addr, 50);
@@ -829,15 +812,9 @@ async fn legitimate_tls_client_is_unaffected_by_tls_attacks() {
             })
         })
         .collect();
-    timeout(GUARD, async {
-        while conns.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("a first attack finished");
+    first_attack(&conns).await;
     let legit = async {
-        let tls = tls_connect(&site, &[b"h2"]).await;
+        let tls = tls_connect_h2(&site, &[b"h2"]).await;
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await

@@ -11,36 +11,16 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use support::*;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-struct Site {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
+type Site = SelfSigned;
 
 /// A self-signed certificate for `name`, written to `dir`.
 fn site(dir: &Path, file: &str, name: &str) -> Site {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (c, k) = (
-        dir.join(format!("{file}.pem")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    Site {
-        cert: c,
-        key: k,
-        der: cert.der().clone(),
-    }
+    self_signed(dir, file, name)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -73,20 +53,7 @@ async fn connect(
     trusted: &CertificateDer<'static>,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
-        .await
+    tls_connect(addr, sni, trusted, alpn).await
 }
 
 /// One HTTP/1.1 GET over `tls`: status, Set-Cookie, body.

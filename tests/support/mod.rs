@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -492,4 +492,56 @@ pub fn tally<'a>(names: impl IntoIterator<Item = &'a str>) -> HashMap<String, us
         *m.entry(n.to_string()).or_insert(0) += 1;
     }
     m
+}
+
+/// A self-signed certificate for `name`, written as `file`.pem and `file`.key in `dir`.
+pub struct SelfSigned {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+pub fn self_signed(dir: &Path, file: &str, name: &str) -> SelfSigned {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    SelfSigned {
+        cert: c,
+        key: k,
+        der: cert.der().clone(),
+    }
+}
+
+/// A TLS connection to `addr` asking for `sni`, trusting only `trusted`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(),
+            tcp,
+        )
+        .await
 }
