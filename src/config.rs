@@ -599,6 +599,11 @@ pub fn parse(
             e.message().trim_end().replace('\n', " "),
         )
     })?;
+    // tracing-subscriber 0.3 slices each directive of a filter with the indices of its trimmed
+    // form: whitespace before a directive misparses it, and before a non-ASCII character it
+    // panics (found by fuzzing). Hand it trimmed directives, for validation and for main.
+    let level = cfg.log.level.get_ref().split(',').map(str::trim);
+    *cfg.log.level.get_mut() = level.collect::<Vec<_>>().join(",");
     cfg.validate().map_err(|(span, msg)| at(span, msg))?;
     cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
     for b in &mut cfg.backends {

@@ -67,7 +67,10 @@ pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Found {
     for v in headers.get_all(header::COOKIE) {
         let raw = v.as_bytes();
         if !mine(raw) {
-            kept.push(v.clone());
+            // Kept as it is, unless it holds no cookie at all (empty, or only separators).
+            if pairs(raw).next().is_some() {
+                kept.push(v.clone());
+            }
             continue;
         }
         let mut rest: Vec<u8> = Vec::with_capacity(raw.len());

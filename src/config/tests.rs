@@ -291,6 +291,22 @@ fn semantic_errors_point_at_the_offending_value() {
 }
 
 #[test]
+fn log_level_directives_are_trimmed() {
+    // Spaces after the commas are common; tracing-subscriber misread them, and panicked when a
+    // non-ASCII character followed them.
+    let c = parse_ok(
+        "[log]\nlevel = \" info,  stickyd=debug \"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
+    );
+    assert_eq!(c.log.level.get_ref(), "info,stickyd=debug");
+    err_at(
+        "[log]\nlevel = \"   WWW\u{feff}=am\"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
+        2,
+        9,
+        "log.level",
+    );
+}
+
+#[test]
 fn a_config_without_backends_is_refused() {
     err_at(
         "[server]\nlisten = [\"127.0.0.1:1\"]\n",

@@ -1,0 +1,349 @@
+//! The checks behind each fuzz target, one function per target.
+//!
+//! Shared by the cargo-fuzz binaries (nightly, `fuzz/fuzz_targets/*.rs`) and by the stable
+//! regression test `tests/fuzz_regressions.rs`, which includes this file with `#[path]` and
+//! feeds it every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`. So this file
+//! depends on nothing but `stickyd`, `http` and std. Each function panics when an invariant is
+//! broken and otherwise returns what it saw, for the regression test to assert on.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use http::header::{COOKIE, HeaderMap, HeaderName, HeaderValue};
+use stickyd::config::{self, Config, ConfigError, KeySource};
+use stickyd::headers::{self, Found, MAX_COOKIE_VALUE};
+use stickyd::token::{Claims, ENCODED_LEN, Invalid, KeyRing, Verified};
+
+/// The cookie name the token ring signs under and the cookie target takes.
+pub const COOKIE_NAME: &str = "stickyd";
+/// The signing key of the token target (index 0 of its ring).
+pub const KEY: &[u8] = b"fuzz-signing-key-0123456789abcdef-0001";
+/// A second, verify-only key (index 1), as during a key rotation.
+pub const OLD_KEY: &[u8] = b"fuzz-previous-key-0123456789abcdef-0002";
+
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn ring() -> &'static KeyRing {
+    static RING: OnceLock<KeyRing> = OnceLock::new();
+    RING.get_or_init(|| KeyRing::new(&[KEY, OLD_KEY], COOKIE_NAME))
+}
+
+/// The ring where the old key signs: re-signs what `ring()` verified under key index 1.
+fn old_first() -> &'static KeyRing {
+    static RING: OnceLock<KeyRing> = OnceLock::new();
+    RING.get_or_init(|| KeyRing::new(&[OLD_KEY, KEY], COOKIE_NAME))
+}
+
+/// Token decoder. `data` is verified as a cookie value; whatever it is, no panic, and a token
+/// that verifies must be exactly what signing its claims produces (no second encoding of the
+/// same claims is accepted). Then a round trip: claims made from the first 24 bytes are signed
+/// and must verify to the same claims, and one character of that token changed (position and
+/// character from bytes 24 and 25) must not verify.
+pub fn token(data: &[u8]) -> Result<Verified, Invalid> {
+    let ring = ring();
+    let got = ring.verify(data);
+    if let Ok(v) = got {
+        let signer = match v.key_index {
+            0 => ring,
+            1 => old_first(),
+            i => panic!("key index {i} out of a ring of 2"),
+        };
+        assert_eq!(
+            signer.sign(&v.claims).as_str().as_bytes(),
+            data,
+            "an accepted token is not the canonical signature of its claims"
+        );
+    }
+
+    let mut b = [0u8; 26];
+    let n = data.len().min(b.len());
+    b[..n].copy_from_slice(&data[..n]);
+    let claims = Claims {
+        backend_tag: b[0..8].try_into().expect("8 bytes"),
+        nonce: u64::from_be_bytes(b[8..16].try_into().expect("8 bytes")),
+        issued_at: u32::from_be_bytes(b[16..20].try_into().expect("4 bytes")),
+        last_seen: u32::from_be_bytes(b[20..24].try_into().expect("4 bytes")),
+    };
+    let t = ring.sign(&claims);
+    let t = t.as_str().as_bytes();
+    assert_eq!(t.len(), ENCODED_LEN);
+    assert!(
+        t.iter().all(|c| B64URL.contains(c)),
+        "token is not base64url"
+    );
+    assert_eq!(
+        ring.verify(t),
+        Ok(Verified {
+            key_index: 0,
+            claims
+        }),
+        "a signed token does not verify to its claims"
+    );
+    let mut bad = [0u8; ENCODED_LEN];
+    bad.copy_from_slice(t);
+    let pos = usize::from(b[24]) % ENCODED_LEN;
+    let c = B64URL[usize::from(b[25]) % B64URL.len()];
+    if bad[pos] != c {
+        bad[pos] = c;
+        assert!(
+            ring.verify(&bad).is_err(),
+            "a token with character {pos} changed still verifies"
+        );
+    }
+    got
+}
+
+/// Cookie pairs of one header value, as RFC 6265 reads them: split on `;`, name and value
+/// split at the first `=`, optional whitespace trimmed. An oracle written apart from
+/// `stickyd::headers`.
+fn cookie_pairs(raw: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    fn trim(mut s: &[u8]) -> &[u8] {
+        while let [b' ' | b'\t', rest @ ..] = s {
+            s = rest;
+        }
+        while let [rest @ .., b' ' | b'\t'] = s {
+            s = rest;
+        }
+        s
+    }
+    let mut out = Vec::new();
+    for part in raw.split(|&b| b == b';') {
+        let part = trim(part);
+        if part.is_empty() {
+            continue;
+        }
+        match part.iter().position(|&b| b == b'=') {
+            Some(eq) => out.push((
+                trim(&part[..eq]).to_vec(),
+                Some(trim(&part[eq + 1..]).to_vec()),
+            )),
+            None => out.push((part.to_vec(), None)),
+        }
+    }
+    out
+}
+
+fn all_cookie_pairs(h: &HeaderMap) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    h.get_all(COOKIE)
+        .iter()
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
+        .collect()
+}
+
+fn cookie_values(h: &HeaderMap) -> Vec<Vec<u8>> {
+    h.get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect()
+}
+
+/// Cookie header parser. Each line of `data` is one `Cookie` header (lines that are not a valid
+/// header value are skipped). `take_cookie(.., "stickyd")` must return the first value of that
+/// name (unquoted; `TooLong` past 64 bytes), leave no cookie of that name, keep every other
+/// cookie in order, drop no other header, leave the headers untouched when the name is absent,
+/// and be idempotent.
+pub fn cookie(data: &[u8]) -> Found {
+    let other = HeaderName::from_static("x-other");
+    let mut h = HeaderMap::new();
+    h.insert(other.clone(), HeaderValue::from_static("kept"));
+    for line in data.split(|&b| b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            h.append(COOKIE, v);
+        }
+    }
+    let before = all_cookie_pairs(&h);
+    let before_values = cookie_values(&h);
+    let name = COOKIE_NAME.as_bytes();
+    let expected = match before.iter().find(|(n, _)| n == name) {
+        None => Found::Absent,
+        Some((_, v)) => {
+            let v = v.as_deref().unwrap_or_default();
+            let v = match v {
+                [b'"', inner @ .., b'"'] => inner,
+                v => v,
+            };
+            if v.len() > MAX_COOKIE_VALUE {
+                Found::TooLong
+            } else {
+                let mut buf = [0u8; MAX_COOKIE_VALUE];
+                buf[..v.len()].copy_from_slice(v);
+                Found::Value(buf, v.len())
+            }
+        }
+    };
+
+    let found = headers::take_cookie(&mut h, COOKIE_NAME);
+
+    assert_eq!(found, expected, "take_cookie returned the wrong cookie");
+    let after = all_cookie_pairs(&h);
+    assert!(
+        after.iter().all(|(n, _)| n != name),
+        "a {COOKIE_NAME} cookie is left in the headers"
+    );
+    let others: Vec<_> = before.into_iter().filter(|(n, _)| n != name).collect();
+    assert_eq!(
+        after, others,
+        "other cookies were lost, changed or reordered"
+    );
+    if found == Found::Absent {
+        assert_eq!(
+            cookie_values(&h),
+            before_values,
+            "headers changed for no cookie"
+        );
+    } else {
+        assert!(
+            h.get_all(COOKIE).iter().all(|v| !v.is_empty()),
+            "an empty Cookie header was kept"
+        );
+    }
+    assert_eq!(h.get(&other).map(|v| v.as_bytes()), Some(&b"kept"[..]));
+    assert_eq!(h.len(), 1 + h.get_all(COOKIE).iter().count());
+
+    let once = cookie_values(&h);
+    assert_eq!(headers::take_cookie(&mut h, COOKIE_NAME), Found::Absent);
+    assert_eq!(
+        cookie_values(&h),
+        once,
+        "a second take_cookie changed the headers"
+    );
+    found
+}
+
+/// The trusted-proxy predicate of the XFF target: loopback and private ranges.
+pub fn trusted(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_loopback() || a.is_private(),
+        IpAddr::V6(a) => a.is_loopback() || (a.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// TCP peers the XFF target picks from with its first byte.
+pub const PEERS: [IpAddr; 8] = [
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+    IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+    IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)),
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xc000, 0x0201)),
+];
+
+/// X-Forwarded-For parsing. Byte 0 picks the peer from [`PEERS`]; each further line is one
+/// `X-Forwarded-For` header (invalid header values skipped). The result must be the peer when
+/// the peer is not trusted, and otherwise the address reached by walking the hops from the
+/// right while they parse and are trusted (IPv4-mapped IPv6 read as IPv4).
+pub fn xff(data: &[u8]) -> IpAddr {
+    let (sel, rest) = data.split_first().unwrap_or((&0, &[]));
+    let peer = PEERS[usize::from(*sel) % PEERS.len()];
+    let mut h = HeaderMap::new();
+    let name = HeaderName::from_static("x-forwarded-for");
+    for line in rest.split(|&b| b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            h.append(name.clone(), v);
+        }
+    }
+    let got = headers::client_ip(&h, peer, trusted);
+
+    // Oracle: every hop, left to right, parsed or not.
+    let hops: Vec<Option<IpAddr>> = h
+        .get_all(&name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|hop| {
+            std::str::from_utf8(hop)
+                .ok()
+                .and_then(|s| s.trim_matches([' ', '\t']).parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical())
+        })
+        .collect();
+    let expected = if !trusted(peer) {
+        peer
+    } else {
+        // Trusted hops at the right end, then the first hop that ends the walk.
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            match hop {
+                Some(ip) => {
+                    client = *ip;
+                    if !trusted(client) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        client
+    };
+    assert_eq!(got, expected, "client_ip for peer {peer}");
+    if got != peer {
+        assert!(
+            trusted(peer),
+            "an untrusted peer's X-Forwarded-For was used"
+        );
+        assert_eq!(
+            got,
+            got.to_canonical(),
+            "an XFF address was not canonicalised"
+        );
+        assert!(hops.contains(&Some(got)), "client_ip invented {got}");
+    }
+    got
+}
+
+/// The key every `file:` and `env:` spec resolves to in the config target.
+pub const CONFIG_KEY: &[u8] = b"fuzz-config-key-0123456789abcdef-0003";
+
+struct FuzzKeys;
+
+impl KeySource for FuzzKeys {
+    fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
+        Ok(CONFIG_KEY.to_vec())
+    }
+    fn env(&self, name: &str) -> Option<Vec<u8>> {
+        (name != "UNSET").then(|| CONFIG_KEY.to_vec())
+    }
+}
+
+/// Config loader. `data` as UTF-8 text (otherwise skipped, `None`) is parsed as a config file
+/// named `fuzz.toml`: no panic; a valid config has at least one secret and can be summarised;
+/// an error is one line `fuzz.toml:LINE:COL: message` whose position lies inside the text.
+/// Text naming /dev, /proc or /sys is skipped: TLS file paths in it would be read for real.
+pub fn config(data: &[u8]) -> Option<Result<Config, ConfigError>> {
+    let text = std::str::from_utf8(data).ok()?;
+    if ["/dev", "/proc", "/sys"].iter().any(|p| text.contains(p)) {
+        return None;
+    }
+    let got = config::parse(text, "fuzz.toml", Path::new("."), &FuzzKeys);
+    match &got {
+        Ok(cfg) => {
+            assert!(!cfg.secrets.is_empty(), "a valid config without a secret");
+            assert!(!cfg.summary().is_empty());
+            let _ = cfg.policy();
+        }
+        Err(e) => {
+            assert_eq!(e.path, "fuzz.toml");
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(
+                e.line >= 1 && e.line <= lines.len(),
+                "line {} outside 1..={} ({e})",
+                e.line,
+                lines.len()
+            );
+            let width = lines[e.line - 1].chars().count();
+            assert!(
+                e.col >= 1 && e.col <= width + 1,
+                "column {} outside 1..={} ({e})",
+                e.col,
+                width + 1
+            );
+            assert!(!e.message.trim().is_empty(), "empty message at {e}");
+            let shown = e.to_string();
+            assert!(!shown.contains('\n'), "error is not one line: {shown:?}");
+            assert!(shown.starts_with(&format!("fuzz.toml:{}:{}: ", e.line, e.col)));
+        }
+    }
+    Some(got)
+}
