@@ -602,8 +602,7 @@ pub fn parse(
     // tracing-subscriber 0.3 slices each directive of a filter with the indices of its trimmed
     // form: whitespace before a directive misparses it, and before a non-ASCII character it
     // panics (found by fuzzing). Hand it trimmed directives, for validation and for main.
-    let level = cfg.log.level.get_ref().split(',').map(str::trim);
-    *cfg.log.level.get_mut() = level.collect::<Vec<_>>().join(",");
+    *cfg.log.level.get_mut() = trim_directives(cfg.log.level.get_ref());
     cfg.validate().map_err(|(span, msg)| at(span, msg))?;
     cfg.secrets = resolve_keys(&cfg.affinity.keys, dir, keys).map_err(|(s, m)| at(s, m))?;
     for b in &mut cfg.backends {
@@ -993,6 +992,16 @@ impl Config {
         }
         s
     }
+}
+
+/// A tracing filter with each comma-separated directive trimmed (see `parse`: tracing-subscriber
+/// 0.3 misparses, or panics on, a directive with whitespace around it).
+pub fn trim_directives(filter: &str) -> String {
+    filter
+        .split(',')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Parses a backend address `host:port` into an authority, or `None`.

@@ -76,7 +76,10 @@ fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
+    // RUST_LOG, when set, overrides the config; trimmed as the config's level is.
+    let filter = std::env::var("RUST_LOG")
+        .map_err(|_| ())
+        .and_then(|v| EnvFilter::try_new(stickyd::config::trim_directives(&v)).map_err(|_| ()))
         .or_else(|_| EnvFilter::try_new(config.log.level.get_ref()))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;

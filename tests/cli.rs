@@ -282,3 +282,40 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_rust_log_with_spaces_and_non_ascii_neither_panics_nor_is_refused() {
+    // tracing-subscriber 0.3 panics on this filter unless its directives are trimmed (the
+    // config loader's twin was found by fuzzing: fuzz/regressions/config/).
+    let path = write_config("rust-log", GOOD);
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,   WWW\u{feff}=am")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(20)) {
+        let listening = l.contains("listening");
+        seen.push(l);
+        if listening {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("listening")),
+        "the daemon did not start: {}",
+        seen.first().map_or("", String::as_str)
+    );
+    assert_eq!(child.0.try_wait().unwrap(), None, "still running");
+}
