@@ -387,6 +387,36 @@ fn looks_like_framing(name: &HeaderName) -> bool {
     LETTERS.iter().any(|want| letters.clone().eq(want.iter()))
 }
 
+/// The bytes of a reg-name or IPv4 host (RFC 3986: unreserved, pct-encoded, sub-delims).
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
 /// Whether a `Host` value is an authority a backend can only read one way (RFC 9110 section
 /// 7.2, RFC 3986 section 3.2.2): a reg-name, IPv4 or `[IPv6]` host and an optional numeric port
 /// up to 65535; no userinfo, path, spaces or second colon. Empty is allowed (RFC 9112 3.2).
@@ -414,27 +444,7 @@ pub fn valid_host(v: &[u8]) -> bool {
             None => (v, None),
         }
     };
-    let host_ok = host.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    });
+    let host_ok = host.iter().all(|&b| REG_NAME[usize::from(b)]);
     let port_ok = port.is_none_or(|p| {
         p.len() <= 5
             && p.iter().all(u8::is_ascii_digit)

@@ -425,16 +425,19 @@ fn affinity_input(
 
 /// Rejects what cannot be forwarded.
 fn check_request(parts: &Parts) -> Result<(), ProxyError> {
-    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
-        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host\n"));
-    }
-    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header\n"));
-    }
-    if let Some(h) = parts.headers.get(header::HOST)
-        && !headers::valid_host(h.as_bytes())
-    {
-        return Err(ProxyError::BadRequest("invalid Host header\n"));
+    // One lookup for the three Host rules.
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if parts.version == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("HTTP/1.1 request without Host\n"));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ProxyError::BadRequest("more than one Host header\n"));
+        }
+        (Some(h), None) if !headers::valid_host(h.as_bytes()) => {
+            return Err(ProxyError::BadRequest("invalid Host header\n"));
+        }
+        _ => {}
     }
     if let Some(a) = parts.uri.authority()
         && !headers::valid_host(a.as_str().as_bytes())
