@@ -151,11 +151,19 @@ fn sigterm_stops_the_daemon_with_status_0() {
 /// Starts the daemon on `path` with info logs; its log lines arrive through the channel, so
 /// that every wait on them can have a deadline.
 fn daemon(path: &std::path::Path) -> (Reaped, std::sync::mpsc::Receiver<String>) {
+    daemon_logging(path, "info")
+}
+
+/// [`daemon`] with `rust_log` as RUST_LOG.
+fn daemon_logging(
+    path: &std::path::Path,
+    rust_log: &str,
+) -> (Reaped, std::sync::mpsc::Receiver<String>) {
     let mut child = Reaped(
         Command::new(BIN)
             .arg("--config")
             .arg(path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -288,22 +296,7 @@ fn a_rust_log_with_spaces_and_non_ascii_neither_panics_nor_is_refused() {
     // tracing-subscriber 0.3 panics on this filter unless its directives are trimmed (the
     // config loader's twin was found by fuzzing: fuzz/regressions/config/).
     let path = write_config("rust-log", GOOD);
-    let mut child = Reaped(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info,   WWW\u{feff}=am")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (mut child, lines) = daemon_logging(&path, "info,   WWW\u{feff}=am");
     let mut seen = Vec::new();
     while let Ok(l) = lines.recv_timeout(Duration::from_secs(20)) {
         let listening = l.contains("listening");
