@@ -11,7 +11,6 @@
 //! Both live on one worker thread, so the shared slot is an `Rc<RefCell>`, not a mutex.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
@@ -19,10 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
 
 use crate::access::Pending;
 use crate::backend::InFlight;
+use crate::io::Stall;
 use crate::upstream::Lease;
 
 /// The client's request body, kept for a possible retry.
@@ -92,8 +91,7 @@ impl Replay {
             Replay::Once(p) => UpBody::Lazy {
                 pending: p.clone(),
                 body: None,
-                stall: None,
-                armed: false,
+                stall: Stall::new(p.timeout),
             },
         }
     }
@@ -112,10 +110,8 @@ pub enum UpBody {
         pending: Rc<Kept>,
         /// The body once taken.
         body: Option<Incoming>,
-        /// The deadline of the current wait for the client, allocated on the first wait.
-        stall: Option<Pin<Box<Sleep>>>,
-        /// Whether `stall` runs for the current wait.
-        armed: bool,
+        /// The deadline of the current wait for the client.
+        stall: Stall,
     },
 }
 
@@ -133,7 +129,6 @@ impl Body for UpBody {
                 pending,
                 body,
                 stall,
-                armed,
             } => {
                 if body.is_none() {
                     *body = pending.slot.borrow_mut().take();
@@ -148,23 +143,12 @@ impl Body for UpBody {
                         Poll::Ready(Some(Err(e.into())))
                     }
                     Poll::Ready(other) => {
-                        *armed = false;
+                        stall.progress();
                         Poll::Ready(other.map(|r| r.map_err(Into::into)))
                     }
                     Poll::Pending => {
-                        // Waiting on the client: arm the deadline once per wait.
-                        let deadline = Instant::now() + pending.timeout;
-                        let sleep = match stall {
-                            Some(s) => {
-                                if !*armed {
-                                    s.as_mut().reset(deadline);
-                                }
-                                s
-                            }
-                            None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
-                        };
-                        *armed = true;
-                        ready!(sleep.as_mut().poll(cx));
+                        // Waiting on the client.
+                        ready!(stall.poll_expired(cx));
                         pending.failure.set(Some(ClientFailure::TimedOut));
                         Poll::Ready(Some(Err("the client's request body stalled".into())))
                     }

@@ -15,38 +15,35 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// A stream whose writes fail after `timeout` without progress.
-pub struct SendTimeout<S> {
-    inner: S,
+/// The deadline of a wait on the client: it starts when a wait begins (the first `Pending`
+/// after progress) and is cleared by progress. The timer is allocated on the first wait and
+/// reused after that. Serves both the response writes ([`SendTimeout`]) and the request body
+/// reads (`body::UpBody`).
+pub struct Stall {
     timeout: Duration,
-    /// The deadline of the current stall, if a write is stalled.
-    stall: Option<Pin<Box<Sleep>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
 }
 
-impl<S> SendTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> SendTimeout<S> {
-        SendTimeout {
-            inner,
+impl Stall {
+    pub fn new(timeout: Duration) -> Stall {
+        Stall {
             timeout,
-            stall: None,
+            sleep: None,
             armed: false,
         }
     }
 
-    /// Called with the outcome of a write-side poll: progress disarms the deadline; `Pending`
-    /// arms it (once per stall) and fails the write when it has passed.
-    fn watch<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if polled.is_ready() {
-            self.armed = false;
-            return polled;
-        }
+    /// Progress was made: the next wait gets a deadline of its own.
+    pub fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// Still waiting: `Ready` once `timeout` has passed since this wait began (the task is woken
+    /// then), `Pending` before.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = Instant::now() + self.timeout;
-        let sleep = match &mut self.stall {
+        let sleep = match &mut self.sleep {
             Some(s) => {
                 if !self.armed {
                     s.as_mut().reset(deadline);
@@ -54,11 +51,40 @@ impl<S> SendTimeout<S> {
                 s
             }
             None => self
-                .stall
+                .sleep
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         self.armed = true;
-        ready!(sleep.as_mut().poll(cx));
+        sleep.as_mut().poll(cx)
+    }
+}
+
+/// A stream whose writes fail after `timeout` without progress.
+pub struct SendTimeout<S> {
+    inner: S,
+    stall: Stall,
+}
+
+impl<S> SendTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> SendTimeout<S> {
+        SendTimeout {
+            inner,
+            stall: Stall::new(timeout),
+        }
+    }
+
+    /// Called with the outcome of a write-side poll: progress clears the deadline; `Pending`
+    /// starts it (once per stall) and fails the write when it has passed.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall.progress();
+            return polled;
+        }
+        ready!(self.stall.poll_expired(cx));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "the client did not read the response in time",
