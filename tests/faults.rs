@@ -30,14 +30,30 @@ struct Outcome {
     status: u16,
 }
 
-/// Sends `total` requests from `clients` concurrent clients (each keeping its affinity cookie),
-/// alternating GET and POST, each with a unique id; counts completed requests in `done`.
-async fn load(
-    lb: SocketAddr,
+/// Who sends what: `clients` concurrent clients share `total` requests; request `n` uses
+/// `method(n)`; `sticky` clients keep their affinity cookie, others start a new session each time.
+#[derive(Clone, Copy)]
+struct Plan {
     clients: usize,
     total: usize,
-    done: Arc<AtomicUsize>,
-) -> Vec<Outcome> {
+    method: fn(usize) -> &'static str,
+    sticky: bool,
+}
+
+/// GET and POST in turn.
+fn alternate(n: usize) -> &'static str {
+    if n % 2 == 1 { "POST" } else { "GET" }
+}
+
+/// Runs `plan`, each request with a unique id (and a POST with a body naming it); counts
+/// completed requests in `done`.
+async fn load(lb: SocketAddr, plan: Plan, done: Arc<AtomicUsize>) -> Vec<Outcome> {
+    let Plan {
+        clients,
+        total,
+        method,
+        sticky,
+    } = plan;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -51,10 +67,10 @@ async fn load(
                 if n >= total {
                     return out;
                 }
-                let post = n % 2 == 1;
+                let post = method(n) == "POST";
                 let id = format!("c{c}-r{n}");
                 let mut b = Request::builder()
-                    .method(if post { "POST" } else { "GET" })
+                    .method(method(n))
                     .uri(format!("http://{lb}/item"))
                     .header("x-request-id", &id);
                 if let Some(c) = &cookie {
@@ -73,7 +89,7 @@ async fn load(
                             headers: resp.headers().clone(),
                             body: Bytes::new(),
                         };
-                        if let Some(c) = got.set_cookie() {
+                        if let Some(c) = got.set_cookie().filter(|_| sticky) {
                             cookie = Some(c);
                         }
                         // A body cut short is a failure too.
@@ -127,7 +143,13 @@ async fn killing_one_of_four_backends_repeatedly_fails_no_get_and_replays_no_pos
     const TOTAL: usize = 4000;
     const CLIENTS: usize = 8;
     let done = Arc::new(AtomicUsize::new(0));
-    let load = tokio::spawn(load(lb.local_addrs()[0], CLIENTS, TOTAL, done.clone()));
+    let plan = Plan {
+        clients: CLIENTS,
+        total: TOTAL,
+        method: alternate,
+        sticky: true,
+    };
+    let load = tokio::spawn(load(lb.local_addrs()[0], plan, done.clone()));
     let mut kills = Vec::new();
     for round in 0..8 {
         after_requests(&done, 250, TOTAL).await;
@@ -488,48 +510,20 @@ async fn health_flapping_follows_the_rise_fall_model_check_by_check() {
     assert_eq!(&seen[1..], &expected[..], "script {script:?}");
 }
 
-/// Runs `n` requests of `method` from `clients` concurrent cookie-less clients; the statuses.
-async fn burst(lb: SocketAddr, method: &'static str, clients: usize, n: usize) -> Vec<u16> {
+/// `n` requests of one method from 8 concurrent cookie-less clients: the statuses.
+async fn burst(lb: SocketAddr, method: fn(usize) -> &'static str, n: usize) -> Vec<u16> {
+    let plan = Plan {
+        clients: 8,
+        total: n,
+        method,
+        sticky: false,
+    };
     let done = Arc::new(AtomicUsize::new(0));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (next, done) = (next.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::SeqCst) < n {
-                let body = if method == "POST" {
-                    Bytes::from_static(b"order")
-                } else {
-                    Bytes::new()
-                };
-                let req = Request::builder()
-                    .method(method)
-                    .uri(format!("http://{lb}/"))
-                    .body(Full::new(body))
-                    .unwrap();
-                let status = match client.request(req).await {
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        match r.into_body().collect().await {
-                            Ok(_) => s,
-                            Err(_) => 0,
-                        }
-                    }
-                    Err(_) => 0,
-                };
-                done.fetch_add(1, Ordering::SeqCst);
-                out.push(status);
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
+    load(lb, plan, done)
+        .await
+        .iter()
+        .map(|o| o.status)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,7 +540,7 @@ async fn under_load_a_backend_that_resets_after_reading_fails_no_get_and_replays
         &[("bad", bad.addr), ("good", good.addr)],
     )
     .await;
-    let gets = burst(lb.local_addrs()[0], "GET", 8, 400).await;
+    let gets = burst(lb.local_addrs()[0], |_| "GET", 400).await;
     let failed_gets = gets.iter().filter(|&&s| s != 200).count();
     assert_eq!(failed_gets, 0, "GETs not retried");
     let reset_gets = bad.requests.load(SeqCst);
@@ -554,7 +548,7 @@ async fn under_load_a_backend_that_resets_after_reading_fails_no_get_and_replays
         reset_gets > 0,
         "round robin sent GETs to the resetting backend"
     );
-    let posts = burst(lb.local_addrs()[0], "POST", 8, 400).await;
+    let posts = burst(lb.local_addrs()[0], |_| "POST", 400).await;
     let failed = posts.iter().filter(|&&s| s != 200).count();
     let reset_posts = bad.requests.load(SeqCst) - reset_gets;
     println!(
@@ -582,7 +576,7 @@ async fn under_load_posts_over_pooled_connections_the_backend_closes_are_each_de
     // races its reuse against that close.
     let b = RawBackend::start(Misbehave::AnswerThenClose).await;
     let lb = stickyd(&Cfg::default(), &[("a", b.addr)]).await;
-    let posts = burst(lb.local_addrs()[0], "POST", 8, 1000).await;
+    let posts = burst(lb.local_addrs()[0], |_| "POST", 1000).await;
     let failed = posts.iter().filter(|&&s| s != 200).count();
     println!(
         "closing backend: 1000 POSTs, {failed} failed, backend read {} over {} connections",
