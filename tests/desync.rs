@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Deserialize)]
 struct Case {
@@ -137,18 +137,9 @@ struct Record {
 }
 
 async fn recorder() -> (SocketAddr, Arc<Mutex<Record>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let rec = Arc::new(Mutex::new(Record::default()));
     let r = rec.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(serve_recorded(s, r.clone()));
-        }
-    });
+    let addr = raw_server(move |s| serve_recorded(s, r.clone())).await;
     (addr, rec)
 }
 

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use support::{Misbehave, RawBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 /// One client's outcome for one request.
@@ -227,30 +227,21 @@ async fn killing_one_of_four_backends_repeatedly_fails_no_get_and_replays_no_pos
 /// A backend that answers each request head with `head` and `body`, then closes the
 /// connection: a backend dying in the middle of a response.
 async fn dies_mid_body(head: &'static [u8], body: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = s.write_all(head).await;
-                let _ = s.write_all(body).await;
-                let _ = s.flush().await;
-                // Dropped: closed mid-body.
-            });
+    raw_server(move |mut s| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    addr
+        let _ = s.write_all(head).await;
+        let _ = s.write_all(body).await;
+        let _ = s.flush().await;
+        // Dropped: closed mid-body.
+    })
+    .await
 }
 
 /// Reads everything until the connection closes (or 5 s pass).
@@ -310,17 +301,11 @@ async fn a_backend_dying_mid_body_gives_a_truncated_response_never_a_complete_on
 
 /// A backend that reads request heads and never answers.
 async fn staller() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let heads = Arc::new(AtomicUsize::new(0));
     let h = heads.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
+    let addr = raw_server(move |mut s| {
             let h = h.clone();
-            tokio::spawn(async move {
+            async move {
                 let mut chunk = [0u8; 4096];
                 loop {
                     match s.read(&mut chunk).await {
@@ -335,9 +320,9 @@ async fn staller() -> (SocketAddr, Arc<AtomicUsize>) {
                         }
                     }
                 }
-            });
-        }
-    });
+            }
+    })
+    .await;
     (addr, heads)
 }
 
@@ -408,37 +393,31 @@ async fn a_backend_that_stalls_headers_is_a_504_at_the_deadline_and_others_are_u
 /// A backend whose health answers are given one by one by the test: each check announces
 /// itself and waits for its verdict, so the test knows exactly which checks stickyd has seen.
 async fn scripted_health() -> (SocketAddr, mpsc::UnboundedReceiver<oneshot::Sender<bool>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        let (verdict_tx, verdict_rx) = oneshot::channel();
-                        let _ = tx.send(verdict_tx);
-                        let ok = verdict_rx.await.unwrap_or(false);
-                        let mut r = http::Response::new(Full::new(Bytes::from_static(b"")));
-                        *r.status_mut() = if ok {
-                            http::StatusCode::OK
-                        } else {
-                            http::StatusCode::SERVICE_UNAVAILABLE
-                        };
-                        Ok::<_, hyper::Error>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+    let addr = raw_server(move |stream| {
+        let tx = tx.clone();
+        async move {
+            let svc = service_fn(move |_req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let (verdict_tx, verdict_rx) = oneshot::channel();
+                    let _ = tx.send(verdict_tx);
+                    let ok = verdict_rx.await.unwrap_or(false);
+                    let mut r = http::Response::new(Full::new(Bytes::from_static(b"")));
+                    *r.status_mut() = if ok {
+                        http::StatusCode::OK
+                    } else {
+                        http::StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    Ok::<_, hyper::Error>(r)
+                }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

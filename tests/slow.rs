@@ -100,35 +100,29 @@ async fn endless() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<usize>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
+    let addr = raw_server(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            let Ok(n) = s.read(&mut buf).await else {
+                return;
             };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let Ok(n) = s.read(&mut buf).await else {
-                    return;
-                };
-                if buf[..n].starts_with(b"GET /healthz") {
-                    return;
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000000\r\n\r\n")
-                    .await;
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while s.write_all(&chunk).await.is_ok() {
-                    sent += chunk.len();
-                }
-                let _ = tx.send(sent);
-            });
+            if buf[..n].starts_with(b"GET /healthz") {
+                return;
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000000\r\n\r\n")
+                .await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while s.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            let _ = tx.send(sent);
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

@@ -10,44 +10,42 @@ use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A backend that records every byte it receives and answers each request head with a small
 /// 200 (bodies are not parsed: what it records is what a real backend would have to frame).
 async fn recorder() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let rec = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let chunk = &buf[..n];
-                    if chunk.starts_with(b"GET /healthz") {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-                        return;
-                    }
-                    rec.lock().unwrap().extend_from_slice(chunk);
-                    let heads = chunk.windows(4).filter(|w| w == b"\r\n\r\n").count();
-                    for _ in 0..heads {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                    }
+    let addr = raw_server(move |mut s| {
+        let rec = rec.clone();
+        async move {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let chunk = &buf[..n];
+                if chunk.starts_with(b"GET /healthz") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
                 }
-            });
+                rec.lock().unwrap().extend_from_slice(chunk);
+                let heads = chunk.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                for _ in 0..heads {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
@@ -258,42 +256,36 @@ const BROKEN_RESPONSES: &[(&str, &[u8])] = &[
 /// requests that arrive on an already used connection (answered with a plain 200).
 async fn broken_backend(reply: &'static [u8]) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let reused = Arc::new(AtomicUsize::new(0));
     let count = reused.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut served = 0;
-                loop {
-                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..i + 4);
-                        served += 1;
-                        let out: &[u8] = if served == 1 {
-                            reply
-                        } else {
-                            count.fetch_add(1, Ordering::SeqCst);
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                        };
-                        if s.write_all(out).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+    let addr = raw_server(move |mut s| {
+        let count = count.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut served = 0;
+            loop {
+                while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..i + 4);
+                    served += 1;
+                    let out: &[u8] = if served == 1 {
+                        reply
+                    } else {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(out).await.is_err() {
+                        return;
                     }
                 }
-            });
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, reused)
 }
 

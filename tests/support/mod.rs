@@ -323,6 +323,26 @@ impl Drop for RawBackend {
     }
 }
 
+/// A raw backend on 127.0.0.1:0 that hands each connection it accepts to `serve`, in a task of
+/// its own, for the rest of the test.
+pub async fn raw_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
 /// Config sections for a test instance; each is the body of its table.
 pub struct Cfg {
     pub server: &'static str,
