@@ -1,12 +1,19 @@
 //! The affinity decision: given what the request's token says, the state of the pool and the
 //! time, which backend serves the request and which token (if any) the response sets.
 //!
-//! Pure: time, randomness and the pool's live state are passed in. The proxy calls [`route`]
-//! once per attempt; a retry calls it again with the failed backend excluded, so the token it
-//! issues always names the backend that actually served.
+//! Pure: time, randomness and the pool's live state are passed in. The proxy takes the
+//! request's affinity input once ([`extract`]: the token or the key, by mode), then calls
+//! [`decide`] once per attempt; a retry calls it again with the failed backend excluded, so the
+//! token it issues always names the backend that actually served. The [`Route`] says
+//! everything the rest of the request needs: the backend, the outcome to count, the token to
+//! set, the session to record and whether the response pins it.
+
+mod input;
 
 use crate::balance;
 use crate::token::{Claims, Invalid, Verified};
+
+pub use input::{Input, Source, extract};
 
 /// What stickyd does with a valid token whose backend cannot take the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -200,6 +207,30 @@ pub struct Route {
     pub issue: Option<Claims>,
     /// True when a valid session was moved to (or served by) a backend other than its own.
     pub fallback: bool,
+    /// The session this request belongs to: the issued token's nonce, else the valid token's
+    /// (for the backend's distinct-session estimate). `None` for hashed and untracked requests.
+    pub session: Option<u64>,
+    /// Whether the response pins the session to `backend`: a new pinned session or a move to
+    /// the fallback. A refresh re-signs the same pin and does not count; neither does an
+    /// unpinned token or a fallback that keeps the token (`on_pinned_down = "return"`).
+    pub pins: bool,
+}
+
+impl Route {
+    /// Whether a valid session was moved for good: served by the fallback and pinned there.
+    pub fn repinned(&self) -> bool {
+        self.fallback && self.pins
+    }
+
+    /// The same backend, but no token, no session and no pin (`mode = "none"`).
+    fn untracked(self) -> Route {
+        Route {
+            issue: None,
+            session: None,
+            pins: false,
+            ..self
+        }
+    }
 }
 
 /// Why no backend can serve.
@@ -209,6 +240,26 @@ pub enum NoRoute {
     AllDown,
     /// The pinned backend is unusable and `on_pinned_down = "fail"`.
     PinnedDown,
+}
+
+/// Decides where one attempt goes, from what the request carried ([`input::extract`]): a
+/// token ([`route`]), a key to hash ([`route_hashed`]), or nothing (`mode = "none"`: placed as
+/// a new session, with no token issued and no session tracked).
+pub fn decide(
+    policy: &Policy,
+    input: Input,
+    now: u32,
+    pool: &dyn PoolView,
+    excluded: &[usize],
+    nonce: impl FnOnce() -> u64,
+) -> Result<Route, NoRoute> {
+    match input {
+        Input::Token(token) => route(policy, token, now, pool, excluded, nonce),
+        Input::Key(key) => route_hashed(policy, key, pool, excluded),
+        Input::Nothing => {
+            route(policy, TokenInput::Absent, now, pool, excluded, nonce).map(Route::untracked)
+        }
+    }
 }
 
 /// Decides where one attempt goes. `excluded` lists backends that already failed this request;
@@ -263,6 +314,8 @@ pub fn route(
                 ..c
             }),
             fallback: false,
+            session: Some(c.nonce),
+            pins: false,
         });
     }
     let Some(home) = pool.resolve(verified.key_index, &c.backend_tag) else {
@@ -281,6 +334,8 @@ pub fn route(
                 ..c
             }),
             fallback: true,
+            session: Some(c.nonce),
+            pins: true,
         });
     };
     // A token signed by an older key is re-signed by the current one as soon as it is seen.
@@ -304,6 +359,8 @@ pub fn route(
             outcome,
             issue: refresh_due.then(|| refreshed(home)),
             fallback: false,
+            session: Some(c.nonce),
+            pins: false,
         });
     }
 
@@ -313,15 +370,19 @@ pub fn route(
     let fallback = balance::rendezvous(c.nonce, pool.hashes(), pool.weights(), placeable)
         .or_else(|| open_fallback(policy, pool, &open))
         .ok_or(NoRoute::AllDown)?;
-    let issue = match policy.on_pinned_down {
-        OnPinnedDown::Return => refresh_due.then(|| refreshed(home)),
-        _ => Some(refreshed(fallback)),
+    let repin = policy.on_pinned_down != OnPinnedDown::Return;
+    let issue = if repin {
+        Some(refreshed(fallback))
+    } else {
+        refresh_due.then(|| refreshed(home))
     };
     Ok(Route {
         backend: fallback,
         outcome: Outcome::BackendDown,
         issue,
         fallback: true,
+        session: Some(c.nonce),
+        pins: repin,
     })
 }
 
@@ -344,6 +405,8 @@ pub fn route_hashed(
         outcome: Outcome::Hashed,
         issue: None,
         fallback: false,
+        session: None,
+        pins: false,
     })
 }
 
@@ -372,7 +435,8 @@ fn place_new(
         .or_else(|| open_fallback(policy, pool, open))
         .ok_or(NoRoute::AllDown)?;
     let nonce = nonce();
-    let backend_tag = if policy.pins(nonce) {
+    let pins = policy.pins(nonce);
+    let backend_tag = if pins {
         pool.tag(backend)
     } else {
         pool.unpinned_tag(0)
@@ -387,6 +451,8 @@ fn place_new(
             last_seen: now,
         }),
         fallback: false,
+        session: Some(nonce),
+        pins,
     })
 }
 
@@ -399,451 +465,4 @@ pub fn cookie_max_age(policy: &Policy, claims: &Claims, now: u32) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::balance::{SmoothWrr, id_hash};
-    use crate::token::KeyRing;
-    use proptest::prelude::*;
-    use std::cell::RefCell;
-
-    const KEY: &[u8] = b"an-affinity-test-key-of-32-bytes-or-more";
-    const NOW: u32 = 1_800_000_000;
-
-    struct Pool {
-        ids: Vec<String>,
-        weights: Vec<u32>,
-        hashes: Vec<u64>,
-        healthy: Vec<bool>,
-        admin: Vec<AdminState>,
-        ring: KeyRing,
-        rr: RefCell<SmoothWrr>,
-    }
-
-    impl Pool {
-        fn new(n: usize) -> Pool {
-            let ids: Vec<String> = (1..=n).map(|i| format!("app-{i}")).collect();
-            Pool {
-                hashes: ids.iter().map(|s| id_hash(s)).collect(),
-                weights: vec![1; n],
-                healthy: vec![true; n],
-                admin: vec![AdminState::Active; n],
-                ring: KeyRing::new(&[KEY], "stickyd"),
-                rr: RefCell::new(SmoothWrr::new(n)),
-                ids,
-            }
-        }
-        fn token(&self, backend: usize, nonce: u64, issued_at: u32, last_seen: u32) -> TokenInput {
-            TokenInput::Valid(Verified {
-                key_index: 0,
-                claims: Claims {
-                    backend_tag: self.tag(backend),
-                    nonce,
-                    issued_at,
-                    last_seen,
-                },
-            })
-        }
-    }
-
-    impl PoolView for Pool {
-        fn weights(&self) -> &[u32] {
-            &self.weights
-        }
-        fn hashes(&self) -> &[u64] {
-            &self.hashes
-        }
-        fn healthy(&self, i: usize) -> bool {
-            self.healthy[i]
-        }
-        fn admin(&self, i: usize) -> AdminState {
-            self.admin[i]
-        }
-        fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
-            (0..self.ids.len()).find(|&i| self.ring.backend_tag(key_index, &self.ids[i]) == *tag)
-        }
-        fn unpinned_tag(&self, k: usize) -> [u8; 8] {
-            self.ring.backend_tag(k, "\0unpinned")
-        }
-        fn tag(&self, i: usize) -> [u8; 8] {
-            self.ring.backend_tag(0, &self.ids[i])
-        }
-        fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-            self.rr.borrow_mut().next(&self.weights, eligible)
-        }
-    }
-
-    fn policy() -> Policy {
-        Policy {
-            max_idle: 1800,
-            max_life: 86_400,
-            refresh_after: 450,
-            skew: 30,
-            on_pinned_down: OnPinnedDown::Repin,
-            all_down: AllDown::Fail,
-            sticky_below: u64::MAX,
-        }
-    }
-
-    fn go(p: &Policy, pool: &Pool, t: TokenInput) -> Result<Route, NoRoute> {
-        route(p, t, NOW, pool, &[], || 42)
-    }
-
-    #[test]
-    fn no_token_places_round_robin_and_issues_a_fresh_session() {
-        let pool = Pool::new(3);
-        let picks: Vec<usize> = (0..6)
-            .map(|_| go(&policy(), &pool, TokenInput::Absent).unwrap().backend)
-            .collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        let r = go(&policy(), &pool, TokenInput::Absent).unwrap();
-        assert_eq!(r.outcome, Outcome::New);
-        let c = r.issue.unwrap();
-        assert_eq!((c.nonce, c.issued_at, c.last_seen), (42, NOW, NOW));
-        assert_eq!(c.backend_tag, pool.tag(r.backend));
-    }
-
-    #[test]
-    fn a_fresh_valid_token_is_served_by_its_backend_without_a_cookie() {
-        let pool = Pool::new(3);
-        let r = go(&policy(), &pool, pool.token(2, 7, NOW - 100, NOW - 10)).unwrap();
-        assert_eq!(
-            (r.backend, r.outcome, r.issue, r.fallback),
-            (2, Outcome::Valid, None, false)
-        );
-    }
-
-    #[test]
-    fn a_token_past_the_refresh_point_is_reissued_with_a_new_last_seen() {
-        let pool = Pool::new(3);
-        let r = go(&policy(), &pool, pool.token(1, 7, NOW - 1000, NOW - 450)).unwrap();
-        assert_eq!((r.backend, r.outcome), (1, Outcome::Refreshed));
-        let c = r.issue.unwrap();
-        assert_eq!((c.nonce, c.issued_at, c.last_seen), (7, NOW - 1000, NOW));
-    }
-
-    #[test]
-    fn expiry_and_future_dates_are_treated_as_no_token() {
-        let p = policy();
-        let pool = Pool::new(2);
-        let cases = [
-            (
-                pool.token(1, 7, NOW - 2000, NOW - 1801),
-                Outcome::ExpiredIdle,
-            ),
-            (pool.token(1, 7, NOW - 2000, NOW - 1800), Outcome::Refreshed),
-            (pool.token(1, 7, NOW - 86_400, NOW), Outcome::ExpiredLife),
-            (pool.token(1, 7, NOW - 86_399, NOW), Outcome::Valid),
-            (pool.token(1, 7, NOW + 31, NOW), Outcome::Future),
-            (pool.token(1, 7, NOW, NOW + 31), Outcome::Future),
-            (pool.token(1, 7, NOW + 30, NOW + 30), Outcome::Valid),
-        ];
-        for (t, want) in cases {
-            let r = go(&p, &pool, t).unwrap();
-            assert_eq!(r.outcome, want, "{t:?}");
-            if matches!(want, Outcome::Valid | Outcome::Refreshed) {
-                assert_eq!(r.backend, 1);
-            } else {
-                assert_eq!(r.issue.unwrap().nonce, 42, "a new session is issued");
-            }
-        }
-    }
-
-    #[test]
-    fn invalid_tokens_are_served_as_new_sessions_counted_by_reason() {
-        let pool = Pool::new(2);
-        for (why, want) in [
-            (Invalid::Malformed, Outcome::Malformed),
-            (Invalid::BadMac, Outcome::BadMac),
-            (Invalid::UnknownKey, Outcome::UnknownKey),
-        ] {
-            let r = go(&policy(), &pool, TokenInput::Invalid(why)).unwrap();
-            assert_eq!(r.outcome, want);
-            assert!(r.issue.is_some());
-        }
-    }
-
-    #[test]
-    fn sticky_fraction_leaves_some_sessions_unpinned_and_they_stay_unpinned() {
-        let pool = Pool::new(3);
-        let half = Policy {
-            sticky_below: u64::MAX / 2,
-            ..policy()
-        };
-        let mut pinned = 0;
-        for n in 0..1000u64 {
-            let r = route(&half, TokenInput::Absent, NOW, &pool, &[], || n).unwrap();
-            let c = r.issue.unwrap();
-            if c.backend_tag == pool.tag(r.backend) {
-                pinned += 1;
-            } else {
-                assert_eq!(c.backend_tag, pool.unpinned_tag(0));
-                // Its next requests are placed anew, keeping the token.
-                let t = TokenInput::Valid(Verified {
-                    key_index: 0,
-                    claims: c,
-                });
-                let next = route(&half, t, NOW + 1, &pool, &[], || 7).unwrap();
-                assert_eq!((next.outcome, next.issue), (Outcome::Unpinned, None));
-            }
-        }
-        assert!(
-            (400..600).contains(&pinned),
-            "{pinned} of 1000 pinned at 0.5"
-        );
-        let none = Policy {
-            sticky_below: 0,
-            ..policy()
-        };
-        assert!(!(0..100u64).any(|n| none.pins(n)));
-        assert!((0..100u64).all(|n| policy().pins(n)));
-    }
-
-    #[test]
-    fn hashed_placement_is_stable_and_moves_only_keys_of_an_unusable_backend() {
-        let mut pool = Pool::new(4);
-        let before: Vec<usize> = (0..200u64)
-            .map(|k| route_hashed(&policy(), k, &pool, &[]).unwrap().backend)
-            .collect();
-        let again: Vec<usize> = (0..200u64)
-            .map(|k| route_hashed(&policy(), k, &pool, &[]).unwrap().backend)
-            .collect();
-        assert_eq!(before, again);
-        assert!((0..4).all(|b| before.contains(&b)), "spread over all");
-        pool.healthy[1] = false;
-        for (k, &was) in before.iter().enumerate() {
-            let r = route_hashed(&policy(), k as u64, &pool, &[]).unwrap();
-            assert_eq!((r.outcome, r.issue), (Outcome::Hashed, None));
-            if was != 1 {
-                assert_eq!(r.backend, was, "key {k} moved without cause");
-            } else {
-                assert_ne!(r.backend, 1);
-            }
-        }
-        pool.healthy = vec![false; 4];
-        assert_eq!(
-            route_hashed(&policy(), 1, &pool, &[]).unwrap_err(),
-            NoRoute::AllDown
-        );
-    }
-
-    #[test]
-    fn a_removed_backends_sessions_take_the_deterministic_fallback() {
-        let pool = Pool::new(4);
-        let mut t = pool.token(0, 7, NOW - 10, NOW - 10);
-        if let TokenInput::Valid(v) = &mut t {
-            v.claims.backend_tag = [9; 8];
-        }
-        let want = balance::rendezvous(7, &pool.hashes, &pool.weights, |_| true).unwrap();
-        // Even with on_pinned_down = fail: a removed backend is not coming back.
-        for p in [
-            policy(),
-            Policy {
-                on_pinned_down: OnPinnedDown::Fail,
-                ..policy()
-            },
-        ] {
-            let r = go(&p, &pool, t).unwrap();
-            assert_eq!(
-                (r.backend, r.outcome, r.fallback),
-                (want, Outcome::UnknownBackend, true)
-            );
-            let c = r.issue.unwrap();
-            assert_eq!(
-                (c.backend_tag, c.nonce, c.issued_at, c.last_seen),
-                (pool.tag(want), 7, NOW - 10, NOW)
-            );
-        }
-    }
-
-    #[test]
-    fn a_token_from_an_older_key_is_resigned_at_once() {
-        let mut pool = Pool::new(2);
-        let old = b"the-previous-key-also-32-bytes-long!!".to_vec();
-        pool.ring = KeyRing::new(&[KEY.to_vec(), old], "stickyd");
-        let t = TokenInput::Valid(Verified {
-            key_index: 1,
-            claims: Claims {
-                backend_tag: pool.ring.backend_tag(1, "app-2"),
-                nonce: 5,
-                issued_at: NOW - 10,
-                last_seen: NOW - 10,
-            },
-        });
-        let r = go(&policy(), &pool, t).unwrap();
-        assert_eq!((r.backend, r.outcome), (1, Outcome::Refreshed));
-        assert_eq!(
-            r.issue.unwrap().backend_tag,
-            pool.ring.backend_tag(0, "app-2")
-        );
-    }
-
-    #[test]
-    fn a_dead_pinned_backend_repins_to_the_rendezvous_fallback() {
-        let mut pool = Pool::new(4);
-        pool.healthy[2] = false;
-        let r = go(&policy(), &pool, pool.token(2, 99, NOW - 10, NOW - 10)).unwrap();
-        let want = balance::rendezvous(99, &pool.hashes, &pool.weights, |i| i != 2).unwrap();
-        assert_eq!(
-            (r.backend, r.outcome, r.fallback),
-            (want, Outcome::BackendDown, true)
-        );
-        let c = r.issue.unwrap();
-        assert_eq!(
-            (c.backend_tag, c.nonce, c.issued_at),
-            (pool.tag(want), 99, NOW - 10)
-        );
-        // Every parallel request of that session picks the same fallback.
-        for _ in 0..10 {
-            assert_eq!(
-                go(&policy(), &pool, pool.token(2, 99, NOW - 10, NOW - 10))
-                    .unwrap()
-                    .backend,
-                want
-            );
-        }
-    }
-
-    #[test]
-    fn return_mode_serves_the_fallback_but_keeps_the_token() {
-        let mut pool = Pool::new(3);
-        pool.healthy[0] = false;
-        let p = Policy {
-            on_pinned_down: OnPinnedDown::Return,
-            ..policy()
-        };
-        let r = go(&p, &pool, pool.token(0, 3, NOW - 10, NOW - 10)).unwrap();
-        assert_ne!(r.backend, 0);
-        assert_eq!((r.outcome, r.issue), (Outcome::BackendDown, None));
-        // A refresh that falls due while away keeps the home backend's tag.
-        let r = go(&p, &pool, pool.token(0, 3, NOW - 1000, NOW - 1000)).unwrap();
-        assert_eq!(r.issue.unwrap().backend_tag, pool.tag(0));
-        // Home again once it recovers.
-        pool.healthy[0] = true;
-        assert_eq!(
-            go(&p, &pool, pool.token(0, 3, NOW - 10, NOW - 10))
-                .unwrap()
-                .backend,
-            0
-        );
-    }
-
-    #[test]
-    fn fail_mode_refuses_when_the_pinned_backend_is_down() {
-        let mut pool = Pool::new(3);
-        pool.healthy[1] = false;
-        let p = Policy {
-            on_pinned_down: OnPinnedDown::Fail,
-            ..policy()
-        };
-        assert_eq!(
-            go(&p, &pool, pool.token(1, 3, NOW, NOW)),
-            Err(NoRoute::PinnedDown)
-        );
-    }
-
-    #[test]
-    fn draining_keeps_pinned_sessions_and_takes_no_new_ones() {
-        let mut pool = Pool::new(2);
-        pool.admin[0] = AdminState::Draining;
-        let r = go(&policy(), &pool, pool.token(0, 3, NOW, NOW)).unwrap();
-        assert_eq!((r.backend, r.outcome), (0, Outcome::Draining));
-        for _ in 0..5 {
-            assert_eq!(go(&policy(), &pool, TokenInput::Absent).unwrap().backend, 1);
-        }
-    }
-
-    #[test]
-    fn a_disabled_backend_takes_nothing_and_its_sessions_fall_back() {
-        let mut pool = Pool::new(2);
-        pool.admin[0] = AdminState::Disabled;
-        let r = go(&policy(), &pool, pool.token(0, 3, NOW, NOW)).unwrap();
-        assert_eq!((r.backend, r.outcome), (1, Outcome::BackendDown));
-    }
-
-    #[test]
-    fn an_excluded_backend_is_routed_around_like_a_dead_one() {
-        let pool = Pool::new(3);
-        let r = route(
-            &policy(),
-            pool.token(1, 5, NOW, NOW),
-            NOW,
-            &pool,
-            &[1],
-            || 0,
-        )
-        .unwrap();
-        assert_ne!(r.backend, 1);
-        assert!(r.fallback);
-        assert_eq!(r.issue.unwrap().backend_tag, pool.tag(r.backend));
-        let r = route(&policy(), TokenInput::Absent, NOW, &pool, &[0, 1], || 0).unwrap();
-        assert_eq!(r.backend, 2);
-    }
-
-    #[test]
-    fn all_down_fails_or_opens() {
-        let mut pool = Pool::new(2);
-        pool.healthy = vec![false, false];
-        assert_eq!(
-            go(&policy(), &pool, TokenInput::Absent),
-            Err(NoRoute::AllDown)
-        );
-        assert_eq!(
-            go(&policy(), &pool, pool.token(0, 1, NOW, NOW)),
-            Err(NoRoute::AllDown)
-        );
-        let p = Policy {
-            all_down: AllDown::Open,
-            ..policy()
-        };
-        assert!(go(&p, &pool, TokenInput::Absent).is_ok());
-        pool.admin = vec![AdminState::Disabled, AdminState::Active];
-        for _ in 0..4 {
-            assert_eq!(go(&p, &pool, TokenInput::Absent).unwrap().backend, 1);
-        }
-        pool.admin = vec![AdminState::Disabled; 2];
-        assert_eq!(go(&p, &pool, TokenInput::Absent), Err(NoRoute::AllDown));
-    }
-
-    #[test]
-    fn cookie_max_age_is_the_rest_of_max_life() {
-        let c = Claims {
-            backend_tag: [0; 8],
-            nonce: 0,
-            issued_at: NOW - 100,
-            last_seen: NOW,
-        };
-        assert_eq!(cookie_max_age(&policy(), &c, NOW), 86_300);
-        assert_eq!(cookie_max_age(&policy(), &c, NOW + 100_000), 0);
-    }
-
-    proptest! {
-        #[test]
-        fn the_chosen_backend_is_usable_whenever_one_is(
-            healthy in proptest::collection::vec(any::<bool>(), 1..12),
-            admin in proptest::collection::vec(0u8..3, 12),
-            home in 0usize..12,
-            nonce in any::<u64>(),
-            absent in any::<bool>(),
-        ) {
-            let n = healthy.len();
-            let mut pool = Pool::new(n);
-            pool.healthy = healthy;
-            pool.admin = admin[..n].iter().map(|a| [AdminState::Active, AdminState::Draining, AdminState::Disabled][*a as usize]).collect();
-            let home = home % n;
-            let t = if absent { TokenInput::Absent } else { pool.token(home, nonce, NOW, NOW) };
-            let placeable = |i: usize| pool.healthy[i] && pool.admin[i] == AdminState::Active;
-            let any_placeable = (0..n).any(placeable);
-            let home_ok = !absent && pool.healthy[home] && pool.admin[home] != AdminState::Disabled;
-            match go(&policy(), &pool, t) {
-                Ok(r) => {
-                    prop_assert!(r.backend == home && home_ok || placeable(r.backend));
-                    if let Some(c) = r.issue { prop_assert_eq!(c.backend_tag, pool.tag(r.backend)); }
-                }
-                Err(e) => {
-                    prop_assert_eq!(e, NoRoute::AllDown);
-                    prop_assert!(!any_placeable && !home_ok);
-                }
-            }
-        }
-    }
-}
+mod tests;

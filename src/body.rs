@@ -1,14 +1,11 @@
-//! The two body types of the request path, as plain enums rather than boxed trait objects (no
-//! allocation per request):
+//! The request body on its way to a backend, as a plain enum rather than a boxed trait object
+//! (no allocation per request): [`UpBody`], the body of one upstream attempt. It comes from a
+//! [`Replay`], which keeps the client's body aside so that a retry can send it again as long as
+//! no attempt has started reading it, and which remembers whether reading it failed by the
+//! client's fault ([`ClientFailure`]) rather than the backend's.
 //!
-//! - [`UpBody`], the request body sent to a backend. It comes from a [`Replay`], which keeps the
-//!   client's body aside so that a retry can send it again as long as no attempt has started
-//!   reading it.
-//! - [`ProxyBody`], the response body sent to the client: either the backend's body, which holds
-//!   the backend's in-flight count and the pooled connection until it is done ([`Tracked`]), or
-//!   a short body of our own (errors).
-//!
-//! Both live on one worker thread, so the shared slot is an `Rc<RefCell>`, not a mutex.
+//! It lives on one worker thread, so the shared slot is an `Rc<RefCell>`, not a mutex. (The
+//! response body is the proxy's: `proxy::ProxyBody`.)
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -19,10 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::access::Pending;
-use crate::backend::InFlight;
 use crate::io::Stall;
-use crate::upstream::Lease;
 
 /// The client's request body, kept for a possible retry.
 pub enum Replay {
@@ -170,113 +164,6 @@ impl Body for UpBody {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Lazy { body: Some(b), .. } => b.size_hint(),
             UpBody::Lazy { pending, .. } => pending.hint,
-        }
-    }
-}
-
-/// The body of a response to a client.
-pub enum ProxyBody {
-    /// A backend's response body.
-    Upstream(Tracked),
-    /// A body of our own, sent in one frame.
-    Full(Option<Bytes>),
-}
-
-impl ProxyBody {
-    /// A body of our own.
-    pub fn full(bytes: Bytes) -> ProxyBody {
-        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(t) => t.poll_frame(cx),
-            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(t) => t.inner.is_end_stream(),
-            ProxyBody::Full(b) => b.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(t) => t.inner.size_hint(),
-            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-/// A backend's response body. It holds the backend's in-flight count, and the connection it
-/// came on: once the body has been read to its end the connection goes back to the pool;
-/// dropped before that (the client went away), the connection is closed with it.
-pub struct Tracked {
-    inner: Incoming,
-    lease: Option<Lease>,
-    _guard: InFlight,
-    /// The access log line, written when the body is over; with the bytes sent so far.
-    log: Option<Box<(Pending, u64)>>,
-}
-
-impl Tracked {
-    /// Wraps a backend's body.
-    pub fn new(inner: Incoming, lease: Lease, guard: InFlight, log: Option<Pending>) -> Tracked {
-        Tracked {
-            inner,
-            lease: Some(lease),
-            _guard: guard,
-            log: log.map(|p| Box::new((p, 0))),
-        }
-    }
-
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(f))) => {
-                if let (Some(l), Some(d)) = (self.log.as_mut(), f.data_ref()) {
-                    l.1 += d.len() as u64;
-                }
-                if self.inner.is_end_stream() {
-                    self.release();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // A body that was complete from the start (204, HEAD, Content-Length: 0) is never polled.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
-        if let Some(l) = self.log.take() {
-            let (p, bytes) = *l;
-            p.finish(0, bytes);
         }
     }
 }

@@ -123,9 +123,9 @@ impl Probe {
     }
 
     async fn exchange(&self) -> Result<(), String> {
-        let stream = crate::tls::MaybeTls::connect(&self.address, self.origin.as_ref())
+        let stream = crate::connect::open(&self.address, self.origin.as_ref(), self.timeout)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| e.to_string())?;
         // HTTP/2 wants the absolute form (:scheme, :authority); HTTP/1.1 the path, and a close.
         let mut req = if self.h2 {
             let scheme = if self.origin.is_some() {

@@ -1,46 +1,40 @@
-//! The request path: read the affinity token, route, rewrite headers, forward through the
-//! upstream pool, stream the response back, set the cookie when one is issued.
+//! The request path, read top-down as its steps:
+//!
+//! 1. [`request`]: refuse what cannot be forwarded (framing, Host: 400/501), and plan what the
+//!    later steps need (upgrade, close after, idempotent); then the affinity input is taken
+//!    out of the request ([`affinity::extract`]) and the head rewritten for the backend.
+//! 2. [`attempt`]: route and send, retrying on another backend when that is safe.
+//! 3. [`Proxy::record`]: the backend answered; count it (backend, affinity outcome, re-pin),
+//!    note the session, tell the access log.
+//! 4. [`response`]: shape the response (hop-by-hop out, the token in), or hand an upgraded
+//!    connection to a [`tunnel`](crate::tunnel).
 //!
 //! It never fails toward the client: every error becomes a response in one place
-//! ([`error_response`]) from the mapping in [`crate::error`]. A request is retried on another
-//! backend only when that is safe (see [`ProxyError::retryable`]) and its body has not been
-//! read yet.
+//! ([`error_response`]) from the mapping in [`crate::error`].
+
+mod attempt;
+mod request;
+mod response;
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::request::Parts;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use tracing::{debug, warn};
 
-use crate::affinity::{self, NoRoute, TokenInput};
-use crate::backend::InFlight;
-pub use crate::body::ProxyBody;
-use crate::body::{ClientFailure, Replay, Tracked};
-use crate::config::Mode;
+use crate::access::Pending;
+use crate::affinity;
+use crate::body::Replay;
+use crate::clock::Now;
 use crate::error::ProxyError;
-use crate::headers::{self, Forwarded, Found, Framing};
-use crate::health::Transition;
 use crate::state::{Shared, Snapshot};
-use crate::token::Invalid;
 use crate::upstream::Upstream;
 
-/// Whatever keeps a client connection counted (its connection-limit slot, the worker's
-/// liveness): an upgraded connection's tunnel holds it until it closes.
-#[derive(Clone)]
-pub struct Hold(pub std::rc::Rc<dyn std::any::Any>);
-
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hold")
-    }
-}
+use attempt::Answer;
+pub use response::{ProxyBody, error_response};
 
 /// What the proxy knows of the client connection.
 #[derive(Debug, Clone)]
@@ -52,7 +46,7 @@ pub struct ConnInfo {
     /// Whether the connection is TLS.
     pub tls: bool,
     /// What a tunnel made from this connection must keep alive.
-    pub hold: Option<Hold>,
+    pub hold: Option<crate::tunnel::Hold>,
 }
 
 impl ConnInfo {
@@ -98,18 +92,21 @@ impl Proxy {
         &self.shared
     }
 
-    /// Serves one request. Never fails: errors become responses.
+    /// Serves one request. Never fails: errors become responses. The clocks are read here,
+    /// once, and the snapshot loaded once: every step of the request sees the same.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let start = Instant::now();
+        let now = Now::read();
         let snap = self.shared.load();
-        let mut log = self.shared.access.as_ref().map(|l| {
-            crate::access::Pending::new(l, &req, conn.peer.ip(), start, SystemTime::now())
-        });
-        let resp = match self.forward(&snap, req, conn, &mut log).await {
+        let mut log = self
+            .shared
+            .access
+            .as_ref()
+            .map(|l| Pending::new(l, &req, conn.peer.ip(), now.mono, now.wall));
+        let resp = match self.forward(&snap, req, conn, &now, &mut log).await {
             Ok(resp) => resp,
             Err(e) => {
                 let resp = error_response(&e, &snap);
@@ -121,393 +118,104 @@ impl Proxy {
         };
         let m = &self.shared.metrics;
         m.response(resp.status().as_u16());
-        m.latency.record(start.elapsed());
+        m.latency.record(now.mono.elapsed());
         Ok(resp)
     }
 
+    /// The steps, in order (see the module documentation).
     async fn forward(
         &self,
         snap: &Snapshot,
         req: Request<Incoming>,
         conn: &ConnInfo,
-        log: &mut Option<crate::access::Pending>,
+        now: &Now,
+        log: &mut Option<Pending>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        check_request(&parts)?;
-        let close_after = match headers::framing(&parts.method, &parts.headers) {
-            Framing::Clear => false,
-            Framing::CloseAfter => true,
-            Framing::Refuse(why) => return Err(ProxyError::BadRequest(why)),
-            Framing::Unsupported(why) => return Err(ProxyError::NotImplemented(why)),
-        };
-        let client_h1 = parts.version <= Version::HTTP_11;
-        // An upgrade (WebSocket) keeps its Connection/Upgrade pair, which the hop-by-hop strip
-        // below removes, and the client side's upgrade handle.
-        let upgrade = headers::upgrade_protocol(&parts.headers, parts.version)
-            .and_then(|p| Some((p, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?)));
+        let mut plan = request::check(&mut parts)?;
+        let input = affinity::extract(
+            &snap.source,
+            &snap.ring,
+            &mut parts.headers,
+            conn.peer.ip(),
+            |ip| snap.is_trusted(ip),
+        );
+        request::rewrite(snap, &mut parts, conn, &plan);
+        let body = Replay::new(body, snap.config.server.client_timeout.get());
 
-        let (token, keyed) = affinity_input(snap, &mut parts, conn);
-        prepare_upstream_head(snap, &mut parts, conn);
-        if close_after {
-            // The backend may not read the body as this request's: this connection serves
-            // nothing after it.
-            parts
-                .headers
+        let Answer {
+            route,
+            mut resp,
+            mut lease,
+            guard,
+        } = self.attempts(snap, parts, &body, input, &plan, now).await?;
+        if plan.close_after {
+            lease = lease.no_reuse();
+        }
+        self.record(snap, &route, resp.status().as_u16(), now, log);
+
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            && let Some((_, client)) = plan.upgrade.take()
+        {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::task::spawn_local(crate::tunnel::serve(
+                client,
+                upstream,
+                snap.config.upstream.tunnel_idle_timeout.get(),
+                self.cut.clone(),
+                guard,
+                conn.hold.clone(),
+            ));
+            drop(lease);
+            if let Some(p) = log.take() {
+                p.finish(101, 0);
+            }
+            return Ok(response::switching(
+                snap,
+                resp,
+                route.issue,
+                now.unix_u32(),
+                conn.tls,
+            ));
+        }
+        let resp = resp.map(|b| response::tracked(b, lease, guard, log.take()));
+        let mut resp = response::respond(snap, resp, route.issue, now.unix_u32(), conn.tls);
+        if plan.close_after && plan.client_h1 {
+            resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some((proto, _)) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto.clone());
-        }
-        let mut upgrade = upgrade.map(|(_, on)| on);
-
-        let idempotent = is_idempotent(&parts.method);
-        let body = Replay::new(body, snap.config.server.client_timeout.get());
-        let now = unix_now();
-        let mut excluded: Vec<usize> = Vec::new();
-        let mut retries_left = *snap.config.upstream.retries.get_ref();
-        // The failure of the previous attempt: when a retry finds no other backend, that is
-        // the answer (a 502 says more than "no backend").
-        let mut failed: Option<ProxyError> = None;
-        loop {
-            let routed = match keyed {
-                Some(key) => affinity::route_hashed(&snap.policy, key, snap, &excluded),
-                None => affinity::route(&snap.policy, token, now, snap, &excluded, nonce),
-            };
-            let route = match routed {
-                Ok(mut r) => {
-                    if snap.config.affinity.mode == Mode::None {
-                        r.issue = None;
-                    }
-                    r
-                }
-                Err(_) if failed.is_some() => {
-                    return Err(failed.take().unwrap_or(ProxyError::NoBackend));
-                }
-                Err(NoRoute::AllDown) => return Err(ProxyError::NoBackend),
-                Err(NoRoute::PinnedDown) => return Err(ProxyError::PinnedDown),
-            };
-            let backend = &snap.backends[route.backend];
-            let may_retry = retries_left > 0 && body.replayable();
-            let head = if may_retry {
-                clone_parts(&parts)
-            } else {
-                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-            };
-            let up = Request::from_parts(head, body.take());
-
-            let guard = InFlight::start(&backend.live);
-            let target = crate::upstream::Target {
-                authority: &backend.authority,
-                origin: backend.origin.as_ref(),
-                // Upgrades (WebSocket) always go over HTTP/1.1.
-                h2: backend.h2 && upgrade.is_none(),
-            };
-            let sent = if upgrade.is_some() {
-                self.upstream.send_upgrade(target, up).await
-            } else {
-                self.upstream.send(target, up, !idempotent).await
-            };
-            match sent {
-                Ok((mut resp, mut lease)) => {
-                    if close_after {
-                        lease = lease.no_reuse();
-                    }
-                    backend.live.connect_ok();
-                    backend.live.record_status(resp.status().as_u16());
-                    let repinned = self.count_route(&route, snap);
-                    if let Some(p) = log.as_mut() {
-                        p.routed(
-                            backend.id.clone(),
-                            route.outcome,
-                            repinned,
-                            resp.status().as_u16(),
-                        );
-                    }
-                    let session = match (route.issue, token) {
-                        (Some(c), _) => Some(c.nonce),
-                        (None, TokenInput::Valid(v)) => Some(v.claims.nonce),
-                        _ => None,
-                    };
-                    if let Some(nonce) = session {
-                        // A refresh re-signs the same pin; anything else issued is a new pin.
-                        let pinned_here = route.issue.is_some_and(|c| {
-                            c.backend_tag == affinity::PoolView::tag(snap, route.backend)
-                        }) && !matches!(
-                            route.outcome,
-                            affinity::Outcome::Refreshed
-                                | affinity::Outcome::Valid
-                                | affinity::Outcome::Draining
-                        );
-                        backend
-                            .live
-                            .record_session(nonce, u64::from(now), pinned_here);
-                    }
-                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(client) = upgrade.take()
-                    {
-                        let upstream = hyper::upgrade::on(&mut resp);
-                        tokio::task::spawn_local(crate::tunnel::serve(
-                            client,
-                            upstream,
-                            snap.config.upstream.tunnel_idle_timeout.get(),
-                            self.cut.clone(),
-                            guard,
-                            conn.hold.clone(),
-                        ));
-                        drop(lease);
-                        if let Some(p) = log.take() {
-                            p.finish(101, 0);
-                        }
-                        return Ok(switching(snap, resp, route.issue, now, conn.tls));
-                    }
-                    let resp = resp
-                        .map(|b| ProxyBody::Upstream(Tracked::new(b, lease, guard, log.take())));
-                    let mut resp = respond(snap, resp, route.issue, now, conn.tls);
-                    if close_after && client_h1 {
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return Ok(resp);
-                }
-                Err(_) if body.client_failure().is_some() => {
-                    // The client's own body was malformed (bad chunk, cut short) or stalled:
-                    // its fault, not the backend's; nothing to retry.
-                    drop(guard);
-                    return Err(match body.client_failure() {
-                        Some(ClientFailure::TimedOut) => ProxyError::ClientTimeout,
-                        _ => ProxyError::BadRequest("invalid request body\n"),
-                    });
-                }
-                Err(e) => {
-                    drop(guard);
-                    backend.live.record_failure();
-                    self.shared.metrics.upstream_error(&e);
-                    if let ProxyError::Connect(_) = e {
-                        let threshold = snap.config.health.passive_failures;
-                        if backend.live.connect_failed(threshold, Instant::now())
-                            == Some(Transition::Down)
-                        {
-                            warn!(backend = %backend.id, error = %e, "backend ejected after consecutive connect failures");
-                        }
-                    }
-                    debug!(backend = %backend.id, error = %e, "upstream attempt failed");
-                    if may_retry && e.retryable(idempotent) && body.replayable() {
-                        self.shared.metrics.retry();
-                        excluded.push(route.backend);
-                        retries_left -= 1;
-                        failed = Some(e);
-                        continue;
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        Ok(resp)
     }
 
-    /// Counts the outcome; true when the session was re-pinned to the fallback.
-    fn count_route(&self, route: &affinity::Route, snap: &Snapshot) -> bool {
+    /// The backend answered `status`: counted for the backend and the affinity metrics, the
+    /// session noted in the backend's estimate (and as a pin when the response pins it there),
+    /// and the access log told where the request went.
+    fn record(
+        &self,
+        snap: &Snapshot,
+        route: &affinity::Route,
+        status: u16,
+        now: &Now,
+        log: &mut Option<Pending>,
+    ) {
+        let backend = &snap.backends[route.backend];
+        backend.live.connect_ok();
+        backend.live.record_status(status);
         let m = &self.shared.metrics;
         m.outcome(route.outcome);
-        let repinned = route.fallback
-            && route
-                .issue
-                .is_some_and(|c| c.backend_tag == affinity::PoolView::tag(snap, route.backend));
+        let repinned = route.repinned();
         if repinned {
             m.repin();
         }
-        repinned
-    }
-}
-
-/// The backend's response on its way to the client: hop-by-hop headers out, the cookie in when
-/// one is issued.
-fn respond(
-    snap: &Snapshot,
-    mut resp: Response<ProxyBody>,
-    issue: Option<crate::token::Claims>,
-    now: u32,
-    tls: bool,
-) -> Response<ProxyBody> {
-    let headers = resp.headers_mut();
-    headers::strip_hop_by_hop(headers);
-    if let Some(claims) = issue {
-        let token = snap.ring.sign(&claims);
-        let max_age = affinity::cookie_max_age(&snap.policy, &claims, now);
-        if snap.config.affinity.mode == Mode::Header {
-            if let Ok(v) = HeaderValue::from_str(token.as_str()) {
-                headers.insert(snap.token_header.clone(), v);
-            }
-            // Like a cookie: no shared cache may keep one client's token for others.
-            if !headers.contains_key(header::CACHE_CONTROL) {
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-            }
-        } else {
-            let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age, tls);
-            headers::add_set_cookie(headers, cookie);
+        if let Some(p) = log.as_mut() {
+            p.routed(backend.id.clone(), route.outcome, repinned, status);
+        }
+        if let Some(nonce) = route.session {
+            backend
+                .live
+                .record_session(nonce, now.unix_secs(), route.pins);
         }
     }
-    resp
-}
-
-/// The backend's `101` on its way to the client: its Connection/Upgrade pair and protocol
-/// headers kept, other hop-by-hop headers out, the cookie in when one is issued, no body.
-fn switching(
-    snap: &Snapshot,
-    resp: Response<Incoming>,
-    issue: Option<crate::token::Claims>,
-    now: u32,
-    tls: bool,
-) -> Response<ProxyBody> {
-    let keep = (
-        resp.headers().get(header::CONNECTION).cloned(),
-        resp.headers().get(header::UPGRADE).cloned(),
-    );
-    let resp = resp.map(|_| ProxyBody::full(Bytes::new()));
-    let mut resp = respond(snap, resp, issue, now, tls);
-    if let (Some(c), Some(u)) = keep {
-        resp.headers_mut().insert(header::CONNECTION, c);
-        resp.headers_mut().insert(header::UPGRADE, u);
-    }
-    resp
-}
-
-/// What the request carries for affinity, by mode: a token (cookie, or header in `header`
-/// mode; taken out of the request either way), or a key to hash (`ip`, trusted `header`), or
-/// nothing (`none`).
-fn affinity_input(
-    snap: &Snapshot,
-    parts: &mut Parts,
-    conn: &ConnInfo,
-) -> (TokenInput, Option<u64>) {
-    let verify = |bytes: &[u8]| match snap.ring.verify(bytes) {
-        Ok(v) => TokenInput::Valid(v),
-        Err(why) => TokenInput::Invalid(why),
-    };
-    let a = &snap.config.affinity;
-    match a.mode {
-        Mode::Cookie => {
-            let found = headers::take_cookie(&mut parts.headers, &snap.cookie.name);
-            let token = match found {
-                Found::Absent => TokenInput::Absent,
-                Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
-                Found::Value(..) => verify(found.bytes()),
-            };
-            (token, None)
-        }
-        Mode::Header => {
-            let value = parts.headers.remove(&snap.token_header);
-            match value {
-                None => (TokenInput::Absent, None),
-                Some(v) if a.header_trusted => (
-                    TokenInput::Absent,
-                    Some(crate::balance::key_hash(v.as_bytes())),
-                ),
-                Some(v) if v.len() > headers::MAX_COOKIE_VALUE => {
-                    (TokenInput::Invalid(Invalid::Malformed), None)
-                }
-                Some(v) => (verify(v.as_bytes().trim_ascii()), None),
-            }
-        }
-        Mode::Ip => {
-            let ip = headers::client_ip(&parts.headers, conn.peer.ip(), |ip| snap.is_trusted(ip));
-            let key = match ip {
-                std::net::IpAddr::V4(v4) => crate::balance::key_hash(&v4.octets()),
-                std::net::IpAddr::V6(v6) => crate::balance::key_hash(&v6.octets()),
-            };
-            (TokenInput::Absent, Some(key))
-        }
-        Mode::None => (TokenInput::Absent, None),
-    }
-}
-
-/// Rejects what cannot be forwarded.
-fn check_request(parts: &Parts) -> Result<(), ProxyError> {
-    // One lookup for the three Host rules.
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if parts.version == Version::HTTP_11 => {
-            return Err(ProxyError::BadRequest("HTTP/1.1 request without Host\n"));
-        }
-        (Some(_), Some(_)) => {
-            return Err(ProxyError::BadRequest("more than one Host header\n"));
-        }
-        (Some(h), None) if !headers::valid_host(h.as_bytes()) => {
-            return Err(ProxyError::BadRequest("invalid Host header\n"));
-        }
-        _ => {}
-    }
-    if let Some(a) = parts.uri.authority()
-        && !headers::valid_host(a.as_str().as_bytes())
-    {
-        return Err(ProxyError::BadRequest(
-            "invalid authority in the request target\n",
-        ));
-    }
-    if parts.method == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
-    }
-    Ok(())
-}
-
-/// Rewrites the request head for the backend: hop-by-hop headers out (before ours go in),
-/// Host kept (or taken from the h2 authority), X-Forwarded-*, Via, HTTP/1.1.
-fn prepare_upstream_head(snap: &Snapshot, parts: &mut Parts, conn: &ConnInfo) {
-    headers::strip_hop_by_hop(&mut parts.headers);
-    // An absolute-form target (or h2's :authority) names the host: a Host header that says
-    // otherwise is replaced (RFC 9112 section 3.2.2), so the backend reads one host only.
-    if let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    let host = parts.headers.get(header::HOST).cloned();
-    headers::add_forwarded(
-        &mut parts.headers,
-        &Forwarded {
-            peer: &conn.peer_value,
-            trusted: snap.is_trusted(conn.peer.ip()),
-            proto: if conn.tls { "https" } else { "http" },
-            host: host.as_ref(),
-            via: snap.via(parts.version),
-        },
-    );
-    parts.version = Version::HTTP_11;
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts.uri = origin_form(&parts.uri);
-    }
-}
-
-/// The origin form (`/path?query`) of an absolute-form or HTTP/2 request target.
-fn origin_form(incoming: &Uri) -> Uri {
-    match incoming.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
-        // `*` (OPTIONS) or an empty path.
-        Some(pq) if pq.as_str() == "*" => Uri::from_static("*"),
-        _ => Uri::from_static("/"),
-    }
-}
-
-fn clone_parts(p: &Parts) -> Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = p.method.clone();
-    *req.uri_mut() = p.uri.clone();
-    *req.version_mut() = p.version;
-    *req.headers_mut() = p.headers.clone();
-    req.into_parts().0
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-fn unix_now() -> u32 {
-    u32::try_from(crate::backend::unix_secs()).unwrap_or(u32::MAX)
 }
 
 /// A fresh session nonce: a per-thread wyrand stream seeded from std's OS-seeded `RandomState`.
@@ -527,92 +235,9 @@ fn nonce() -> u64 {
     })
 }
 
-/// The error response: status, short body, Retry-After for pool failures.
-pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(e.body().as_bytes())));
-    *resp.status_mut() = e.status();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(secs) = e.retry_after(snap.config.balance.retry_after.get()) {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if matches!(
-        e,
-        ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) | ProxyError::ClientTimeout
-    ) {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        // Debug, not info: a flood of bad requests must not flood the log.
-        debug!(error = %e, "request refused");
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_upstream_target_is_the_origin_form() {
-        let u = origin_form(&"http://evil.example/a/b?c=1".parse().unwrap());
-        assert_eq!(u, "/a/b?c=1");
-        assert_eq!(origin_form(&"http://a.example".parse().unwrap()), "/");
-        assert_eq!(origin_form(&"*".parse().unwrap()), "*");
-    }
-
-    #[test]
-    fn only_idempotent_methods_may_be_replayed_after_a_reset() {
-        for m in [
-            Method::GET,
-            Method::HEAD,
-            Method::PUT,
-            Method::DELETE,
-            Method::OPTIONS,
-        ] {
-            assert!(is_idempotent(&m), "{m}");
-        }
-        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
-            assert!(!is_idempotent(&m), "{m}");
-        }
-    }
-
-    #[test]
-    fn requests_without_host_or_with_two_are_refused() {
-        let parts = |version, hosts: &[&str], method| {
-            let mut r = Request::new(());
-            *r.version_mut() = version;
-            *r.method_mut() = method;
-            for h in hosts {
-                r.headers_mut()
-                    .append(header::HOST, HeaderValue::from_str(h).unwrap());
-            }
-            r.into_parts().0
-        };
-        assert!(check_request(&parts(Version::HTTP_11, &["a"], Method::GET)).is_ok());
-        assert!(check_request(&parts(Version::HTTP_10, &[], Method::GET)).is_ok());
-        assert!(check_request(&parts(Version::HTTP_2, &[], Method::GET)).is_ok());
-        assert_eq!(
-            check_request(&parts(Version::HTTP_11, &[], Method::GET))
-                .unwrap_err()
-                .status(),
-            400
-        );
-        assert_eq!(
-            check_request(&parts(Version::HTTP_11, &["a", "b"], Method::GET))
-                .unwrap_err()
-                .status(),
-            400
-        );
-        assert_eq!(
-            check_request(&parts(Version::HTTP_11, &["a"], Method::CONNECT))
-                .unwrap_err()
-                .status(),
-            400
-        );
-    }
 
     #[test]
     fn peers_are_written_plainly_and_mapped_v4_is_v4() {

@@ -12,7 +12,6 @@
 //! backlog.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,8 +29,10 @@ use tracing::{debug, info, warn};
 use crate::admin::{self, ReloadCall};
 use crate::checker::{self, Checkers};
 use crate::config::{self, Config};
-use crate::proxy::{ConnInfo, Hold, Proxy};
+use crate::proxy::{ConnInfo, Proxy};
+use crate::rt::LocalExec;
 use crate::state::Shared;
+use crate::tunnel::Hold;
 use crate::upstream::Upstream;
 
 /// A listener as the config names it: its address (port 0 stays 0) and whether it is TLS.
@@ -568,20 +569,6 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_LOCAL_RESETS: usize = 256;
 /// HTTP/2: bytes buffered per stream toward a slow client.
 const H2_MAX_SEND_BUF: usize = 256 * 1024;
-
-/// Spawns hyper's HTTP/2 tasks (server streams, client connections) on the worker's
-/// `LocalSet`: they need not be `Send`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
 
 /// The status line systemd shows (`systemctl status`).
 fn status_line(running: &Running) -> String {

@@ -12,10 +12,10 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
 
-use crate::affinity::{AdminState, Policy, PoolView};
+use crate::affinity::{AdminState, Policy, PoolView, Source};
 use crate::backend::BackendLive;
 use crate::balance::{SmoothWrr, id_hash, ramp_weight};
-use crate::config::{Cidr, Config, Initial, parse_address};
+use crate::config::{Cidr, Config, Initial, Mode, parse_address};
 use crate::headers::CookieAttrs;
 use crate::metrics::Metrics;
 use crate::token::KeyRing;
@@ -62,8 +62,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// Cookie attributes for Set-Cookie.
     pub cookie: CookieAttrs,
-    /// `header` mode's header name.
-    pub token_header: http::HeaderName,
+    /// Where requests carry their affinity (`[affinity] mode`, with its cookie or header).
+    pub source: Source,
     /// Trusted proxy networks.
     pub trusted: Vec<Cidr>,
     weights: Vec<u32>,
@@ -139,8 +139,7 @@ impl Snapshot {
                 .then_some(*config.balance.load_factor.get_ref()),
             by_tag,
             policy: config.policy(),
-            token_header: http::HeaderName::from_bytes(config.affinity.header.get_ref().as_bytes())
-                .expect("validated at config load"),
+            source: source(&config),
             cookie: CookieAttrs {
                 name: config.affinity.cookie.get_ref().clone(),
                 secure: config.affinity.secure,
@@ -168,6 +167,21 @@ impl Snapshot {
             http::Version::HTTP_2 => &V2,
             _ => &V11,
         })
+    }
+}
+
+/// The affinity source `[affinity]` describes.
+fn source(config: &Config) -> Source {
+    let a = &config.affinity;
+    match a.mode {
+        Mode::Cookie => Source::Cookie(a.cookie.get_ref().clone()),
+        Mode::Header => Source::Header {
+            name: http::HeaderName::from_bytes(a.header.get_ref().as_bytes())
+                .expect("validated at config load"),
+            trusted: a.header_trusted,
+        },
+        Mode::Ip => Source::Ip,
+        Mode::None => Source::None,
     }
 }
 

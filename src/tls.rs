@@ -2,12 +2,15 @@
 //! first certificate valid for the requested name, the first one when there is no name or no
 //! match), ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3 only, the `ring` provider.
 //!
+//! It also makes the rustls client config for backends that speak TLS ([`Origin`]); the
+//! connections themselves are made in `connect`.
+//!
 //! Certificates are loaded with the config (so `stickyd check` validates them and a reload can
 //! refuse bad ones) and the resulting `ServerConfig` lives in the snapshot: a reload swaps the
 //! certificates for new handshakes; established connections keep theirs.
 
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -148,184 +151,12 @@ impl Origin {
         })
     }
 
-    /// The TLS handshake over `tcp`.
-    pub async fn connect(&self, tcp: Tcp) -> std::io::Result<tokio_rustls::client::TlsStream<Tcp>> {
-        self.connector.connect(self.name.clone(), tcp).await
-    }
-}
-
-/// A connection to a backend: plain TCP or TLS over it.
-pub enum MaybeTls {
-    /// Plain TCP.
-    Plain(Tcp),
-    /// TLS (boxed: the TLS state is large and this is the rare case).
-    Tls(Box<tokio_rustls::client::TlsStream<Tcp>>),
-}
-
-/// A backend TCP stream whose socket the pool can still look at while hyper owns the
-/// connection: [`Tcp::probe`] gives a weak handle, with which an idle connection is checked for
-/// a close the connection task has not seen yet (see `upstream.rs`).
-pub struct Tcp(Arc<tokio::net::TcpStream>);
-
-impl Tcp {
-    /// A handle that does not keep the socket open.
-    pub fn probe(&self) -> Weak<tokio::net::TcpStream> {
-        Arc::downgrade(&self.0)
-    }
-}
-
-/// Whether an idle connection's socket is still open with nothing unread: a peek that would
-/// block. End of stream (the backend closed it), unexpected bytes, an error, or a socket
-/// already gone all say it must not carry a request.
-pub fn idle_and_open(probe: &Weak<tokio::net::TcpStream>) -> bool {
-    let Some(tcp) = probe.upgrade() else {
-        return false;
-    };
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    matches!(
-        socket2::SockRef::from(&*tcp).peek(&mut byte),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-    )
-}
-
-impl tokio::io::AsyncRead for Tcp {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        loop {
-            std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read_buf(buf) {
-                Ok(_) => return std::task::Poll::Ready(Ok(())),
-                // Readiness was cleared: wait for the next.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return std::task::Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Tcp {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        loop {
-            std::task::ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return std::task::Poll::Ready(r),
-            }
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        loop {
-            std::task::ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return std::task::Poll::Ready(r),
-            }
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
-    }
-}
-
-impl MaybeTls {
-    /// Connects to `address`, then does the TLS handshake if `origin` says so.
-    pub async fn connect(address: &str, origin: Option<&Origin>) -> std::io::Result<MaybeTls> {
-        let tcp = tokio::net::TcpStream::connect(address).await?;
-        tcp.set_nodelay(true)?;
-        let tcp = Tcp(Arc::new(tcp));
-        Ok(match origin {
-            None => MaybeTls::Plain(tcp),
-            Some(o) => MaybeTls::Tls(Box::new(o.connect(tcp).await?)),
-        })
-    }
-
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &tokio::net::TcpStream {
-        match self {
-            MaybeTls::Plain(s) => &s.0,
-            MaybeTls::Tls(s) => &s.get_ref().0.0,
-        }
-    }
-
-    /// A weak handle on the TCP socket, for [`idle_and_open`].
-    pub fn probe(&self) -> Weak<tokio::net::TcpStream> {
-        match self {
-            MaybeTls::Plain(s) => s.probe(),
-            MaybeTls::Tls(s) => s.get_ref().0.probe(),
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for MaybeTls {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for MaybeTls {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+    /// The TLS handshake over `io` (a backend connection, see `connect`).
+    pub async fn connect<IO>(&self, io: IO) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.connector.connect(self.name.clone(), io).await
     }
 }
 

@@ -13,7 +13,17 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::backend::InFlight;
-use crate::proxy::Hold;
+
+/// Whatever keeps a client connection counted (its connection-limit slot, the worker's
+/// liveness): an upgraded connection's tunnel holds it until it closes.
+#[derive(Clone)]
+pub struct Hold(pub std::rc::Rc<dyn std::any::Any>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
 
 /// Copy buffer per direction.
 const BUF: usize = 16 * 1024;

@@ -15,13 +15,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
 use std::rc::Rc;
-use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use crate::server::LocalExec;
-use crate::tls::MaybeTls;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -30,12 +26,12 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::UpBody;
 use crate::config;
+use crate::connect::{self, Probe};
 use crate::error::ProxyError;
+use crate::rt::LocalExec;
 
 /// How often idle connections are swept for age and closure.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// TCP keepalive probe start on backend connections.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The per-thread pool of connections to every backend. Cheap to clone (an `Rc`).
 #[derive(Clone)]
@@ -65,8 +61,6 @@ struct Idle {
     probe: Probe,
     since: Instant,
 }
-
-type Probe = Weak<tokio::net::TcpStream>;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,7 +121,7 @@ impl Upstream {
         }
         // Idle connections first; each may turn out closed, or hand the request back unsent.
         while let Some((mut sender, probe)) = pool.checkout(backend) {
-            if careful && !crate::tls::idle_and_open(&probe) {
+            if careful && !connect::idle_and_open(&probe) {
                 continue;
             }
             // Ready at once unless its connection task has yet to see the last response
@@ -274,12 +268,12 @@ impl Pool {
         let mut sender = match current.as_ref().filter(|s| !s.is_closed()) {
             Some(s) => s.clone(),
             None => {
-                let connect = async {
-                    let stream = MaybeTls::connect(t.authority.as_str(), t.origin)
-                        .await
-                        .map_err(|e| {
-                            ProxyError::Connect(format!("connect to {}: {e}", t.authority))
-                        })?;
+                // One deadline for the connect, the TLS handshake and the HTTP/2 preface.
+                let handshake = async {
+                    let stream =
+                        connect::open(t.authority.as_str(), t.origin, self.connect_timeout)
+                            .await
+                            .map_err(|e| ProxyError::Connect(e.to_string()))?;
                     let (sender, conn) = http2::Builder::new(LocalExec)
                         .timer(hyper_util::rt::TokioTimer::new())
                         .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -297,7 +291,7 @@ impl Pool {
                     });
                     Ok::<_, ProxyError>(sender)
                 };
-                let sender = tokio::time::timeout(self.connect_timeout, connect)
+                let sender = tokio::time::timeout(self.connect_timeout, handshake)
                     .await
                     .map_err(|_| {
                         ProxyError::Connect(format!(
@@ -338,22 +332,9 @@ impl Pool {
         upgrades: bool,
     ) -> Result<(http1::SendRequest<UpBody>, Probe), ProxyError> {
         let backend = target.authority;
-        let connect = async {
-            let stream = MaybeTls::connect(backend.as_str(), target.origin).await?;
-            let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-            socket2::SockRef::from(stream.tcp()).set_tcp_keepalive(&keepalive)?;
-            Ok::<_, io::Error>(stream)
-        };
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Err(_) => {
-                return Err(ProxyError::Connect(format!(
-                    "connect to {backend} timed out after {:?}",
-                    self.connect_timeout
-                )));
-            }
-            Ok(Err(e)) => return Err(ProxyError::Connect(format!("connect to {backend}: {e}"))),
-            Ok(Ok(s)) => s,
-        };
+        let stream = connect::open(backend.as_str(), target.origin, self.connect_timeout)
+            .await
+            .map_err(|e| ProxyError::Connect(e.to_string()))?;
         let probe = stream.probe();
         let (sender, conn) = self
             .builder

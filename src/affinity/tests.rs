@@ -1,0 +1,541 @@
+use super::*;
+use crate::balance::{SmoothWrr, id_hash};
+use crate::token::KeyRing;
+use proptest::prelude::*;
+use std::cell::RefCell;
+
+const KEY: &[u8] = b"an-affinity-test-key-of-32-bytes-or-more";
+const NOW: u32 = 1_800_000_000;
+
+struct Pool {
+    ids: Vec<String>,
+    weights: Vec<u32>,
+    hashes: Vec<u64>,
+    healthy: Vec<bool>,
+    admin: Vec<AdminState>,
+    ring: KeyRing,
+    rr: RefCell<SmoothWrr>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Pool {
+        let ids: Vec<String> = (1..=n).map(|i| format!("app-{i}")).collect();
+        Pool {
+            hashes: ids.iter().map(|s| id_hash(s)).collect(),
+            weights: vec![1; n],
+            healthy: vec![true; n],
+            admin: vec![AdminState::Active; n],
+            ring: KeyRing::new(&[KEY], "stickyd"),
+            rr: RefCell::new(SmoothWrr::new(n)),
+            ids,
+        }
+    }
+    fn token(&self, backend: usize, nonce: u64, issued_at: u32, last_seen: u32) -> TokenInput {
+        TokenInput::Valid(Verified {
+            key_index: 0,
+            claims: Claims {
+                backend_tag: self.tag(backend),
+                nonce,
+                issued_at,
+                last_seen,
+            },
+        })
+    }
+}
+
+impl PoolView for Pool {
+    fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+    fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+    fn healthy(&self, i: usize) -> bool {
+        self.healthy[i]
+    }
+    fn admin(&self, i: usize) -> AdminState {
+        self.admin[i]
+    }
+    fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
+        (0..self.ids.len()).find(|&i| self.ring.backend_tag(key_index, &self.ids[i]) == *tag)
+    }
+    fn unpinned_tag(&self, k: usize) -> [u8; 8] {
+        self.ring.backend_tag(k, "\0unpinned")
+    }
+    fn tag(&self, i: usize) -> [u8; 8] {
+        self.ring.backend_tag(0, &self.ids[i])
+    }
+    fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        self.rr.borrow_mut().next(&self.weights, eligible)
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        max_idle: 1800,
+        max_life: 86_400,
+        refresh_after: 450,
+        skew: 30,
+        on_pinned_down: OnPinnedDown::Repin,
+        all_down: AllDown::Fail,
+        sticky_below: u64::MAX,
+    }
+}
+
+fn go(p: &Policy, pool: &Pool, t: TokenInput) -> Result<Route, NoRoute> {
+    route(p, t, NOW, pool, &[], || 42)
+}
+
+#[test]
+fn no_token_places_round_robin_and_issues_a_fresh_session() {
+    let pool = Pool::new(3);
+    let picks: Vec<usize> = (0..6)
+        .map(|_| go(&policy(), &pool, TokenInput::Absent).unwrap().backend)
+        .collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    let r = go(&policy(), &pool, TokenInput::Absent).unwrap();
+    assert_eq!(r.outcome, Outcome::New);
+    let c = r.issue.unwrap();
+    assert_eq!((c.nonce, c.issued_at, c.last_seen), (42, NOW, NOW));
+    assert_eq!(c.backend_tag, pool.tag(r.backend));
+}
+
+#[test]
+fn a_fresh_valid_token_is_served_by_its_backend_without_a_cookie() {
+    let pool = Pool::new(3);
+    let r = go(&policy(), &pool, pool.token(2, 7, NOW - 100, NOW - 10)).unwrap();
+    assert_eq!(
+        (r.backend, r.outcome, r.issue, r.fallback),
+        (2, Outcome::Valid, None, false)
+    );
+}
+
+#[test]
+fn a_token_past_the_refresh_point_is_reissued_with_a_new_last_seen() {
+    let pool = Pool::new(3);
+    let r = go(&policy(), &pool, pool.token(1, 7, NOW - 1000, NOW - 450)).unwrap();
+    assert_eq!((r.backend, r.outcome), (1, Outcome::Refreshed));
+    let c = r.issue.unwrap();
+    assert_eq!((c.nonce, c.issued_at, c.last_seen), (7, NOW - 1000, NOW));
+}
+
+#[test]
+fn expiry_and_future_dates_are_treated_as_no_token() {
+    let p = policy();
+    let pool = Pool::new(2);
+    let cases = [
+        (
+            pool.token(1, 7, NOW - 2000, NOW - 1801),
+            Outcome::ExpiredIdle,
+        ),
+        (pool.token(1, 7, NOW - 2000, NOW - 1800), Outcome::Refreshed),
+        (pool.token(1, 7, NOW - 86_400, NOW), Outcome::ExpiredLife),
+        (pool.token(1, 7, NOW - 86_399, NOW), Outcome::Valid),
+        (pool.token(1, 7, NOW + 31, NOW), Outcome::Future),
+        (pool.token(1, 7, NOW, NOW + 31), Outcome::Future),
+        (pool.token(1, 7, NOW + 30, NOW + 30), Outcome::Valid),
+    ];
+    for (t, want) in cases {
+        let r = go(&p, &pool, t).unwrap();
+        assert_eq!(r.outcome, want, "{t:?}");
+        if matches!(want, Outcome::Valid | Outcome::Refreshed) {
+            assert_eq!(r.backend, 1);
+        } else {
+            assert_eq!(r.issue.unwrap().nonce, 42, "a new session is issued");
+        }
+    }
+}
+
+#[test]
+fn invalid_tokens_are_served_as_new_sessions_counted_by_reason() {
+    let pool = Pool::new(2);
+    for (why, want) in [
+        (Invalid::Malformed, Outcome::Malformed),
+        (Invalid::BadMac, Outcome::BadMac),
+        (Invalid::UnknownKey, Outcome::UnknownKey),
+    ] {
+        let r = go(&policy(), &pool, TokenInput::Invalid(why)).unwrap();
+        assert_eq!(r.outcome, want);
+        assert!(r.issue.is_some());
+    }
+}
+
+#[test]
+fn sticky_fraction_leaves_some_sessions_unpinned_and_they_stay_unpinned() {
+    let pool = Pool::new(3);
+    let half = Policy {
+        sticky_below: u64::MAX / 2,
+        ..policy()
+    };
+    let mut pinned = 0;
+    for n in 0..1000u64 {
+        let r = route(&half, TokenInput::Absent, NOW, &pool, &[], || n).unwrap();
+        let c = r.issue.unwrap();
+        if c.backend_tag == pool.tag(r.backend) {
+            pinned += 1;
+        } else {
+            assert_eq!(c.backend_tag, pool.unpinned_tag(0));
+            // Its next requests are placed anew, keeping the token.
+            let t = TokenInput::Valid(Verified {
+                key_index: 0,
+                claims: c,
+            });
+            let next = route(&half, t, NOW + 1, &pool, &[], || 7).unwrap();
+            assert_eq!((next.outcome, next.issue), (Outcome::Unpinned, None));
+        }
+    }
+    assert!(
+        (400..600).contains(&pinned),
+        "{pinned} of 1000 pinned at 0.5"
+    );
+    let none = Policy {
+        sticky_below: 0,
+        ..policy()
+    };
+    assert!(!(0..100u64).any(|n| none.pins(n)));
+    assert!((0..100u64).all(|n| policy().pins(n)));
+}
+
+#[test]
+fn hashed_placement_is_stable_and_moves_only_keys_of_an_unusable_backend() {
+    let mut pool = Pool::new(4);
+    let before: Vec<usize> = (0..200u64)
+        .map(|k| route_hashed(&policy(), k, &pool, &[]).unwrap().backend)
+        .collect();
+    let again: Vec<usize> = (0..200u64)
+        .map(|k| route_hashed(&policy(), k, &pool, &[]).unwrap().backend)
+        .collect();
+    assert_eq!(before, again);
+    assert!((0..4).all(|b| before.contains(&b)), "spread over all");
+    pool.healthy[1] = false;
+    for (k, &was) in before.iter().enumerate() {
+        let r = route_hashed(&policy(), k as u64, &pool, &[]).unwrap();
+        assert_eq!((r.outcome, r.issue), (Outcome::Hashed, None));
+        if was != 1 {
+            assert_eq!(r.backend, was, "key {k} moved without cause");
+        } else {
+            assert_ne!(r.backend, 1);
+        }
+    }
+    pool.healthy = vec![false; 4];
+    assert_eq!(
+        route_hashed(&policy(), 1, &pool, &[]).unwrap_err(),
+        NoRoute::AllDown
+    );
+}
+
+#[test]
+fn a_removed_backends_sessions_take_the_deterministic_fallback() {
+    let pool = Pool::new(4);
+    let mut t = pool.token(0, 7, NOW - 10, NOW - 10);
+    if let TokenInput::Valid(v) = &mut t {
+        v.claims.backend_tag = [9; 8];
+    }
+    let want = balance::rendezvous(7, &pool.hashes, &pool.weights, |_| true).unwrap();
+    // Even with on_pinned_down = fail: a removed backend is not coming back.
+    for p in [
+        policy(),
+        Policy {
+            on_pinned_down: OnPinnedDown::Fail,
+            ..policy()
+        },
+    ] {
+        let r = go(&p, &pool, t).unwrap();
+        assert_eq!(
+            (r.backend, r.outcome, r.fallback),
+            (want, Outcome::UnknownBackend, true)
+        );
+        let c = r.issue.unwrap();
+        assert_eq!(
+            (c.backend_tag, c.nonce, c.issued_at, c.last_seen),
+            (pool.tag(want), 7, NOW - 10, NOW)
+        );
+    }
+}
+
+#[test]
+fn a_token_from_an_older_key_is_resigned_at_once() {
+    let mut pool = Pool::new(2);
+    let old = b"the-previous-key-also-32-bytes-long!!".to_vec();
+    pool.ring = KeyRing::new(&[KEY.to_vec(), old], "stickyd");
+    let t = TokenInput::Valid(Verified {
+        key_index: 1,
+        claims: Claims {
+            backend_tag: pool.ring.backend_tag(1, "app-2"),
+            nonce: 5,
+            issued_at: NOW - 10,
+            last_seen: NOW - 10,
+        },
+    });
+    let r = go(&policy(), &pool, t).unwrap();
+    assert_eq!((r.backend, r.outcome), (1, Outcome::Refreshed));
+    assert_eq!(
+        r.issue.unwrap().backend_tag,
+        pool.ring.backend_tag(0, "app-2")
+    );
+}
+
+#[test]
+fn a_dead_pinned_backend_repins_to_the_rendezvous_fallback() {
+    let mut pool = Pool::new(4);
+    pool.healthy[2] = false;
+    let r = go(&policy(), &pool, pool.token(2, 99, NOW - 10, NOW - 10)).unwrap();
+    let want = balance::rendezvous(99, &pool.hashes, &pool.weights, |i| i != 2).unwrap();
+    assert_eq!(
+        (r.backend, r.outcome, r.fallback),
+        (want, Outcome::BackendDown, true)
+    );
+    let c = r.issue.unwrap();
+    assert_eq!(
+        (c.backend_tag, c.nonce, c.issued_at),
+        (pool.tag(want), 99, NOW - 10)
+    );
+    // Every parallel request of that session picks the same fallback.
+    for _ in 0..10 {
+        assert_eq!(
+            go(&policy(), &pool, pool.token(2, 99, NOW - 10, NOW - 10))
+                .unwrap()
+                .backend,
+            want
+        );
+    }
+}
+
+#[test]
+fn return_mode_serves_the_fallback_but_keeps_the_token() {
+    let mut pool = Pool::new(3);
+    pool.healthy[0] = false;
+    let p = Policy {
+        on_pinned_down: OnPinnedDown::Return,
+        ..policy()
+    };
+    let r = go(&p, &pool, pool.token(0, 3, NOW - 10, NOW - 10)).unwrap();
+    assert_ne!(r.backend, 0);
+    assert_eq!((r.outcome, r.issue), (Outcome::BackendDown, None));
+    // A refresh that falls due while away keeps the home backend's tag.
+    let r = go(&p, &pool, pool.token(0, 3, NOW - 1000, NOW - 1000)).unwrap();
+    assert_eq!(r.issue.unwrap().backend_tag, pool.tag(0));
+    // Home again once it recovers.
+    pool.healthy[0] = true;
+    assert_eq!(
+        go(&p, &pool, pool.token(0, 3, NOW - 10, NOW - 10))
+            .unwrap()
+            .backend,
+        0
+    );
+}
+
+#[test]
+fn fail_mode_refuses_when_the_pinned_backend_is_down() {
+    let mut pool = Pool::new(3);
+    pool.healthy[1] = false;
+    let p = Policy {
+        on_pinned_down: OnPinnedDown::Fail,
+        ..policy()
+    };
+    assert_eq!(
+        go(&p, &pool, pool.token(1, 3, NOW, NOW)),
+        Err(NoRoute::PinnedDown)
+    );
+}
+
+#[test]
+fn draining_keeps_pinned_sessions_and_takes_no_new_ones() {
+    let mut pool = Pool::new(2);
+    pool.admin[0] = AdminState::Draining;
+    let r = go(&policy(), &pool, pool.token(0, 3, NOW, NOW)).unwrap();
+    assert_eq!((r.backend, r.outcome), (0, Outcome::Draining));
+    for _ in 0..5 {
+        assert_eq!(go(&policy(), &pool, TokenInput::Absent).unwrap().backend, 1);
+    }
+}
+
+#[test]
+fn a_disabled_backend_takes_nothing_and_its_sessions_fall_back() {
+    let mut pool = Pool::new(2);
+    pool.admin[0] = AdminState::Disabled;
+    let r = go(&policy(), &pool, pool.token(0, 3, NOW, NOW)).unwrap();
+    assert_eq!((r.backend, r.outcome), (1, Outcome::BackendDown));
+}
+
+#[test]
+fn an_excluded_backend_is_routed_around_like_a_dead_one() {
+    let pool = Pool::new(3);
+    let r = route(
+        &policy(),
+        pool.token(1, 5, NOW, NOW),
+        NOW,
+        &pool,
+        &[1],
+        || 0,
+    )
+    .unwrap();
+    assert_ne!(r.backend, 1);
+    assert!(r.fallback);
+    assert_eq!(r.issue.unwrap().backend_tag, pool.tag(r.backend));
+    let r = route(&policy(), TokenInput::Absent, NOW, &pool, &[0, 1], || 0).unwrap();
+    assert_eq!(r.backend, 2);
+}
+
+#[test]
+fn all_down_fails_or_opens() {
+    let mut pool = Pool::new(2);
+    pool.healthy = vec![false, false];
+    assert_eq!(
+        go(&policy(), &pool, TokenInput::Absent),
+        Err(NoRoute::AllDown)
+    );
+    assert_eq!(
+        go(&policy(), &pool, pool.token(0, 1, NOW, NOW)),
+        Err(NoRoute::AllDown)
+    );
+    let p = Policy {
+        all_down: AllDown::Open,
+        ..policy()
+    };
+    assert!(go(&p, &pool, TokenInput::Absent).is_ok());
+    pool.admin = vec![AdminState::Disabled, AdminState::Active];
+    for _ in 0..4 {
+        assert_eq!(go(&p, &pool, TokenInput::Absent).unwrap().backend, 1);
+    }
+    pool.admin = vec![AdminState::Disabled; 2];
+    assert_eq!(go(&p, &pool, TokenInput::Absent), Err(NoRoute::AllDown));
+}
+
+#[test]
+fn cookie_max_age_is_the_rest_of_max_life() {
+    let c = Claims {
+        backend_tag: [0; 8],
+        nonce: 0,
+        issued_at: NOW - 100,
+        last_seen: NOW,
+    };
+    assert_eq!(cookie_max_age(&policy(), &c, NOW), 86_300);
+    assert_eq!(cookie_max_age(&policy(), &c, NOW + 100_000), 0);
+}
+
+proptest! {
+    #[test]
+    fn the_chosen_backend_is_usable_whenever_one_is(
+        healthy in proptest::collection::vec(any::<bool>(), 1..12),
+        admin in proptest::collection::vec(0u8..3, 12),
+        home in 0usize..12,
+        nonce in any::<u64>(),
+        absent in any::<bool>(),
+    ) {
+        let n = healthy.len();
+        let mut pool = Pool::new(n);
+        pool.healthy = healthy;
+        pool.admin = admin[..n].iter().map(|a| [AdminState::Active, AdminState::Draining, AdminState::Disabled][*a as usize]).collect();
+        let home = home % n;
+        let t = if absent { TokenInput::Absent } else { pool.token(home, nonce, NOW, NOW) };
+        let placeable = |i: usize| pool.healthy[i] && pool.admin[i] == AdminState::Active;
+        let any_placeable = (0..n).any(placeable);
+        let home_ok = !absent && pool.healthy[home] && pool.admin[home] != AdminState::Disabled;
+        match go(&policy(), &pool, t) {
+            Ok(r) => {
+                prop_assert!(r.backend == home && home_ok || placeable(r.backend));
+                if let Some(c) = r.issue { prop_assert_eq!(c.backend_tag, pool.tag(r.backend)); }
+            }
+            Err(e) => {
+                prop_assert_eq!(e, NoRoute::AllDown);
+                prop_assert!(!any_placeable && !home_ok);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_new_session_is_tracked_and_pinned_where_it_was_placed() {
+    let pool = Pool::new(3);
+    let r = go(&policy(), &pool, TokenInput::Absent).unwrap();
+    assert_eq!((r.session, r.pins, r.repinned()), (Some(42), true, false));
+}
+
+#[test]
+fn serving_or_refreshing_a_pin_at_home_is_not_a_new_pin() {
+    let pool = Pool::new(3);
+    for t in [
+        pool.token(1, 7, NOW - 100, NOW - 10),
+        pool.token(1, 7, NOW - 1000, NOW - 450),
+    ] {
+        let r = go(&policy(), &pool, t).unwrap();
+        assert_eq!((r.backend, r.session, r.pins), (1, Some(7), false), "{t:?}");
+    }
+}
+
+#[test]
+fn a_move_to_the_fallback_pins_there_unless_the_token_is_kept() {
+    let mut pool = Pool::new(3);
+    pool.healthy[0] = false;
+    let r = go(&policy(), &pool, pool.token(0, 3, NOW - 10, NOW - 10)).unwrap();
+    assert_eq!((r.session, r.pins, r.repinned()), (Some(3), true, true));
+    let keep = Policy {
+        on_pinned_down: OnPinnedDown::Return,
+        ..policy()
+    };
+    let r = go(&keep, &pool, pool.token(0, 3, NOW - 10, NOW - 10)).unwrap();
+    assert_eq!((r.session, r.pins, r.repinned()), (Some(3), false, false));
+}
+
+#[test]
+fn an_unpinned_session_is_tracked_but_never_pinned() {
+    let pool = Pool::new(3);
+    let p = Policy {
+        sticky_below: 0,
+        ..policy()
+    };
+    let r = go(&p, &pool, TokenInput::Absent).unwrap();
+    assert_eq!((r.session, r.pins), (Some(42), false));
+}
+
+#[test]
+fn decide_routes_by_what_the_request_carried() {
+    let pool = Pool::new(3);
+    let by_key = decide(&policy(), Input::Key(5), NOW, &pool, &[], || 42).unwrap();
+    assert_eq!(
+        (by_key.outcome, by_key.issue, by_key.session, by_key.pins),
+        (Outcome::Hashed, None, None, false)
+    );
+    let token = pool.token(2, 7, NOW - 100, NOW - 10);
+    let by_token = decide(&policy(), Input::Token(token), NOW, &pool, &[], || 42).unwrap();
+    assert_eq!((by_token.backend, by_token.outcome), (2, Outcome::Valid));
+    // mode = "none": placed like a new session, but nothing issued, tracked or pinned.
+    let nothing = decide(&policy(), Input::Nothing, NOW, &pool, &[], || 42).unwrap();
+    assert_eq!(
+        (
+            nothing.outcome,
+            nothing.issue,
+            nothing.session,
+            nothing.pins
+        ),
+        (Outcome::New, None, None, false)
+    );
+}
+
+proptest! {
+    #[test]
+    fn a_pin_always_names_the_serving_backend_and_a_repin_is_a_fallback(
+        healthy in proptest::collection::vec(any::<bool>(), 1..8),
+        home in 0usize..8,
+        nonce in any::<u64>(),
+        age in 0u32..3000,
+        mode in 0u8..3,
+    ) {
+        let n = healthy.len();
+        let mut pool = Pool::new(n);
+        pool.healthy = healthy;
+        let p = Policy {
+            on_pinned_down: [OnPinnedDown::Repin, OnPinnedDown::Return, OnPinnedDown::Fail][mode as usize],
+            ..policy()
+        };
+        let t = pool.token(home % n, nonce, NOW - age, NOW - age);
+        if let Ok(r) = go(&p, &pool, t) {
+            if r.pins {
+                prop_assert_eq!(r.issue.map(|c| c.backend_tag), Some(pool.tag(r.backend)));
+            }
+            prop_assert!(!r.repinned() || r.fallback);
+            prop_assert!(r.session.is_some());
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The clocks. The request path reads them once, when a request arrives ([`Now::read`]), and
+//! passes that reading down: routing, token lifetimes, passive ejection, the session estimate
+//! and the access log all see the same instant. Policy modules never read a clock.
+//!
+//! Two clocks, for two jobs: the wall clock for what leaves the process (token times, which
+//! move between machines, and the access log), the monotonic clock for durations measured
+//! here (latency, ejection time).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// One reading of both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// The monotonic clock.
+    pub mono: Instant,
+    /// The wall clock.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// Reads both clocks.
+    pub fn read() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Whole seconds since the Unix epoch (0 before it).
+    pub fn unix_secs(&self) -> u64 {
+        self.wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// [`Now::unix_secs`] as token times carry it (u32 seconds, saturating).
+    pub fn unix_u32(&self) -> u32 {
+        u32::try_from(self.unix_secs()).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn unix_seconds_come_from_the_wall_clock_and_saturate() {
+        let at = |secs: u64| Now {
+            mono: Instant::now(),
+            wall: UNIX_EPOCH + Duration::from_secs(secs),
+        };
+        assert_eq!(at(1_800_000_000).unix_secs(), 1_800_000_000);
+        assert_eq!(at(1_800_000_000).unix_u32(), 1_800_000_000);
+        assert_eq!(at(u64::from(u32::MAX) + 5).unix_u32(), u32::MAX);
+        let before = Now {
+            mono: Instant::now(),
+            wall: UNIX_EPOCH - Duration::from_secs(1),
+        };
+        assert_eq!(before.unix_secs(), 0);
+    }
+}

@@ -1,0 +1,145 @@
+//! Step 2 of the request path: the attempt loop. Each attempt asks affinity where to go (with
+//! the backends that already failed this request excluded), sends the request there through
+//! the worker's upstream pool, and returns the backend's answer. A failed attempt is counted
+//! against its backend (and may eject it); the request goes to another backend only when that
+//! is safe: nothing was sent, or the method is idempotent and the connection dropped before
+//! any response byte, and the client's body has not been read ([`ProxyError::retryable`]).
+
+use http::Request;
+use http::request::Parts;
+use hyper::body::Incoming;
+use tracing::{debug, warn};
+
+use super::request::{Plan, clone_parts};
+use super::{Proxy, nonce};
+use crate::affinity::{self, Input, NoRoute, Route};
+use crate::backend::InFlight;
+use crate::body::{ClientFailure, Replay, UpBody};
+use crate::clock::Now;
+use crate::error::ProxyError;
+use crate::health::Transition;
+use crate::state::{Backend, Snapshot};
+use crate::upstream::{Lease, Target};
+
+/// A backend's answer to the attempt that got one.
+pub(super) struct Answer {
+    /// Where the attempt went, and what affinity decided.
+    pub route: Route,
+    /// The response head (and its body, still to be read).
+    pub resp: http::Response<Incoming>,
+    /// The connection it came on, until the body is done.
+    pub lease: Lease,
+    /// The backend's in-flight count, held until the body is done.
+    pub guard: InFlight,
+}
+
+impl Proxy {
+    /// Runs attempts until a backend answers or no safe retry is left. `parts` is the rewritten
+    /// head; `body` keeps the client's body for as long as a retry may send it again.
+    pub(super) async fn attempts(
+        &self,
+        snap: &Snapshot,
+        mut parts: Parts,
+        body: &Replay,
+        input: Input,
+        plan: &Plan,
+        now: &Now,
+    ) -> Result<Answer, ProxyError> {
+        let mut excluded: Vec<usize> = Vec::new();
+        let mut retries_left = *snap.config.upstream.retries.get_ref();
+        // The failure of the previous attempt: when a retry finds no other backend, that is
+        // the answer (a 502 says more than "no backend").
+        let mut failed: Option<ProxyError> = None;
+        loop {
+            let route =
+                match affinity::decide(&snap.policy, input, now.unix_u32(), snap, &excluded, nonce)
+                {
+                    Ok(r) => r,
+                    Err(_) if failed.is_some() => {
+                        return Err(failed.take().unwrap_or(ProxyError::NoBackend));
+                    }
+                    Err(NoRoute::AllDown) => return Err(ProxyError::NoBackend),
+                    Err(NoRoute::PinnedDown) => return Err(ProxyError::PinnedDown),
+                };
+            let backend = &snap.backends[route.backend];
+            let may_retry = retries_left > 0 && body.replayable();
+            let head = if may_retry {
+                clone_parts(&parts)
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            let guard = InFlight::start(&backend.live);
+            let sent = self
+                .send(backend, Request::from_parts(head, body.take()), plan)
+                .await;
+            let e = match sent {
+                Ok((resp, lease)) => {
+                    return Ok(Answer {
+                        route,
+                        resp,
+                        lease,
+                        guard,
+                    });
+                }
+                Err(e) => e,
+            };
+            drop(guard);
+            // The client's own body was malformed (bad chunk, cut short) or stalled: its
+            // fault, not the backend's; nothing to count against the backend or retry.
+            match body.client_failure() {
+                Some(ClientFailure::TimedOut) => return Err(ProxyError::ClientTimeout),
+                Some(ClientFailure::Malformed) => {
+                    return Err(ProxyError::BadRequest("invalid request body\n"));
+                }
+                None => {}
+            }
+            self.attempt_failed(snap, backend, &e);
+            if may_retry && e.retryable(plan.idempotent) && body.replayable() {
+                self.shared.metrics.retry();
+                excluded.push(route.backend);
+                retries_left -= 1;
+                failed = Some(e);
+                continue;
+            }
+            return Err(e);
+        }
+    }
+
+    /// One attempt's exchange: an upgrade on a connection of its own (always HTTP/1.1), else
+    /// the pool's connection to the backend. A request that must not be retried is sent with
+    /// care (an idle connection is checked for a close first; see `Upstream::send`).
+    async fn send(
+        &self,
+        backend: &Backend,
+        req: Request<UpBody>,
+        plan: &Plan,
+    ) -> Result<(http::Response<Incoming>, Lease), ProxyError> {
+        let target = Target {
+            authority: &backend.authority,
+            origin: backend.origin.as_ref(),
+            h2: backend.h2 && plan.upgrade.is_none(),
+        };
+        if plan.upgrade.is_some() {
+            self.upstream.send_upgrade(target, req).await
+        } else {
+            self.upstream.send(target, req, !plan.idempotent).await
+        }
+    }
+
+    /// Counts a failed attempt against its backend; consecutive connect failures eject it
+    /// (passive health, logged once per ejection).
+    fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
+        backend.live.record_failure();
+        self.shared.metrics.upstream_error(e);
+        if let ProxyError::Connect(_) = e {
+            let threshold = snap.config.health.passive_failures;
+            // Dated when the failure is known, not when the request came: a connect may take
+            // up to connect_timeout, and `eject_time` counts from the ejection.
+            let at = std::time::Instant::now();
+            if backend.live.connect_failed(threshold, at) == Some(Transition::Down) {
+                warn!(backend = %backend.id, error = %e, "backend ejected after consecutive connect failures");
+            }
+        }
+        debug!(backend = %backend.id, error = %e, "upstream attempt failed");
+    }
+}
