@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use stickyd::config::{self, Config, LogFormat};
 
 /// mimalloc: measured on the proxy path (many short-lived allocations per request, freed on
-/// the thread that made them) against the system allocator; see README, Performance.
+/// the thread that made them) against the system allocator; see docs/performance.md.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

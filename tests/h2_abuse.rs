@@ -3,7 +3,7 @@
 //! and the frames stickyd sends back are parsed by a small reader. Every attack is bounded in
 //! count and guarded by timeouts; each test asserts how the attack ended (GOAWAY with its code,
 //! close, or the server stopped reading) and that what the server accepted was bounded.
-//! Figures are printed (`--nocapture`) for the README.
+//! Figures are printed (`--nocapture`) for docs/reliability.md.
 
 mod support;
 

@@ -2,7 +2,7 @@
 //! from /proc: 10,000 slowloris connections, and a connection storm past the open-files limit.
 //! Ignored by default (they need ~10k file descriptors per process and some seconds); run with
 //! `cargo test --release --test storm -- --ignored --nocapture --test-threads 1`. The figures
-//! they print go in README's "Reliability and security" table.
+//! they print go in the table of docs/reliability.md.
 
 mod support;
 
