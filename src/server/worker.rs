@@ -1,0 +1,385 @@
+//! A worker thread: its own current-thread tokio runtime and `LocalSet`, its own listening
+//! socket per address, its own upstream pool, and every connection it accepted. Nothing on the
+//! request path crosses threads except the config snapshot and the atomic counters.
+//!
+//! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c prior knowledge),
+//! after a TLS handshake in the connection's own task on TLS listeners. The accept loop never
+//! dies on an accept error: it logs (at most once a second) and, when the error is about
+//! resources (e.g. out of file descriptors), waits a little instead of spinning. At
+//! `max_connections` (shared by all workers) a worker holds the connection it just accepted
+//! unserved and stops accepting until a connection closes, leaving new ones in the kernel
+//! backlog.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use super::Phase;
+use super::listen::ListenKey;
+use crate::config::Config;
+use crate::proxy::{ConnInfo, Proxy};
+use crate::rt::LocalExec;
+use crate::state::Shared;
+use crate::tunnel::Hold;
+use crate::upstream::Upstream;
+
+/// What a worker thread shares with the rest of the process.
+pub(super) struct Worker {
+    /// The snapshot and live state.
+    pub shared: Arc<Shared>,
+    /// The process-wide connection limit.
+    pub conns: Arc<Semaphore>,
+    /// The lifecycle phase.
+    pub phase: watch::Receiver<Phase>,
+    /// Listeners to open and close (reload).
+    pub cmds: mpsc::UnboundedReceiver<WorkerCmd>,
+}
+
+/// What a reload asks of each worker.
+pub(super) enum WorkerCmd {
+    /// Accept on this socket, known by its configured address.
+    Listen(ListenKey, std::net::TcpListener),
+    /// Stop accepting on the listener of this configured address (its connections stay).
+    Close(ListenKey),
+}
+
+impl Worker {
+    /// The worker thread's body: a current-thread runtime and a `LocalSet` carrying the accept
+    /// loops and every connection of this thread. Returns when the worker is done: after the
+    /// drain, when its last connection has closed, or at once when the grace period is over.
+    pub(super) fn run(
+        self,
+        listeners: Vec<(ListenKey, std::net::TcpListener)>,
+        ready: oneshot::Sender<io::Result<()>>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, self.serve(listeners, ready));
+        // Dropping the LocalSet and the runtime drops whatever connection is still open.
+    }
+
+    async fn serve(
+        self,
+        listeners: Vec<(ListenKey, std::net::TcpListener)>,
+        ready: oneshot::Sender<io::Result<()>>,
+    ) {
+        let listeners = match listeners
+            .into_iter()
+            .map(|(k, l)| TcpListener::from_std(l).map(|l| (k, l)))
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let snap = self.shared.load();
+        let builder = http_builder(&snap.config);
+        // Tunnels (upgraded connections) close when the grace period is over.
+        let (cut, cut_rx) = watch::channel(false);
+        let mut closing = self.phase.clone();
+        tokio::task::spawn_local(async move {
+            let _ = closing.wait_for(|p| *p >= Phase::Closing).await;
+            let _ = cut.send(true);
+        });
+        let proxy = Proxy::new(
+            self.shared.clone(),
+            Upstream::new(&snap.config.upstream),
+            cut_rx,
+        );
+        drop(snap);
+        // Every accept loop and connection holds a clone; `recv` returns None once all are gone.
+        let (alive, mut all_done) = mpsc::channel::<()>(1);
+        let serving = Rc::new(Serving {
+            conns: self.conns.clone(),
+            builder,
+            proxy: Rc::new(proxy),
+            phase: self.phase.clone(),
+            alive,
+        });
+        let mut stops: HashMap<ListenKey, watch::Sender<bool>> = HashMap::new();
+        let open = |key: ListenKey, l: TcpListener, stops: &mut HashMap<_, _>| {
+            let (stop, stopped) = watch::channel(false);
+            // A listener reopened under the same key replaces (and stops) the old one.
+            if let Some(old) = stops.insert(key, stop) {
+                let _ = old.send(true);
+            }
+            let accept = Accept {
+                listener: l,
+                tls: key.1,
+                stop: stopped,
+                serving: serving.clone(),
+            };
+            tokio::task::spawn_local(accept.run());
+        };
+        for (key, l) in listeners {
+            open(key, l, &mut stops);
+        }
+        let _ = ready.send(Ok(()));
+        let mut phase = self.phase.clone();
+        let mut cmds = self.cmds;
+        loop {
+            tokio::select! {
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => break,
+                cmd = cmds.recv() => match cmd {
+                    Some(WorkerCmd::Listen(key, l)) => match TcpListener::from_std(l) {
+                        Ok(l) => open(key, l, &mut stops),
+                        Err(e) => warn!(address = %key.0, error = %e, "cannot open a listener"),
+                    },
+                    Some(WorkerCmd::Close(key)) => {
+                        if let Some(stop) = stops.remove(&key) {
+                            let _ = stop.send(true);
+                        }
+                    }
+                    // Running is gone (it sends Closing when dropped): nothing more to open.
+                    None => break,
+                },
+            }
+        }
+        drop(stops);
+        drop(serving);
+        tokio::select! {
+            _ = all_done.recv() => {}
+            _ = phase.wait_for(|p| *p >= Phase::Closing) => {}
+        }
+    }
+}
+
+/// HTTP/2: streams reset by the client before being accepted, tolerated per connection.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2: streams stickyd resets for protocol errors, tolerated per connection.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+/// HTTP/2: bytes buffered per stream toward a slow client.
+const H2_MAX_SEND_BUF: usize = 256 * 1024;
+
+fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {
+    let s = &cfg.server;
+    let mut b = auto::Builder::new(LocalExec);
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .writev(false)
+        .header_read_timeout(s.header_read_timeout.get())
+        .max_buf_size(*s.max_header_bytes.get_ref())
+        .max_headers(*s.max_headers.get_ref());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(*s.max_header_bytes.get_ref()).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
+        // accepted, and streams reset because the client misbehaved, are bounded per
+        // connection; past the bound the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(Some(H2_MAX_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// What the accept loops and connections of one worker share.
+struct Serving {
+    /// The process-wide connection limit.
+    conns: Arc<Semaphore>,
+    /// hyper's HTTP/1.1 + h2c connection builder, configured from `[server]`.
+    builder: auto::Builder<LocalExec>,
+    /// The worker's request handler (and upstream pool).
+    proxy: Rc<Proxy>,
+    /// The lifecycle phase.
+    phase: watch::Receiver<Phase>,
+    /// The worker's liveness: held by every loop, connection and tunnel (see `Worker::serve`).
+    alive: mpsc::Sender<()>,
+}
+
+/// One listener's accept loop.
+struct Accept {
+    listener: TcpListener,
+    /// Whether its connections start with a TLS handshake.
+    tls: bool,
+    /// Turns true when a reload removes (or replaces) the listener.
+    stop: watch::Receiver<bool>,
+    serving: Rc<Serving>,
+}
+
+impl Accept {
+    /// Accepts until draining starts or the listener is removed, each connection in a task of
+    /// its own. Never dies on an accept error (see the module documentation).
+    async fn run(mut self) {
+        let mut phase = self.serving.phase.clone();
+        let mut last_warn: Option<Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
+                _ = self.stop.wait_for(|s| *s) => return,
+                r = self.listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(error = %e, "accept failed");
+                        last_warn = Some(Instant::now());
+                    }
+                    if is_resource_error(&e) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+            };
+            // The permit is taken after the accept: workers share the limit, and a worker
+            // waiting for a connection must not sit on a permit that another worker's client
+            // needs. At the limit this worker holds the one connection it accepted and accepts
+            // nothing more until a permit frees, so at most one connection per worker waits
+            // outside the limit.
+            let conns = &self.serving.conns;
+            let permit = match conns.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
+                    p = conns.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                },
+            };
+            let (serving, tls) = (self.serving.clone(), self.tls);
+            tokio::task::spawn_local(async move {
+                let _ = stream.set_nodelay(true);
+                // The connection's slot and the worker's liveness, kept by whoever holds a
+                // clone: the connection, and a tunnel made from it.
+                let mut info = ConnInfo::new(peer, tls);
+                info.hold = Some(Hold(Rc::new((permit, serving.alive.clone()))));
+                if tls {
+                    if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
+                        serve(stream, info, &serving).await;
+                    }
+                } else {
+                    serve(stream, info, &serving).await;
+                }
+            });
+        }
+    }
+}
+
+/// Out of descriptors, buffers or memory: retrying at once would spin.
+fn is_resource_error(e: &io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// The TLS handshake, in the connection's own task, with the current certificates and the
+/// configured deadline. A failed or slow handshake just closes the connection (logged at debug:
+/// scanners and bad clients must not flood the log).
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let snap = proxy.shared().load();
+    let cfg = snap.config.tls_config.clone()?;
+    let deadline = snap
+        .config
+        .tls
+        .as_ref()
+        .map_or(Duration::from_secs(10), |t| t.handshake_timeout.get());
+    drop(snap);
+    match tokio::time::timeout(
+        deadline,
+        tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            debug!(peer = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(peer = %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves one client connection with hyper (HTTP/1.1, or h2c with prior knowledge) until it
+/// ends; on draining, asks it to finish gracefully, and at the end of the grace period drops it.
+async fn serve<I>(stream: I, info: ConnInfo, serving: &Serving)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let (proxy, mut phase) = (serving.proxy.clone(), serving.phase.clone());
+    let info = Rc::new(info);
+    let send_timeout = proxy.shared().load().config.server.client_timeout.get();
+    let stream = crate::io::SendTimeout::new(stream, send_timeout);
+    let svc = service_fn(move |req| {
+        let (proxy, info) = (proxy.clone(), info.clone());
+        async move { proxy.handle(req, &info).await }
+    });
+    let conn = serving
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let first = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = phase.wait_for(|p| *p >= Phase::Draining) => None,
+    };
+    let result = match first {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = phase.wait_for(|p| *p >= Phase::Closing) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_about_one_connection_are_retried_at_once() {
+        for kind in [
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::Interrupted,
+        ] {
+            assert!(!is_resource_error(&kind.into()), "{kind:?}");
+        }
+        // EMFILE (out of descriptors) and the like: wait before accepting again.
+        assert!(is_resource_error(&io::Error::from_raw_os_error(24)));
+        assert!(is_resource_error(&io::ErrorKind::OutOfMemory.into()));
+    }
+}
