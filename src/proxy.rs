@@ -1,12 +1,12 @@
 //! The request path, read top-down as its steps:
 //!
-//! 1. [`request`]: refuse what cannot be forwarded (framing, Host: 400/501), and plan what the
+//! 1. `request`: refuse what cannot be forwarded (framing, Host: 400/501), and plan what the
 //!    later steps need (upgrade, close after, idempotent); then the affinity input is taken
 //!    out of the request ([`affinity::extract`]) and the head rewritten for the backend.
-//! 2. [`attempt`]: route and send, retrying on another backend when that is safe.
-//! 3. [`Proxy::record`]: the backend answered; count it (backend, affinity outcome, re-pin),
+//! 2. `attempt`: route and send, retrying on another backend when that is safe.
+//! 3. `Proxy::record`: the backend answered; count it (backend, affinity outcome, re-pin),
 //!    note the session, tell the access log.
-//! 4. [`response`]: shape the response (hop-by-hop out, the token in), or hand an upgraded
+//! 4. `response`: shape the response (hop-by-hop out, the token in), or hand an upgraded
 //!    connection to a [`tunnel`](crate::tunnel).
 //!
 //! It never fails toward the client: every error becomes a response in one place

@@ -1,15 +1,15 @@
 //! A running stickyd: its lifecycle from [`start`] (bind every listener, start the workers,
 //! the health checks and the admin API) through reloads to a graceful [`Running::shutdown`],
 //! and [`run`], which drives it from signals. Thread-per-core: `worker_threads` OS threads each
-//! serve their own listeners and connections ([`worker`]); health checks, signals, reload and
+//! serve their own listeners and connections (`worker`); health checks, signals, reload and
 //! the admin API run on the caller's runtime.
 //!
 //! | file | owns |
 //! |---|---|
 //! | `server.rs` | [`Running`]: start, shutdown, the signal loop |
-//! | [`listen`] | which sockets a config asks for, binding them per worker |
-//! | [`worker`] | a worker thread: its runtime, accept loops and connections |
-//! | [`reload`] | applying a new config to a running stickyd |
+//! | `listen` | which sockets a config asks for, binding them per worker |
+//! | `worker` | a worker thread: its runtime, accept loops and connections |
+//! | `reload` | applying a new config to a running stickyd |
 
 mod listen;
 mod reload;

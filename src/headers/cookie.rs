@@ -1,0 +1,301 @@
+//! The affinity cookie in both directions: taking it out of a request's `Cookie` headers
+//! (other cookies pass untouched), and the `Set-Cookie` of an issued token.
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+/// Longest cookie value kept for verification; anything longer is not a token.
+pub const MAX_COOKIE_VALUE: usize = 64;
+
+/// The affinity cookie found in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No cookie of that name.
+    Absent,
+    /// A value longer than [`MAX_COOKIE_VALUE`]: not a token.
+    TooLong,
+    /// The first value of that name, copied out so the headers can be changed.
+    Value([u8; MAX_COOKIE_VALUE], usize),
+}
+
+impl Found {
+    /// The value bytes, empty unless `Value`.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Found::Value(buf, n) => &buf[..*n],
+            _ => &[],
+        }
+    }
+}
+
+/// Splits one Cookie header value into `(name, value)` pairs, trimming optional whitespace; the
+/// value is `None` for a bare name without `=`.
+fn pairs(raw: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    raw.split(|&b| b == b';').filter_map(|p| {
+        let p = p.trim_ascii();
+        if p.is_empty() {
+            return None;
+        }
+        Some(match p.iter().position(|&b| b == b'=') {
+            Some(eq) => (p[..eq].trim_ascii(), Some(p[eq + 1..].trim_ascii())),
+            None => (p, None),
+        })
+    })
+}
+
+/// Finds the first cookie named `name` in all `Cookie` headers and removes every cookie of that
+/// name, keeping all other cookies in order. Empty `Cookie` headers are dropped. A quoted value
+/// (`"..."`) is unquoted.
+pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Found {
+    let name = name.as_bytes();
+    let mine = |raw: &[u8]| pairs(raw).any(|(n, _)| n == name);
+    // Fast path: most requests carry no Cookie header or not ours; touch nothing then.
+    if !headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| mine(v.as_bytes()))
+    {
+        return Found::Absent;
+    }
+    let mut found = Found::Absent;
+    let mut kept: Vec<HeaderValue> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        let raw = v.as_bytes();
+        if !mine(raw) {
+            // Kept as it is, unless it holds no cookie at all (empty, or only separators).
+            if pairs(raw).next().is_some() {
+                kept.push(v.clone());
+            }
+            continue;
+        }
+        let mut rest: Vec<u8> = Vec::with_capacity(raw.len());
+        for (n, val) in pairs(raw) {
+            if n == name {
+                if found == Found::Absent {
+                    let val = val.unwrap_or_default();
+                    let val = val
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(val);
+                    found = if val.len() > MAX_COOKIE_VALUE {
+                        Found::TooLong
+                    } else {
+                        let mut buf = [0u8; MAX_COOKIE_VALUE];
+                        buf[..val.len()].copy_from_slice(val);
+                        Found::Value(buf, val.len())
+                    };
+                }
+                continue;
+            }
+            if !rest.is_empty() {
+                rest.extend_from_slice(b"; ");
+            }
+            rest.extend_from_slice(n);
+            if let Some(val) = val {
+                rest.push(b'=');
+                rest.extend_from_slice(val);
+            }
+        }
+        // Bytes come from a valid header value minus separators, so this cannot fail; skip the
+        // pair defensively rather than panic if it ever did.
+        if !rest.is_empty()
+            && let Ok(v) = HeaderValue::from_bytes(&rest)
+        {
+            kept.push(v);
+        }
+    }
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
+    found
+}
+
+/// Attributes of the affinity cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    /// Cookie name.
+    pub name: String,
+    /// `Secure`: `None` on TLS connections only, else always (`true`) or never (`false`).
+    pub secure: Option<bool>,
+    /// Optional `Domain`.
+    pub domain: Option<String>,
+}
+
+/// The `Set-Cookie` value for token `value` with `max_age` seconds left, for a client on a TLS
+/// connection or not.
+pub fn set_cookie(attrs: &CookieAttrs, value: &str, max_age: u32, tls: bool) -> HeaderValue {
+    let mut s = String::with_capacity(128);
+    s.push_str(&attrs.name);
+    s.push('=');
+    s.push_str(value);
+    s.push_str("; Path=/; Max-Age=");
+    s.push_str(&max_age.to_string());
+    if let Some(d) = &attrs.domain {
+        s.push_str("; Domain=");
+        s.push_str(d);
+    }
+    s.push_str("; HttpOnly; SameSite=Lax");
+    if attrs.secure.unwrap_or(tls) {
+        s.push_str("; Secure");
+    }
+    // Name and domain are validated as cookie tokens at config load; value is base64url.
+    HeaderValue::from_str(&s).expect("validated cookie attributes form a valid header")
+}
+
+/// Adds the issued cookie to a response, and `Cache-Control: private` when the response has no
+/// Cache-Control, so that no shared cache stores one client's affinity for others.
+pub fn add_set_cookie(headers: &mut HeaderMap, cookie: HeaderValue) {
+    headers.append(header::SET_COOKIE, cookie);
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+/// Whether a string is a valid cookie name (an RFC 6265 token).
+pub fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::test_map as map;
+    use proptest::prelude::*;
+
+    fn cookies(h: &HeaderMap) -> Vec<&str> {
+        h.get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_affinity_cookie_is_taken_and_other_cookies_pass_untouched() {
+        let mut h = map(&[("cookie", "a=1; stickyd=TOKEN; b=two=2")]);
+        let f = take_cookie(&mut h, "stickyd");
+        assert_eq!(f.bytes(), b"TOKEN");
+        assert_eq!(cookies(&h), ["a=1; b=two=2"]);
+    }
+
+    #[test]
+    fn a_request_with_only_the_affinity_cookie_loses_its_cookie_header() {
+        let mut h = map(&[("cookie", "stickyd=T")]);
+        assert_eq!(take_cookie(&mut h, "stickyd").bytes(), b"T");
+        assert!(h.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn every_copy_is_stripped_across_split_cookie_headers_and_the_first_wins() {
+        let mut h = map(&[
+            ("cookie", "x=1; stickyd=FIRST"),
+            ("cookie", "y=2"),
+            ("cookie", "stickyd=SECOND;z=3"),
+        ]);
+        assert_eq!(take_cookie(&mut h, "stickyd").bytes(), b"FIRST");
+        assert_eq!(cookies(&h), ["x=1", "y=2", "z=3"]);
+    }
+
+    #[test]
+    fn names_must_match_exactly() {
+        let mut h = map(&[("cookie", "stickyd2=a; xstickyd=b; Stickyd=c")]);
+        assert_eq!(take_cookie(&mut h, "stickyd"), Found::Absent);
+        assert_eq!(
+            cookies(&h),
+            ["stickyd2=a; xstickyd=b; Stickyd=c"],
+            "untouched"
+        );
+    }
+
+    #[test]
+    fn quoted_and_overlong_values() {
+        let mut h = map(&[("cookie", "stickyd=\"Q\"")]);
+        assert_eq!(take_cookie(&mut h, "stickyd").bytes(), b"Q");
+        let long = format!("stickyd={}; keep=1", "x".repeat(5000));
+        let mut h = map(&[("cookie", &long)]);
+        assert_eq!(take_cookie(&mut h, "stickyd"), Found::TooLong);
+        assert_eq!(cookies(&h), ["keep=1"]);
+    }
+
+    #[test]
+    fn flag_cookies_without_a_value_survive() {
+        let mut h = map(&[("cookie", "flag; stickyd=T; other=")]);
+        take_cookie(&mut h, "stickyd");
+        assert_eq!(cookies(&h), ["flag; other="]);
+    }
+
+    #[test]
+    fn set_cookie_carries_every_attribute() {
+        let a = CookieAttrs {
+            name: "stickyd".into(),
+            secure: None,
+            domain: None,
+        };
+        assert_eq!(
+            set_cookie(&a, "TOK", 3600, false),
+            "stickyd=TOK; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            set_cookie(&a, "TOK", 3600, true),
+            "stickyd=TOK; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax; Secure",
+            "Secure on TLS by default"
+        );
+        let a = CookieAttrs {
+            name: "sid".into(),
+            secure: Some(true),
+            domain: Some("example.com".into()),
+        };
+        assert_eq!(
+            set_cookie(&a, "T", 5, false),
+            "sid=T; Path=/; Max-Age=5; Domain=example.com; HttpOnly; SameSite=Lax; Secure"
+        );
+        let never = CookieAttrs {
+            secure: Some(false),
+            ..a
+        };
+        assert!(
+            !set_cookie(&never, "T", 5, true)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+    }
+
+    #[test]
+    fn setting_the_cookie_adds_cache_control_private_only_when_absent() {
+        let mut h = HeaderMap::new();
+        add_set_cookie(&mut h, HeaderValue::from_static("a=b"));
+        assert_eq!(h["cache-control"], "private");
+        let mut h = map(&[("cache-control", "no-store"), ("set-cookie", "app=1")]);
+        add_set_cookie(&mut h, HeaderValue::from_static("a=b"));
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(
+            h.get_all("set-cookie").iter().count(),
+            2,
+            "the app's cookie is kept"
+        );
+    }
+
+    #[test]
+    fn cookie_names_are_tokens() {
+        assert!(is_cookie_name("stickyd") && is_cookie_name("__Host-sid"));
+        for bad in ["", "a b", "a=b", "a;b", "a,b", "é", "a\"b"] {
+            assert!(!is_cookie_name(bad), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn take_cookie_never_panics_and_always_removes_the_name(raw in "[ -~]{0,200}") {
+            if let Ok(v) = HeaderValue::from_str(&raw) {
+                let mut h = HeaderMap::new();
+                h.append(header::COOKIE, v);
+                let _ = take_cookie(&mut h, "stickyd");
+                for v in h.get_all(header::COOKIE) {
+                    prop_assert!(!pairs(v.as_bytes()).any(|(n, _)| n == b"stickyd"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! What changes hands at the proxy: hop-by-hop headers removed in both directions (names
+//! listed in `Connection` first), upgrades recognised, and X-Forwarded-For/-Proto/-Host and
+//! `Via` written, trusting only the configured proxies.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers removed in both directions (RFC 9110 section 7.6.1, plus the
+/// non-standard `Proxy-Connection` and `Keep-Alive`).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers: first every header named in `Connection`, then the fixed list.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there is none, or only `Connection`: one pass over the names (compared, not
+    // hashed) decides, and only names present are removed.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n))
+        .cloned()
+        .collect();
+    for n in present {
+        headers.remove(n);
+    }
+}
+
+/// The protocol a request asks to switch to, if it is a switch stickyd tunnels: HTTP/1.1 with
+/// `Connection: upgrade` and an `Upgrade` header. `Upgrade: h2c` is never tunnelled (stickyd
+/// speaks h2c itself, with prior knowledge): such a request is served as a plain one.
+pub fn upgrade_protocol(headers: &HeaderMap, version: http::Version) -> Option<HeaderValue> {
+    // Most requests have no Upgrade header: one lookup decides.
+    let proto = headers.get(header::UPGRADE)?;
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let h2c = proto
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (asks && !h2c && !proto.is_empty()).then(|| proto.clone())
+}
+
+/// The client's address for `ip` affinity: the TCP peer, or, when the peer is a trusted proxy,
+/// the first address from the right of X-Forwarded-For that is not a trusted proxy (the
+/// leftmost entry is whatever the client claimed; only hops from the right are vouched for).
+/// Entries that do not parse end the walk.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+    if !trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<&[u8]> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .collect();
+    let mut client = peer;
+    while let Some(hop) = hops.pop() {
+        let Some(ip) = std::str::from_utf8(hop.trim_ascii())
+            .ok()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !trusted(client) {
+            break;
+        }
+    }
+    client
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What the proxy knows of the client connection when forwarding.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The TCP peer's address, as a header value (made once per connection).
+    pub peer: &'a HeaderValue,
+    /// Whether that peer is a trusted proxy, whose X-Forwarded-* headers are kept.
+    pub trusted: bool,
+    /// `"http"` or `"https"`.
+    pub proto: &'static str,
+    /// The request's host (Host header or URI authority), if any.
+    pub host: Option<&'a HeaderValue>,
+    /// Value to append to `Via`, if any (e.g. `1.1 stickyd`).
+    pub via: Option<&'a HeaderValue>,
+}
+
+/// Writes X-Forwarded-For/-Proto/-Host and Via. From an untrusted peer, incoming X-Forwarded-*
+/// headers are replaced; from a trusted proxy, the peer is appended to X-Forwarded-For and the
+/// proxy's -Proto and -Host are kept when present.
+pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    let peer = f.peer.clone();
+    if f.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined: Vec<u8> = Vec::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(peer.as_bytes());
+        let v = HeaderValue::from_bytes(&joined).unwrap_or(peer);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer);
+    }
+    if !(f.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
+    }
+    if !(f.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match f.host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    if let Some(via) = f.via {
+        headers.append(header::VIA, via.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::test_map as map;
+    use std::net::IpAddr;
+
+    #[test]
+    fn connection_listed_headers_go_first_and_hop_by_hop_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "s"),
+            ("x-other", "o"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x"),
+            ("x-kept", "k"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_the_headers_stickyd_adds() {
+        let mut h = map(&[(
+            "connection",
+            "close, X-Forwarded-For, X-Forwarded-Proto, Via",
+        )]);
+        strip_hop_by_hop(&mut h);
+        let via = HeaderValue::from_static("1.1 stickyd");
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: &HeaderValue::from_static("192.0.2.1"),
+                trusted: false,
+                proto: "http",
+                host: None,
+                via: Some(&via),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["via"], "1.1 stickyd");
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_x_forwarded_headers() {
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: &HeaderValue::from_static("192.0.2.7"),
+                trusted: false,
+                proto: "http",
+                host: Some(&host),
+                via: None,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert!(h.get("via").is_none());
+    }
+
+    #[test]
+    fn trusted_proxies_are_appended_to() {
+        let host = HeaderValue::from_static("shop.example");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.1 edge"),
+        ]);
+        let via = HeaderValue::from_static("1.1 stickyd");
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                peer: &HeaderValue::from_static("10.0.0.9"),
+                trusted: true,
+                proto: "http",
+                host: Some(&host),
+                via: Some(&via),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        let vias: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(vias, ["1.1 edge", "1.1 stickyd"]);
+    }
+
+    #[test]
+    fn the_client_address_is_the_first_untrusted_hop_from_the_right() {
+        let t = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let p: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.5")]);
+        assert_eq!(
+            client_ip(&h, p, t),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let untrusted: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, untrusted, t),
+            untrusted,
+            "an untrusted peer is the client"
+        );
+        let garbage = map(&[("x-forwarded-for", "nonsense, 10.0.0.5")]);
+        assert_eq!(
+            client_ip(&garbage, p, t),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&HeaderMap::new(), p, t), p);
+        let split = map(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "10.9.9.9"),
+        ]);
+        assert_eq!(
+            client_ip(&split, p, t),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn upgrades_are_recognised_and_h2c_is_never_tunnelled() {
+        use http::Version;
+        let ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            upgrade_protocol(&ws, Version::HTTP_11).unwrap(),
+            "websocket"
+        );
+        assert!(upgrade_protocol(&ws, Version::HTTP_10).is_none());
+        assert!(upgrade_protocol(&ws, Version::HTTP_2).is_none());
+        let no_conn = map(&[("upgrade", "websocket")]);
+        assert!(upgrade_protocol(&no_conn, Version::HTTP_11).is_none());
+        let no_upgrade = map(&[("connection", "upgrade")]);
+        assert!(upgrade_protocol(&no_upgrade, Version::HTTP_11).is_none());
+        let h2c = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(upgrade_protocol(&h2c, Version::HTTP_11).is_none());
+        let mixed = map(&[("connection", "upgrade"), ("upgrade", "websocket, H2C")]);
+        assert!(upgrade_protocol(&mixed, Version::HTTP_11).is_none());
+    }
+}
