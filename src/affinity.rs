@@ -7,6 +7,11 @@
 //! token it issues always names the backend that actually served. The [`Route`] says
 //! everything the rest of the request needs: the backend, the outcome to count, the token to
 //! set, the session to record and whether the response pins it.
+//!
+//! The house pattern for policy (see also `balance`, `health`, `headers`): plain data in,
+//! an explicit outcome out, the pool seen through a small trait ([`PoolView`]) so tests build
+//! pools by hand; sentence-named tests for each rule and property tests for the invariants
+//! ("the chosen backend is usable whenever one is").
 
 mod input;
 

@@ -5,6 +5,10 @@
 //!
 //! Nothing happens on the fast path: the deadline is armed only when a write returns
 //! `Pending`, and its timer is allocated once per connection, on the first stall.
+//!
+//! [`Stall`] is the house pattern for a deadline on the hot path: armed only while a read or
+//! write is pending, cleared by progress, one timer allocation per connection at most. Use it
+//! (not a `tokio::time::timeout` around each call) for any new per-connection wait.
 
 use std::future::Future;
 use std::io;

@@ -5,6 +5,9 @@
 //! feeds it every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`. So this file
 //! depends on nothing but `stickyd`, `http` and std. Each function panics when an invariant is
 //! broken and otherwise returns what it saw, for the regression test to assert on.
+//!
+//! Keep it that way for every new parser: one set of invariants, run by the fuzzer on nightly
+//! and replayed (seeds and every crash found) by `cargo test` on stable.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;

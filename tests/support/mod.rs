@@ -1,5 +1,9 @@
 //! Test support: real HTTP backends on 127.0.0.1:0, raw misbehaving backends, stickyd started
 //! in-process on port 0, and a small client that keeps the affinity cookie.
+//!
+//! The house pattern for end-to-end tests: stickyd started in-process from a TOML string
+//! (`stickyd`, `parse_config`), with real backends on 127.0.0.1:0, so a test reads as its config and its
+//! requests, binds no fixed port, and needs no file but the ones it writes itself.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
