@@ -4,7 +4,7 @@
 //! | call | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while serving, 503 `draining` once shutdown began |
-//! | `GET /metrics` | Prometheus text exposition (version 0.0.4) |
+//! | `GET /metrics` | Prometheus text exposition (version 0.0.4), written by [`crate::metrics`] |
 //! | `GET /backends` | JSON: every backend's health, admin state, in-flight, counters, sessions |
 //! | `GET /backends/{id}` | JSON: one backend |
 //! | `POST /backends/{id}/drain`, `/enable`, `/disable` | sets the admin state; JSON of the backend |
@@ -13,7 +13,6 @@
 //! Wrong methods get 405 with `Allow`, unknown paths 404, a missing or wrong token 401.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::affinity::{AdminState, Outcome};
+use crate::affinity::AdminState;
 use crate::config::Secret;
-use crate::metrics::{LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS};
+use crate::metrics::{BackendSample, Readings};
 use crate::state::{Backend, Shared, Snapshot};
 
 /// A reload asked for over the admin API; the answer is the new backend count or the error.
@@ -119,11 +118,11 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         }
         (["backends"], Method::GET) => {
             let snap = ctx.shared.load();
-            let now = crate::backend::unix_secs();
+            let (now, quiet) = (crate::backend::unix_secs(), drain_quiet(&snap));
             let all: Vec<BackendView> = snap
                 .backends
                 .iter()
-                .map(|b| BackendView::of(b, &snap, now))
+                .map(|b| BackendView::of(b, now, quiet))
                 .collect();
             json(StatusCode::OK, &all)
         }
@@ -182,7 +181,7 @@ fn backend_json(ctx: &Ctx, id: &str) -> Resp {
     match snap.backends.iter().find(|b| &*b.id == id) {
         Some(b) => json(
             StatusCode::OK,
-            &BackendView::of(b, &snap, crate::backend::unix_secs()),
+            &BackendView::of(b, crate::backend::unix_secs(), drain_quiet(&snap)),
         ),
         None => text(StatusCode::NOT_FOUND, "no such backend\n"),
     }
@@ -230,265 +229,68 @@ struct Responses {
 }
 
 impl BackendView {
-    fn of(b: &Backend, snap: &Snapshot, now: u64) -> BackendView {
-        let l = &b.live;
-        let state = b.admin_state();
-        let quiet = drain_quiet(snap);
+    fn of(b: &Backend, now: u64, quiet: u64) -> BackendView {
+        let s = sample(b, now, quiet);
+        let [c1, c2, c3, c4, c5] = s.responses;
         BackendView {
             id: b.id.to_string(),
             address: b.authority.to_string(),
-            weight: b.weight,
-            health: if l.is_healthy() { "up" } else { "down" },
-            state,
-            state_source: if l.admin_override().is_some() {
+            weight: s.weight,
+            health: if s.up { "up" } else { "down" },
+            state: s.state,
+            state_source: if b.live.admin_override().is_some() {
                 "api"
             } else {
                 "config"
             },
-            in_flight: l.in_flight(),
-            requests: l.requests(),
-            responses: Responses {
-                c1: l.responses(1),
-                c2: l.responses(2),
-                c3: l.responses(3),
-                c4: l.responses(4),
-                c5: l.responses(5),
-            },
-            failures: l.failures(),
-            pins: l.pins(),
-            sessions: l.recent_sessions(),
-            draining_since: l.draining_since().filter(|_| state == AdminState::Draining),
-            drained: state == AdminState::Draining && l.drained(now, quiet),
+            in_flight: s.in_flight,
+            requests: s.requests,
+            responses: Responses { c1, c2, c3, c4, c5 },
+            failures: s.failures,
+            pins: s.pins,
+            sessions: s.sessions,
+            draining_since: b
+                .live
+                .draining_since()
+                .filter(|_| s.state == AdminState::Draining),
+            drained: s.drained,
         }
     }
 }
 
-/// The Prometheus text exposition of every metric.
+/// `b`'s live values, read once, as both `/backends` and `/metrics` show them.
+fn sample(b: &Backend, now: u64, quiet: u64) -> BackendSample<'_> {
+    let l = &b.live;
+    let state = b.admin_state();
+    BackendSample {
+        id: &b.id,
+        weight: b.weight,
+        up: l.is_healthy(),
+        state,
+        drained: state == AdminState::Draining && l.drained(now, quiet),
+        in_flight: l.in_flight(),
+        requests: l.requests(),
+        failures: l.failures(),
+        responses: [1, 2, 3, 4, 5].map(|class| l.responses(class)),
+        pins: l.pins(),
+        sessions: l.recent_sessions(),
+    }
+}
+
+/// The Prometheus text exposition of every metric, as `GET /metrics` answers it.
 pub fn render_metrics(ctx: &Ctx) -> String {
     let snap = ctx.shared.load();
-    let m = &ctx.shared.metrics;
-    let now = crate::backend::unix_secs();
-    let quiet = drain_quiet(&snap);
-    let mut o = String::with_capacity(8192);
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-
-    family(
-        &mut o,
-        "stickyd_build_info",
-        "gauge",
-        "Version of the running stickyd.",
-    );
-    let _ = writeln!(
-        o,
-        "stickyd_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    family(
-        &mut o,
-        "stickyd_connections",
-        "gauge",
-        "Client connections open now.",
-    );
-    let open = ctx.max_conns as usize - ctx.conns.available_permits();
-    let _ = writeln!(o, "stickyd_connections {open}");
-
-    let per_backend =
-        |o: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&Backend) -> String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for b in &snap.backends {
-                let _ = writeln!(o, "{name}{{backend=\"{}\"}} {}", escape(&b.id), f(b));
-            }
-        };
-    let _ = writeln!(
-        o,
-        "# HELP stickyd_backend_responses_total Responses from each backend by status class.\n# TYPE stickyd_backend_responses_total counter"
-    );
-    for b in &snap.backends {
-        for class in 1..=5u16 {
-            let _ = writeln!(
-                o,
-                "stickyd_backend_responses_total{{backend=\"{}\",class=\"{class}xx\"}} {}",
-                escape(&b.id),
-                b.live.responses(class)
-            );
-        }
-    }
-    per_backend(
-        &mut o,
-        "stickyd_backend_requests_total",
-        "counter",
-        "Requests sent to each backend (attempts, retries included).",
-        &|b| b.live.requests().to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_failures_total",
-        "counter",
-        "Requests that got no response from the backend.",
-        &|b| b.live.failures().to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_in_flight",
-        "gauge",
-        "Requests in flight on each backend.",
-        &|b| b.live.in_flight().to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_up",
-        "gauge",
-        "1 if the backend passes health checks.",
-        &|b| u8::from(b.live.is_healthy()).to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_weight",
-        "gauge",
-        "Configured weight of each backend.",
-        &|b| b.weight.to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_pins_total",
-        "counter",
-        "Sessions pinned to each backend (new sessions and re-pins).",
-        &|b| b.live.pins().to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_sessions",
-        "gauge",
-        "Distinct sessions served within about the last max_idle (estimate).",
-        &|b| b.live.recent_sessions().to_string(),
-    );
-    per_backend(
-        &mut o,
-        "stickyd_backend_drained",
-        "gauge",
-        "1 if the backend is draining and served nothing for drain_quiet.",
-        &|b| {
-            u8::from(b.admin_state() == AdminState::Draining && b.live.drained(now, quiet))
-                .to_string()
-        },
-    );
-    let _ = writeln!(
-        o,
-        "# HELP stickyd_backend_admin_state Admin state of each backend (1 for the state in force).\n# TYPE stickyd_backend_admin_state gauge"
-    );
-    for b in &snap.backends {
-        let s = b.admin_state();
-        for (name, st) in [
-            ("active", AdminState::Active),
-            ("draining", AdminState::Draining),
-            ("disabled", AdminState::Disabled),
-        ] {
-            let _ = writeln!(
-                o,
-                "stickyd_backend_admin_state{{backend=\"{}\",state=\"{name}\"}} {}",
-                escape(&b.id),
-                u8::from(s == st)
-            );
-        }
-    }
-
-    family(
-        &mut o,
-        "stickyd_responses_total",
-        "counter",
-        "Responses to clients by status class, stickyd's own errors included.",
-    );
-    for class in 1..=5u16 {
-        let _ = writeln!(
-            o,
-            "stickyd_responses_total{{class=\"{class}xx\"}} {}",
-            m.responses(class)
-        );
-    }
-    family(
-        &mut o,
-        "stickyd_request_duration_seconds",
-        "histogram",
-        "Time from a request's arrival to its response head.",
-    );
-    let cum = m.latency.cumulative();
-    for (le, n) in LATENCY_BUCKETS.iter().zip(cum.iter()) {
-        let _ = writeln!(
-            o,
-            "stickyd_request_duration_seconds_bucket{{le=\"{le}\"}} {n}"
-        );
-    }
-    let total = cum[LATENCY_BUCKETS.len()];
-    let _ = writeln!(
-        o,
-        "stickyd_request_duration_seconds_bucket{{le=\"+Inf\"}} {total}"
-    );
-    let _ = writeln!(
-        o,
-        "stickyd_request_duration_seconds_sum {}",
-        m.latency.sum_secs()
-    );
-    let _ = writeln!(o, "stickyd_request_duration_seconds_count {total}");
-    family(
-        &mut o,
-        "stickyd_affinity_total",
-        "counter",
-        "Requests by affinity outcome (valid, new, refreshed, or why a token was not honoured).",
-    );
-    for out in Outcome::ALL {
-        let _ = writeln!(
-            o,
-            "stickyd_affinity_total{{outcome=\"{}\"}} {}",
-            out.as_str(),
-            m.outcomes(out)
-        );
-    }
-    family(
-        &mut o,
-        "stickyd_repins_total",
-        "counter",
-        "Sessions moved to another backend because theirs could not serve.",
-    );
-    let _ = writeln!(o, "stickyd_repins_total {}", m.repins());
-    family(
-        &mut o,
-        "stickyd_retries_total",
-        "counter",
-        "Requests retried on another backend.",
-    );
-    let _ = writeln!(o, "stickyd_retries_total {}", m.retries());
-    family(
-        &mut o,
-        "stickyd_upstream_errors_total",
-        "counter",
-        "Failed upstream attempts by kind.",
-    );
-    for kind in UPSTREAM_ERROR_KINDS {
-        let _ = writeln!(
-            o,
-            "stickyd_upstream_errors_total{{kind=\"{kind}\"}} {}",
-            m.upstream_errors(kind)
-        );
-    }
-    family(
-        &mut o,
-        "stickyd_imbalance_ratio",
-        "gauge",
-        "max/mean of the usable backends' request rates over about the last 10 s (1 is even; 0 without traffic).",
-    );
-    let _ = writeln!(o, "stickyd_imbalance_ratio {}", m.imbalance());
-    if let Some(a) = &ctx.shared.access {
-        family(
-            &mut o,
-            "stickyd_access_log_dropped_total",
-            "counter",
-            "Access log lines dropped because the writer fell behind.",
-        );
-        let _ = writeln!(o, "stickyd_access_log_dropped_total {}", a.dropped());
-    }
-    o
+    let (now, quiet) = (crate::backend::unix_secs(), drain_quiet(&snap));
+    let backends: Vec<BackendSample<'_>> = snap
+        .backends
+        .iter()
+        .map(|b| sample(b, now, quiet))
+        .collect();
+    ctx.shared.metrics.render(&Readings {
+        connections: ctx.max_conns as usize - ctx.conns.available_permits(),
+        backends: &backends,
+        access_log_dropped: ctx.shared.access.as_ref().map(|a| a.dropped()),
+    })
 }
 
 /// `[admin] drain_quiet` in seconds (its default when the section is absent).
@@ -498,13 +300,6 @@ fn drain_quiet(snap: &Snapshot) -> u64 {
         .admin
         .as_ref()
         .map_or_else(|| quiet(&Default::default()), quiet)
-}
-
-/// A label value with `\`, `"` and newlines escaped.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn authorized(header: Option<&HeaderValue>, token: &[u8]) -> bool {
@@ -561,11 +356,5 @@ mod tests {
         assert!(!authorized(Some(&h("Bearer sesamf")), b"sesame"));
         assert!(!authorized(Some(&h("Basic sesame")), b"sesame"));
         assert!(!authorized(None, b"sesame"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape("x\ny"), "x\\ny");
     }
 }
