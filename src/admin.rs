@@ -11,8 +11,36 @@
 //! | `POST /reload` | re-reads the config file: 200, or 400 with the error (the old config keeps serving) |
 //!
 //! Wrong methods get 405 with `Allow`, unknown paths 404, a missing or wrong token 401.
+//!
+//! # Who may call it
+//!
+//! The admin API changes what the proxy does, so only the operator may use it. Loopback keeps
+//! other machines out, but not web pages open in the operator's browser, which reach 127.0.0.1
+//! too:
+//! - A page on any site can send a "simple" cross-origin request (a form POST, or `fetch` with
+//!   `Content-Type: text/plain`) with no CORS preflight. It cannot read the answer, but
+//!   `POST /backends/a/disable` has already acted.
+//! - DNS rebinding: a page at `evil.example` makes its own name resolve to 127.0.0.1; its
+//!   script is then same-origin with the admin API and reads `/backends` and `/metrics`.
+//!
+//! So before anything else, [`guard::admit`] refuses:
+//! - a request whose `Host` is not this listener (421): the IP literal the client connected to
+//!   or `localhost`, with the listener's port, or a name in `[admin] allowed_hosts`. A
+//!   rebinding page always sends its own name, never the IP literal.
+//! - a state-changing call (any method but GET and HEAD) whose `Origin` is not this listener's,
+//!   or whose `Sec-Fetch-Site` is not `same-origin` or `none` (403). Browsers send these and
+//!   pages cannot forge them; curl and scripts send neither and are not affected. Reads need no
+//!   origin check: the same-origin policy keeps a foreign page from seeing the answer.
+//!
+//! Both hold with and without the token, and run before it: they need no secret, a refused page
+//! never gets a 401-or-200 answer to probe the token with, and the rules behave the same
+//! whatever the token configuration. The token still matters off loopback, where the host rule
+//! alone cannot tell the operator from anyone else who can reach the port.
+
+mod guard;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +48,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,6 +61,8 @@ use crate::affinity::AdminState;
 use crate::config::Secret;
 use crate::metrics::{BackendSample, Readings};
 use crate::state::{Backend, Shared, Snapshot};
+
+use guard::{Refusal, SEVERAL, Seen};
 
 /// A reload asked for over the admin API; the answer is the new backend count or the error.
 pub type ReloadCall = oneshot::Sender<Result<usize, String>>;
@@ -70,12 +99,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
                 continue;
             }
         };
+        // The address this client connected to: what its Host must name (see the module doc).
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "admin connection without a local address");
+                continue;
+            }
+        };
         let ctx = ctx.clone();
         let conn = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                async move { Ok::<_, Infallible>(handle(&ctx, local, req).await) }
             }),
         );
         tokio::spawn(async move {
@@ -88,8 +125,18 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
 
 type Resp = Response<Full<Bytes>>;
 
-/// Routes one admin call.
-pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
+/// Answers one admin call that arrived on a connection whose local address is `local`: the
+/// origin rules first, then the token, then the route.
+pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
+    if let Err(refusal) = admit(ctx, local, &req) {
+        debug!(refusal = ?refusal, "admin call refused");
+        let mut r = text(refusal.status(), refusal.body());
+        r.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        return r;
+    }
     if let Some(t) = &ctx.token
         && !authorized(req.headers().get(header::AUTHORIZATION), &t.0)
     {
@@ -151,6 +198,30 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// [`guard::admit`] on `req`, with the names `[admin] allowed_hosts` lists now.
+fn admit<B>(ctx: &Ctx, local: SocketAddr, req: &Request<B>) -> Result<(), Refusal> {
+    let one = |name: header::HeaderName| {
+        let mut all = req.headers().get_all(name).iter();
+        let first = all.next()?.as_bytes();
+        Some(if all.next().is_some() { SEVERAL } else { first })
+    };
+    let snap = ctx.shared.load();
+    let allowed: Vec<&str> = snap.config.admin.as_ref().map_or_else(Vec::new, |a| {
+        a.allowed_hosts
+            .iter()
+            .map(|h| h.get_ref().as_str())
+            .collect()
+    });
+    let seen = Seen {
+        method: req.method(),
+        host: one(header::HOST),
+        authority: req.uri().authority().map(|a| a.as_str()),
+        origin: one(header::ORIGIN),
+        fetch_site: one(header::HeaderName::from_static("sec-fetch-site")),
+    };
+    guard::admit(&seen, local, &allowed)
 }
 
 async fn reload(ctx: &Ctx) -> Resp {
@@ -311,8 +382,8 @@ fn authorized(header: Option<&HeaderValue>, token: &[u8]) -> bool {
     given.trim_ascii().ct_eq(token).into()
 }
 
-fn text(status: StatusCode, body: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
