@@ -128,6 +128,9 @@ pub struct Admin {
     pub token: Option<Spanned<String>>,
     /// A draining backend is reported `drained` once it has served nothing for this long.
     pub drain_quiet: Dur,
+    /// Host names (or IP literals) the admin API may be reached by besides its own address and
+    /// `localhost`, e.g. through a reverse proxy or a tunnel. No port.
+    pub allowed_hosts: Vec<Spanned<String>>,
 }
 
 impl Default for Admin {
@@ -136,6 +139,7 @@ impl Default for Admin {
             listen: Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9901))),
             token: None,
             drain_quiet: Dur(Duration::from_secs(120)),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -737,6 +741,14 @@ impl Config {
                     "admin.listen is also a server.listen address".into(),
                 ));
             }
+            for h in &a.allowed_hosts {
+                check(is_host(h.get_ref()), h.span(), || {
+                    format!(
+                        "invalid admin.allowed_hosts entry {:?}: a host name or IP address without a port, e.g. \"admin.example.com\"",
+                        h.get_ref()
+                    )
+                })?;
+            }
         }
         let lf = *self.balance.load_factor.get_ref();
         check(
@@ -1002,6 +1014,24 @@ pub fn trim_directives(filter: &str) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A host name (labels of 1 to 63 letters, digits, `-` or `_`, not starting or ending with
+/// `-`, joined by dots, at most 253 characters), an IPv4 address, or an IPv6 address in
+/// brackets.
+fn is_host(s: &str) -> bool {
+    if let Some(v6) = s.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Parses a backend address `host:port` into an authority, or `None`.

@@ -88,19 +88,58 @@ impl ProxyError {
         }
     }
 
-    /// The metric label of an upstream error.
-    pub fn kind(&self) -> &'static str {
+    /// How an upstream attempt failed, or `None` when the failure is not the backend's (the
+    /// client's request, or no backend to try).
+    pub fn upstream_kind(&self) -> Option<UpstreamKind> {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::NotImplemented(_) => "not_implemented",
-            ProxyError::ClientTimeout => "client_timeout",
-            ProxyError::NoBackend => "no_backend",
-            ProxyError::PinnedDown => "pinned_down",
-            ProxyError::Connect(_) => "connect",
-            ProxyError::Reset(_) => "reset",
-            ProxyError::Protocol(_) => "protocol",
-            ProxyError::Timeout => "timeout",
+            ProxyError::Connect(_) => Some(UpstreamKind::Connect),
+            ProxyError::Reset(_) => Some(UpstreamKind::Reset),
+            ProxyError::Protocol(_) => Some(UpstreamKind::Protocol),
+            ProxyError::Timeout => Some(UpstreamKind::Timeout),
+            ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
+            | ProxyError::ClientTimeout
+            | ProxyError::NoBackend
+            | ProxyError::PinnedDown => None,
         }
+    }
+}
+
+/// How an upstream attempt failed: the `kind` label of `stickyd_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// The connection (or its TLS handshake) failed: nothing was sent.
+    Connect,
+    /// The connection ended before any response byte.
+    Reset,
+    /// The backend's response was not valid HTTP.
+    Protocol,
+    /// No response head within the response timeout.
+    Timeout,
+}
+
+impl UpstreamKind {
+    /// Every kind, in the order the exposition lists them; `ALL[k.index()] == k`.
+    pub const ALL: [UpstreamKind; 4] = [
+        UpstreamKind::Connect,
+        UpstreamKind::Reset,
+        UpstreamKind::Protocol,
+        UpstreamKind::Timeout,
+    ];
+
+    /// The metric label text (fixed interface: dashboards match on it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Connect => "connect",
+            UpstreamKind::Reset => "reset",
+            UpstreamKind::Protocol => "protocol",
+            UpstreamKind::Timeout => "timeout",
+        }
+    }
+
+    /// The kind's slot in a per-kind counter array.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -147,5 +186,26 @@ mod tests {
         assert!(!ProxyError::Timeout.retryable(true));
         assert!(!ProxyError::Protocol(String::new()).retryable(true));
         assert!(!ProxyError::NoBackend.retryable(true));
+    }
+
+    #[test]
+    fn only_backend_failures_have_an_upstream_kind_with_its_fixed_label() {
+        let cases = [
+            (ProxyError::Connect(String::new()), Some("connect")),
+            (ProxyError::Reset(String::new()), Some("reset")),
+            (ProxyError::Protocol(String::new()), Some("protocol")),
+            (ProxyError::Timeout, Some("timeout")),
+            (ProxyError::BadRequest("x\n"), None),
+            (ProxyError::NotImplemented("x\n"), None),
+            (ProxyError::ClientTimeout, None),
+            (ProxyError::NoBackend, None),
+            (ProxyError::PinnedDown, None),
+        ];
+        for (e, label) in cases {
+            assert_eq!(e.upstream_kind().map(UpstreamKind::as_str), label, "{e:?}");
+        }
+        for (i, k) in UpstreamKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?} has its own slot");
+        }
     }
 }

@@ -1,15 +1,22 @@
-//! Process-wide counters that are not per backend: affinity outcomes by reason, re-pins,
-//! retries, upstream errors by kind, responses by status class, the latency histogram and the
-//! imbalance ratio. Plain atomics; [`crate::admin`] renders them.
+//! Process-wide counters that are not per backend (affinity outcomes by reason, re-pins,
+//! retries, upstream errors by kind, responses by status class, the latency histogram, the
+//! imbalance ratio), and the exposition of every metric: each family's name, type and help text
+//! is declared here once ([`FAMILIES`]), and [`Metrics::render`] writes the Prometheus text.
+//!
+//! Plain atomics, bumped on the request path without locks. This module never reads live state
+//! itself: per-backend values and gauges owned elsewhere come in as plain values
+//! ([`Readings`]), read once by the caller, so the exposition is a pure function of its input.
+//! The names, labels and types are fixed interface (dashboards and alerts match on them).
+
+mod exposition;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::affinity::Outcome;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamKind};
 
-/// Upstream error kinds counted, in a fixed order.
-pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "reset", "protocol", "timeout"];
+pub use exposition::{BackendSample, Readings};
 
 /// Counters shared by every request.
 #[derive(Debug, Default)]
@@ -17,7 +24,7 @@ pub struct Metrics {
     affinity: [AtomicU64; Outcome::ALL.len()],
     repins: AtomicU64,
     retries: AtomicU64,
-    upstream_errors: [AtomicU64; UPSTREAM_ERROR_KINDS.len()],
+    upstream_errors: [AtomicU64; UpstreamKind::ALL.len()],
     /// Responses to clients by status class (index 0 for 1xx .. 4 for 5xx), errors included.
     responses: [AtomicU64; 5],
     /// Time from a request's arrival to its response head.
@@ -25,6 +32,188 @@ pub struct Metrics {
     /// max/mean of the backends' recent request rates, as `f64` bits.
     imbalance: AtomicU64,
 }
+
+/// A metric type, as `# TYPE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    /// Only ever goes up (until restart).
+    Counter,
+    /// A value now.
+    Gauge,
+    /// Cumulative `_bucket{le}` counts plus `_sum` and `_count`.
+    Histogram,
+}
+
+impl Type {
+    /// The `# TYPE` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Type::Counter => "counter",
+            Type::Gauge => "gauge",
+            Type::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family as the exposition announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    /// The metric name (`stickyd_` prefixed; fixed interface).
+    pub name: &'static str,
+    /// Its type.
+    pub kind: Type,
+    /// The `# HELP` text: one line, no backslash.
+    pub help: &'static str,
+}
+
+const fn family(name: &'static str, kind: Type, help: &'static str) -> Family {
+    Family { name, kind, help }
+}
+
+/// `{version}`, always 1.
+pub const BUILD_INFO: Family = family(
+    "stickyd_build_info",
+    Type::Gauge,
+    "Version of the running stickyd.",
+);
+/// Client connections open now.
+pub const CONNECTIONS: Family = family(
+    "stickyd_connections",
+    Type::Gauge,
+    "Client connections open now.",
+);
+/// `{backend, class}`.
+pub const BACKEND_RESPONSES: Family = family(
+    "stickyd_backend_responses_total",
+    Type::Counter,
+    "Responses from each backend by status class.",
+);
+/// `{backend}`.
+pub const BACKEND_REQUESTS: Family = family(
+    "stickyd_backend_requests_total",
+    Type::Counter,
+    "Requests sent to each backend (attempts, retries included).",
+);
+/// `{backend}`.
+pub const BACKEND_FAILURES: Family = family(
+    "stickyd_backend_failures_total",
+    Type::Counter,
+    "Requests that got no response from the backend.",
+);
+/// `{backend}`.
+pub const BACKEND_IN_FLIGHT: Family = family(
+    "stickyd_backend_in_flight",
+    Type::Gauge,
+    "Requests in flight on each backend.",
+);
+/// `{backend}`: 1 or 0.
+pub const BACKEND_UP: Family = family(
+    "stickyd_backend_up",
+    Type::Gauge,
+    "1 if the backend passes health checks.",
+);
+/// `{backend}`.
+pub const BACKEND_WEIGHT: Family = family(
+    "stickyd_backend_weight",
+    Type::Gauge,
+    "Configured weight of each backend.",
+);
+/// `{backend}`.
+pub const BACKEND_PINS: Family = family(
+    "stickyd_backend_pins_total",
+    Type::Counter,
+    "Sessions pinned to each backend (new sessions and re-pins).",
+);
+/// `{backend}`.
+pub const BACKEND_SESSIONS: Family = family(
+    "stickyd_backend_sessions",
+    Type::Gauge,
+    "Distinct sessions served within about the last max_idle (estimate).",
+);
+/// `{backend}`: 1 or 0.
+pub const BACKEND_DRAINED: Family = family(
+    "stickyd_backend_drained",
+    Type::Gauge,
+    "1 if the backend is draining and served nothing for drain_quiet.",
+);
+/// `{backend, state}`: 1 for the state in force, 0 for the others.
+pub const BACKEND_ADMIN_STATE: Family = family(
+    "stickyd_backend_admin_state",
+    Type::Gauge,
+    "Admin state of each backend (1 for the state in force).",
+);
+/// `{class}`.
+pub const RESPONSES: Family = family(
+    "stickyd_responses_total",
+    Type::Counter,
+    "Responses to clients by status class, stickyd's own errors included.",
+);
+/// `_bucket{le}` over [`LATENCY_BUCKETS`], `_sum`, `_count`.
+pub const REQUEST_DURATION: Family = family(
+    "stickyd_request_duration_seconds",
+    Type::Histogram,
+    "Time from a request's arrival to its response head.",
+);
+/// `{outcome}`, one per [`Outcome`].
+pub const AFFINITY: Family = family(
+    "stickyd_affinity_total",
+    Type::Counter,
+    "Requests by affinity outcome (valid, new, refreshed, or why a token was not honoured).",
+);
+/// No labels.
+pub const REPINS: Family = family(
+    "stickyd_repins_total",
+    Type::Counter,
+    "Sessions moved to another backend because theirs could not serve.",
+);
+/// No labels.
+pub const RETRIES: Family = family(
+    "stickyd_retries_total",
+    Type::Counter,
+    "Requests retried on another backend.",
+);
+/// `{kind}`, one per [`UpstreamKind`].
+pub const UPSTREAM_ERRORS: Family = family(
+    "stickyd_upstream_errors_total",
+    Type::Counter,
+    "Failed upstream attempts by kind.",
+);
+/// No labels.
+pub const IMBALANCE: Family = family(
+    "stickyd_imbalance_ratio",
+    Type::Gauge,
+    "max/mean of the usable backends' request rates over about the last 10 s (1 is even; 0 without traffic).",
+);
+/// No labels; only while the access log is on.
+pub const ACCESS_LOG_DROPPED: Family = family(
+    "stickyd_access_log_dropped_total",
+    Type::Counter,
+    "Access log lines dropped because the writer fell behind.",
+);
+
+/// Every family, in the order [`Metrics::render`] writes them.
+pub const FAMILIES: [Family; 20] = [
+    BUILD_INFO,
+    CONNECTIONS,
+    BACKEND_RESPONSES,
+    BACKEND_REQUESTS,
+    BACKEND_FAILURES,
+    BACKEND_IN_FLIGHT,
+    BACKEND_UP,
+    BACKEND_WEIGHT,
+    BACKEND_PINS,
+    BACKEND_SESSIONS,
+    BACKEND_DRAINED,
+    BACKEND_ADMIN_STATE,
+    RESPONSES,
+    REQUEST_DURATION,
+    AFFINITY,
+    REPINS,
+    RETRIES,
+    UPSTREAM_ERRORS,
+    IMBALANCE,
+    ACCESS_LOG_DROPPED,
+];
 
 /// Upper bounds of the latency histogram's buckets, in seconds (Prometheus `le`).
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -136,17 +325,14 @@ impl Metrics {
 
     /// Counts an upstream error (errors that are not upstream are ignored).
     pub fn upstream_error(&self, e: &ProxyError) {
-        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == e.kind()) {
-            self.upstream_errors[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = e.upstream_kind() {
+            self.upstream_errors[k.index()].fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Upstream errors of `kind` (one of [`UPSTREAM_ERROR_KINDS`]) so far.
-    pub fn upstream_errors(&self, kind: &str) -> u64 {
-        UPSTREAM_ERROR_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .map_or(0, |i| self.upstream_errors[i].load(Ordering::Relaxed))
+    /// Upstream errors of `kind` so far.
+    pub fn upstream_errors(&self, kind: UpstreamKind) -> u64 {
+        self.upstream_errors[kind.index()].load(Ordering::Relaxed)
     }
 }
 
@@ -170,8 +356,8 @@ mod tests {
         );
         m.upstream_error(&ProxyError::Timeout);
         m.upstream_error(&ProxyError::NoBackend);
-        assert_eq!(m.upstream_errors("timeout"), 1);
-        assert_eq!(m.upstream_errors("connect"), 0);
+        assert_eq!(m.upstream_errors(UpstreamKind::Timeout), 1);
+        assert_eq!(m.upstream_errors(UpstreamKind::Connect), 0);
         m.repin();
         m.retry();
         assert_eq!((m.repins(), m.retries()), (1, 1));

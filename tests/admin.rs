@@ -1,12 +1,15 @@
 //! The admin API end to end: health, metrics, backends, drain/enable/disable with real traffic,
-//! the bearer token, and reload calls.
+//! the bearer token, reload calls, and the refusal of calls from other web sites (foreign Host,
+//! cross-origin state changes), token or not.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn call(lb: &stickyd::server::Running, method: &str, path: &str) -> Got {
     Browser::new(lb.admin_addr().expect("admin API configured"))
@@ -252,4 +255,255 @@ async fn reload_calls_reach_the_owner_and_errors_come_back_as_400() {
     assert_eq!(got.status, 200);
     assert_eq!(json(&got)["backends"], 2);
     owner.await.unwrap();
+}
+
+/// One admin API under test: without or with a token (sent on every call when there is one);
+/// both allow the name `Admin.Example`.
+struct Api {
+    mode: &'static str,
+    addr: SocketAddr,
+    bearer: Option<String>,
+    _lb: stickyd::server::Running,
+}
+
+impl Api {
+    /// Both modes, each its own stickyd in front of `backend`.
+    async fn both(backend: &TestBackend) -> [Api; 2] {
+        let start = |mode, admin, bearer| async move {
+            let lb = stickyd(
+                &Cfg {
+                    admin: Some(admin),
+                    ..Cfg::default()
+                },
+                &pool(&[backend]),
+            )
+            .await;
+            Api {
+                mode,
+                addr: lb.admin_addr().unwrap(),
+                bearer,
+                _lb: lb,
+            }
+        };
+        // The test key source answers every env: spec with KEY.
+        let bearer = format!("Bearer {}", std::str::from_utf8(KEY).unwrap());
+        [
+            start("no token", "allowed_hosts = [\"Admin.Example\"]", None).await,
+            start(
+                "token",
+                "token = \"env:ADMIN_TOKEN\"\nallowed_hosts = [\"Admin.Example\"]",
+                Some(bearer),
+            )
+            .await,
+        ]
+    }
+
+    async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut all = headers.to_vec();
+        if let Some(b) = &self.bearer {
+            all.push(("authorization", b));
+        }
+        Browser::new(self.addr)
+            .send(method, path, Bytes::new(), &all)
+            .await
+    }
+
+    /// Backend `a`'s admin state and its source, as GET /backends/a says.
+    async fn state_of_a(&self) -> (String, String) {
+        let got = self.call("GET", "/backends/a", &[]).await;
+        assert_eq!(got.status, 200, "{}: {}", self.mode, got.text());
+        let j = json(&got);
+        (
+            j["state"].as_str().unwrap().into(),
+            j["state_source"].as_str().unwrap().into(),
+        )
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+fn untouched() -> (String, String) {
+    ("active".into(), "config".into())
+}
+
+#[tokio::test]
+async fn a_cross_origin_post_is_refused_and_the_backend_is_not_disabled() {
+    let a = TestBackend::start("a").await;
+    for api in Api::both(&a).await {
+        // The attack as a browser sends it: a "simple" request, so no preflight.
+        for path in ["/backends/a/disable", "/backends/a/drain", "/reload"] {
+            let got = api
+                .call(
+                    "POST",
+                    path,
+                    &[
+                        ("origin", "http://evil.example"),
+                        ("content-type", "text/plain"),
+                    ],
+                )
+                .await;
+            assert_eq!(got.status, 403, "{} {path}: {}", api.mode, got.text());
+            assert!(got.text().contains("http://evil.example"), "{}", got.text());
+            assert_eq!(got.headers["x-content-type-options"], "nosniff");
+        }
+        // Another port on the same host is another origin (a dev server on localhost:3000).
+        let other_port = "http://127.0.0.1:3000";
+        let got = api
+            .call("POST", "/backends/a/disable", &[("origin", other_port)])
+            .await;
+        assert_eq!(got.status, 403, "{}", api.mode);
+        assert_eq!(api.state_of_a().await, untouched(), "{}", api.mode);
+        let m = api.call("GET", "/metrics", &[]).await.text();
+        assert!(
+            m.contains("stickyd_backend_admin_state{backend=\"a\",state=\"active\"} 1"),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_post_the_browser_marks_cross_site_is_refused() {
+    let a = TestBackend::start("a").await;
+    for api in Api::both(&a).await {
+        for site in ["cross-site", "same-site"] {
+            let got = api
+                .call("POST", "/backends/a/disable", &[("sec-fetch-site", site)])
+                .await;
+            assert_eq!(got.status, 403, "{} {site}", api.mode);
+            assert!(got.text().contains(site), "{}", got.text());
+        }
+        assert_eq!(api.state_of_a().await, untouched(), "{}", api.mode);
+    }
+}
+
+#[tokio::test]
+async fn same_origin_and_curl_style_posts_are_served() {
+    let a = TestBackend::start("a").await;
+    for api in Api::both(&a).await {
+        let own = format!("http://127.0.0.1:{}", api.port());
+        let got = api
+            .call(
+                "POST",
+                "/backends/a/drain",
+                &[("origin", &own), ("sec-fetch-site", "same-origin")],
+            )
+            .await;
+        assert_eq!(got.status, 200, "{}: {}", api.mode, got.text());
+        assert_eq!(api.state_of_a().await.0, "draining");
+
+        let by_name = format!("http://localhost:{}", api.port());
+        let got = api
+            .call(
+                "POST",
+                "/backends/a/disable",
+                &[("host", &by_name[7..]), ("origin", &by_name)],
+            )
+            .await;
+        assert_eq!(got.status, 200, "{}: {}", api.mode, got.text());
+        assert_eq!(api.state_of_a().await.0, "disabled");
+
+        // curl: no Origin, no Sec-Fetch-Site.
+        let got = api.call("POST", "/backends/a/enable", &[]).await;
+        assert_eq!(got.status, 200, "{}: {}", api.mode, got.text());
+        assert_eq!(api.state_of_a().await, ("active".into(), "api".into()));
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_host_can_read_nothing() {
+    let a = TestBackend::start("a").await;
+    for api in Api::both(&a).await {
+        // DNS rebinding: the page's own name, resolving to 127.0.0.1.
+        let rebound = format!("evil.example:{}", api.port());
+        for host in [rebound.as_str(), "evil.example", "127.0.0.1:1"] {
+            for path in ["/backends", "/metrics", "/backends/a", "/healthz"] {
+                let got = api.call("GET", path, &[("host", host)]).await;
+                assert_eq!(got.status, 421, "{} {host} {path}", api.mode);
+                let body = got.text();
+                assert!(
+                    body.contains(host) && body.contains("allowed_hosts"),
+                    "{body}"
+                );
+                assert!(!body.contains("stickyd_"), "no metrics leak: {body}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_host_is_checked_before_the_token() {
+    let a = TestBackend::start("a").await;
+    let [_, api] = Api::both(&a).await;
+    let got = Browser::new(api.addr)
+        .send(
+            "GET",
+            "/backends",
+            Bytes::new(),
+            &[("host", "evil.example")],
+        )
+        .await;
+    assert_eq!(got.status, 421, "not 401: {}", got.text());
+    // Without the token, a good Host still needs it.
+    let got = Browser::new(api.addr).get("/backends").await;
+    assert_eq!(got.status, 401);
+}
+
+#[tokio::test]
+async fn localhost_the_address_connected_to_and_allowed_names_are_served() {
+    let a = TestBackend::start("a").await;
+    for api in Api::both(&a).await {
+        let port = api.port();
+        for host in [
+            format!("localhost:{port}"),
+            format!("LOCALHOST:{port}"),
+            format!("127.0.0.1:{port}"),
+            "admin.example".into(),
+            "ADMIN.example:8443".into(),
+        ] {
+            for path in ["/backends", "/metrics"] {
+                let got = api.call("GET", path, &[("host", &host)]).await;
+                assert_eq!(got.status, 200, "{} {host} {path}", api.mode);
+            }
+        }
+        // Through a TLS reverse proxy that keeps the name: its origin is https.
+        let got = api
+            .call(
+                "POST",
+                "/backends/a/drain",
+                &[
+                    ("host", "admin.example"),
+                    ("origin", "https://admin.example"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+            )
+            .await;
+        assert_eq!(got.status, 200, "{}: {}", api.mode, got.text());
+        assert_eq!(api.state_of_a().await.0, "draining");
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_host_is_served() {
+    let a = TestBackend::start("a").await;
+    for api in Api::both(&a).await {
+        let mut s = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+        let auth = api
+            .bearer
+            .as_ref()
+            .map(|b| format!("Authorization: {b}\r\n"))
+            .unwrap_or_default();
+        s.write_all(format!("GET /healthz HTTP/1.0\r\n{auth}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 200 "),
+            "{}: {answer}",
+            api.mode
+        );
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use stickyd::affinity::Outcome;
+use stickyd::error::UpstreamKind;
 use stickyd::token::{Claims, KeyRing};
 use support::*;
 
@@ -346,7 +347,7 @@ async fn a_connection_reset_is_retried_for_get_but_a_post_is_never_replayed() {
         good.seen.lock().unwrap().iter().all(|s| s.method != "POST"),
         "the POST was not replayed"
     );
-    assert_eq!(lb.shared().metrics.upstream_errors("reset"), 2);
+    assert_eq!(lb.shared().metrics.upstream_errors(UpstreamKind::Reset), 2);
 }
 
 #[tokio::test]
@@ -356,7 +357,10 @@ async fn a_garbage_response_is_a_502() {
     let got = Browser::new(lb.local_addrs()[0]).get("/").await;
     assert_eq!(got.status, 502);
     assert_eq!(got.text(), "the backend sent an invalid response\n");
-    assert_eq!(lb.shared().metrics.upstream_errors("protocol"), 1);
+    assert_eq!(
+        lb.shared().metrics.upstream_errors(UpstreamKind::Protocol),
+        1
+    );
 }
 
 #[tokio::test]
@@ -416,7 +420,10 @@ async fn a_slow_backend_is_a_504_at_the_response_timeout() {
     .await;
     let got = Browser::new(lb.local_addrs()[0]).get("/slow?ms=3000").await;
     assert_eq!(got.status, 504);
-    assert_eq!(lb.shared().metrics.upstream_errors("timeout"), 1);
+    assert_eq!(
+        lb.shared().metrics.upstream_errors(UpstreamKind::Timeout),
+        1
+    );
 }
 
 #[tokio::test]

@@ -406,6 +406,36 @@ fn an_admin_listener_off_loopback_needs_a_token() {
 }
 
 #[test]
+fn admin_allowed_hosts_are_host_names_and_a_bad_one_is_pointed_at() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[admin]\nallowed_hosts = [\"admin.example.com\", \"lb_1\", \"192.0.2.7\", \"[::1]\"]\n"
+    ));
+    assert_eq!(c.admin.unwrap().allowed_hosts.len(), 4);
+    assert!(
+        parse_ok(&format!("{MINIMAL}\n[admin]\n"))
+            .admin
+            .unwrap()
+            .allowed_hosts
+            .is_empty()
+    );
+    for bad in [
+        "admin.example.com:9901",
+        "http://admin.example.com",
+        "",
+        "a..b",
+        "-a.example",
+        "a b",
+        "[::1",
+        "[evil]",
+    ] {
+        let text =
+            format!("{MINIMAL}\n[admin]\nallowed_hosts = [\n  \"ok.example\",\n  {bad:?},\n]\n");
+        let line = text.lines().count() - 1;
+        err_at(&text, line, 3, "admin.allowed_hosts");
+    }
+}
+
+#[test]
 fn tls_listeners_need_loadable_certificates_and_errors_point_at_them() {
     let text = MINIMAL.replace(
         "listen = [\"127.0.0.1:0\"]",
