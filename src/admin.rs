@@ -238,26 +238,29 @@ impl BackendView {
             id: b.id.to_string(),
             address: b.authority.to_string(),
             weight: b.weight,
-            health: if l.is_healthy() { "up" } else { "down" },
+            health: if l.health.is_up() { "up" } else { "down" },
             state,
-            state_source: if l.admin_override().is_some() {
+            state_source: if l.admin.api_state().is_some() {
                 "api"
             } else {
                 "config"
             },
-            in_flight: l.in_flight(),
-            requests: l.requests(),
+            in_flight: l.counters.in_flight(),
+            requests: l.counters.requests(),
             responses: Responses {
-                c1: l.responses(1),
-                c2: l.responses(2),
-                c3: l.responses(3),
-                c4: l.responses(4),
-                c5: l.responses(5),
+                c1: l.counters.responses(1),
+                c2: l.counters.responses(2),
+                c3: l.counters.responses(3),
+                c4: l.counters.responses(4),
+                c5: l.counters.responses(5),
             },
-            failures: l.failures(),
-            pins: l.pins(),
-            sessions: l.recent_sessions(),
-            draining_since: l.draining_since().filter(|_| state == AdminState::Draining),
+            failures: l.counters.failures(),
+            pins: l.sessions.pins(),
+            sessions: l.sessions.recent(),
+            draining_since: l
+                .admin
+                .draining_since()
+                .filter(|_| state == AdminState::Draining),
             drained: state == AdminState::Draining && l.drained(now, quiet),
         }
     }
@@ -311,7 +314,7 @@ pub fn render_metrics(ctx: &Ctx) -> String {
                 o,
                 "stickyd_backend_responses_total{{backend=\"{}\",class=\"{class}xx\"}} {}",
                 escape(&b.id),
-                b.live.responses(class)
+                b.live.counters.responses(class)
             );
         }
     }
@@ -320,28 +323,28 @@ pub fn render_metrics(ctx: &Ctx) -> String {
         "stickyd_backend_requests_total",
         "counter",
         "Requests sent to each backend (attempts, retries included).",
-        &|b| b.live.requests().to_string(),
+        &|b| b.live.counters.requests().to_string(),
     );
     per_backend(
         &mut o,
         "stickyd_backend_failures_total",
         "counter",
         "Requests that got no response from the backend.",
-        &|b| b.live.failures().to_string(),
+        &|b| b.live.counters.failures().to_string(),
     );
     per_backend(
         &mut o,
         "stickyd_backend_in_flight",
         "gauge",
         "Requests in flight on each backend.",
-        &|b| b.live.in_flight().to_string(),
+        &|b| b.live.counters.in_flight().to_string(),
     );
     per_backend(
         &mut o,
         "stickyd_backend_up",
         "gauge",
         "1 if the backend passes health checks.",
-        &|b| u8::from(b.live.is_healthy()).to_string(),
+        &|b| u8::from(b.live.health.is_up()).to_string(),
     );
     per_backend(
         &mut o,
@@ -355,14 +358,14 @@ pub fn render_metrics(ctx: &Ctx) -> String {
         "stickyd_backend_pins_total",
         "counter",
         "Sessions pinned to each backend (new sessions and re-pins).",
-        &|b| b.live.pins().to_string(),
+        &|b| b.live.sessions.pins().to_string(),
     );
     per_backend(
         &mut o,
         "stickyd_backend_sessions",
         "gauge",
         "Distinct sessions served within about the last max_idle (estimate).",
-        &|b| b.live.recent_sessions().to_string(),
+        &|b| b.live.sessions.recent().to_string(),
     );
     per_backend(
         &mut o,

@@ -215,8 +215,8 @@ impl Proxy {
                     if close_after {
                         lease = lease.no_reuse();
                     }
-                    backend.live.connect_ok();
-                    backend.live.record_status(resp.status().as_u16());
+                    backend.live.health.connect_ok();
+                    backend.live.counters.record_status(resp.status().as_u16());
                     let repinned = self.count_route(&route, snap);
                     if let Some(p) = log.as_mut() {
                         p.routed(
@@ -283,11 +283,14 @@ impl Proxy {
                 }
                 Err(e) => {
                     drop(guard);
-                    backend.live.record_failure();
+                    backend.live.counters.record_failure();
                     self.shared.metrics.upstream_error(&e);
                     if let ProxyError::Connect(_) = e {
                         let threshold = snap.config.health.passive_failures;
-                        if backend.live.connect_failed(threshold, Instant::now())
+                        if backend
+                            .live
+                            .health
+                            .connect_failed(threshold, Instant::now())
                             == Some(Transition::Down)
                         {
                             warn!(backend = %backend.id, error = %e, "backend ejected after consecutive connect failures");
