@@ -258,8 +258,8 @@ fn route(c: &mut Criterion) {
         let snap = snapshot(n);
         let home = n / 2;
         let live = &snap.backends[home].live;
-        while live.is_healthy() {
-            live.check_result(false);
+        while live.health.is_up() {
+            live.health.check_result(false, 0);
         }
         let token = pinned(&snap, home);
         let r = affinity::route(&snap.policy, token, NOW, &*snap, &[], || 1).unwrap();

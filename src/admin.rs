@@ -310,7 +310,7 @@ impl BackendView {
             weight: s.weight,
             health: if s.up { "up" } else { "down" },
             state: s.state,
-            state_source: if b.live.admin_override().is_some() {
+            state_source: if b.live.admin.api_state().is_some() {
                 "api"
             } else {
                 "config"
@@ -323,6 +323,7 @@ impl BackendView {
             sessions: s.sessions,
             draining_since: b
                 .live
+                .admin
                 .draining_since()
                 .filter(|_| s.state == AdminState::Draining),
             drained: s.drained,
@@ -337,15 +338,15 @@ fn sample(b: &Backend, now: u64, quiet: u64) -> BackendSample<'_> {
     BackendSample {
         id: &b.id,
         weight: b.weight,
-        up: l.is_healthy(),
+        up: l.health.is_up(),
         state,
         drained: state == AdminState::Draining && l.drained(now, quiet),
-        in_flight: l.in_flight(),
-        requests: l.requests(),
-        failures: l.failures(),
-        responses: [1, 2, 3, 4, 5].map(|class| l.responses(class)),
-        pins: l.pins(),
-        sessions: l.recent_sessions(),
+        in_flight: l.counters.in_flight(),
+        requests: l.counters.requests(),
+        failures: l.counters.failures(),
+        responses: [1, 2, 3, 4, 5].map(|class| l.counters.responses(class)),
+        pins: l.sessions.pins(),
+        sessions: l.sessions.recent(),
     }
 }
 

@@ -12,12 +12,13 @@
 //! | [`headers`] | cookie strip, hop-by-hop, framing checks, X-Forwarded-*, Set-Cookie | policy |
 //! | [`error`] | proxy errors and their one status mapping | policy |
 //! | [`config`] | TOML schema, defaults, validation, key loading | edge |
-//! | [`backend`] | live per-backend state (health, counters) | state |
+//! | [`backend`] | live per-backend state in parts: health, admin cell, counters, load estimate, sessions | state |
 //! | [`state`] | the immutable snapshot behind an ArcSwap; live state by id | state |
 //! | [`metrics`] | process-wide counters | state |
 //! | [`upstream`] | the connection pool to backends | I/O |
 //! | [`io`] | the client stream's send deadline | I/O |
 //! | [`checker`] | active health probes | I/O |
+//! | [`maintain`] | the 100 ms ticker: rates, pin decay, imbalance ratio, session rotation | task |
 //! | [`proxy`] | the request path | I/O |
 //! | [`server`] | listeners, connections, reload, shutdown | I/O |
 
@@ -35,12 +36,12 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod io;
+pub mod maintain;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub(crate) mod rt;
 pub mod server;
-pub mod sessions;
 pub mod state;
 pub mod tls;
 pub mod token;

@@ -199,8 +199,8 @@ impl Proxy {
         log: &mut Option<Pending>,
     ) {
         let backend = &snap.backends[route.backend];
-        backend.live.connect_ok();
-        backend.live.record_status(status);
+        backend.live.health.connect_ok();
+        backend.live.counters.record_status(status);
         let m = &self.shared.metrics;
         m.outcome(route.outcome);
         let repinned = route.repinned();

@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -132,7 +132,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let (phase, _) = watch::channel(Phase::Running);
     let conns = Arc::new(Semaphore::new(max_conns as usize));
     let (stopping, stopping_rx) = watch::channel(false);
-    let mut control = vec![tokio::spawn(maintain(shared.clone()))];
+    let mut control = vec![tokio::spawn(crate::maintain::run(shared.clone()))];
     let mut admin_addr = None;
     let mut reload_calls = None;
     if let Some(l) = admin_listener {
@@ -310,59 +310,4 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
         _ = int.recv() => warn!("second signal: closing now"),
     }
     Ok(())
-}
-
-/// Ten times a second: each backend's request rate, fast (about 0.3 s, for least_loaded) and
-/// slow (about 10 s, for the imbalance ratio of the usable backends), the decay of recent pins,
-/// and a new generation of every backend's session estimate each `max_idle`.
-async fn maintain(shared: Arc<Shared>) {
-    use std::collections::HashMap;
-    // Ten times a second: least_loaded needs a rate that follows heavy users within a
-    // fraction of a second; the imbalance metric wants a steadier one.
-    const TICK: Duration = Duration::from_millis(100);
-    const PER_SECOND: f64 = 10.0;
-    // Weight of the newest tick: about a 0.3 s window for placement, about 10 s for the metric.
-    const FAST: f64 = 0.3;
-    const SLOW: f64 = 0.01;
-    struct Rate {
-        last: u64,
-        fast: f64,
-        slow: f64,
-    }
-    let mut rates: HashMap<Arc<str>, Rate> = HashMap::new();
-    let mut rotated = Instant::now();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let snap = shared.load();
-        let mut usable = Vec::with_capacity(snap.backends.len());
-        for b in &snap.backends {
-            b.live.decay_pins();
-            let n = b.live.requests();
-            let r = rates.entry(b.id.clone()).or_insert(Rate {
-                last: n,
-                fast: 0.0,
-                slow: 0.0,
-            });
-            let per_second = n.saturating_sub(r.last) as f64 * PER_SECOND;
-            r.last = n;
-            r.fast += FAST * (per_second - r.fast);
-            r.slow += SLOW * (per_second - r.slow);
-            b.live.set_rate(r.fast);
-            if b.live.is_healthy() && b.admin_state() == crate::affinity::AdminState::Active {
-                usable.push(r.slow);
-            }
-        }
-        rates.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
-        shared
-            .metrics
-            .set_imbalance(crate::metrics::imbalance_ratio(&usable));
-        if rotated.elapsed() >= snap.config.affinity.max_idle.get_ref().get() {
-            rotated = Instant::now();
-            for b in &snap.backends {
-                b.live.rotate_sessions();
-            }
-        }
-    }
 }

@@ -45,7 +45,7 @@ pub struct Backend {
 impl Backend {
     /// The admin state in force: the admin API's if it set one, else the config's.
     pub fn admin_state(&self) -> AdminState {
-        self.live.admin_override().unwrap_or(self.admin)
+        self.live.admin.api_state().unwrap_or(self.admin)
     }
 }
 
@@ -193,7 +193,7 @@ impl PoolView for Snapshot {
         &self.hashes
     }
     fn healthy(&self, i: usize) -> bool {
-        self.backends[i].live.is_healthy()
+        self.backends[i].live.health.is_up()
     }
     fn admin(&self, i: usize) -> AdminState {
         self.backends[i].admin_state()
@@ -226,9 +226,9 @@ impl PoolView for Snapshot {
             let (w, loads) = &mut *buf.borrow_mut();
             w.clear();
             w.extend(
-                self.backends
-                    .iter()
-                    .map(|b| ramp_weight(b.weight, b.live.up_for_ms(now), self.slow_start_ms)),
+                self.backends.iter().map(|b| {
+                    ramp_weight(b.weight, b.live.health.up_for_ms(now), self.slow_start_ms)
+                }),
             );
             match self.least_loaded {
                 None => {
@@ -294,9 +294,10 @@ impl Shared {
         let known: Vec<Arc<str>> = live.keys().cloned().collect();
         let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
         // Added by this reload: slow start counts from now.
+        let now_ms = crate::backend::epoch_ms();
         for b in &snap.backends {
             if !known.contains(&b.id) {
-                b.live.mark_up();
+                b.live.health.mark_up(now_ms);
             }
         }
         live.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
@@ -306,7 +307,7 @@ impl Shared {
                 .iter()
                 .any(|o| o.id == b.id && o.admin != b.admin)
             {
-                b.live.set_admin_override(None);
+                b.live.admin.set_api_state(None);
             }
         }
         self.snapshot.store(snap.clone());
@@ -320,8 +321,8 @@ impl Shared {
         let Some(b) = snap.backends.iter().find(|b| &*b.id == id) else {
             return false;
         };
-        b.live.set_admin_override(state);
-        b.live.note_admin_state(b.admin_state(), now);
+        b.live.admin.set_api_state(state);
+        b.live.admin.note_state(b.admin_state(), now);
         true
     }
 
@@ -329,7 +330,7 @@ impl Shared {
     /// a reload).
     pub fn note_admin_states(&self, now: u64) {
         for b in &self.load().backends {
-            b.live.note_admin_state(b.admin_state(), now);
+            b.live.admin.note_state(b.admin_state(), now);
         }
     }
 }
@@ -382,12 +383,16 @@ mod tests {
         let old = shared.load();
         old.backends[0]
             .live
+            .health
             .connect_failed(1, std::time::Instant::now());
-        assert!(!old.backends[0].live.is_healthy());
+        assert!(!old.backends[0].live.health.is_up());
         let new = shared.apply(cfg(&[("c", "h:3"), ("a", "h:9")]));
         assert!(Arc::ptr_eq(&old.backends[0].live, &new.backends[1].live));
-        assert!(!new.backends[1].live.is_healthy(), "health carried over");
-        assert!(new.backends[0].live.is_healthy(), "a new backend starts up");
+        assert!(!new.backends[1].live.health.is_up(), "health carried over");
+        assert!(
+            new.backends[0].live.health.is_up(),
+            "a new backend starts up"
+        );
         assert_eq!(
             shared.live.lock().unwrap().len(),
             2,
@@ -405,7 +410,7 @@ mod tests {
         assert!(!shared.set_admin("nope", Some(AdminState::Draining), 100));
         let s = shared.load();
         assert_eq!(s.admin(0), AdminState::Draining);
-        assert_eq!(s.backends[0].live.draining_since(), Some(100));
+        assert_eq!(s.backends[0].live.admin.draining_since(), Some(100));
         // An unrelated reload keeps it.
         let s = shared.apply(cfg_states(&[
             ("a", "h:1", "active"),
@@ -420,8 +425,8 @@ mod tests {
         ]));
         assert_eq!(s.admin(0), AdminState::Disabled);
         shared.note_admin_states(200);
-        assert_eq!(s.backends[0].live.draining_since(), None);
-        assert_eq!(s.backends[1].live.draining_since(), Some(200));
+        assert_eq!(s.backends[0].live.admin.draining_since(), None);
+        assert_eq!(s.backends[1].live.admin.draining_since(), Some(200));
         // Back to the file's state.
         assert!(shared.set_admin("b", Some(AdminState::Active), 300));
         assert_eq!(shared.load().admin(1), AdminState::Active);

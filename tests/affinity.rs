@@ -96,7 +96,7 @@ async fn with_return_a_session_goes_home_when_its_backend_recovers() {
     let a_live = lb.shared().load().backends[0].live.clone();
 
     a.kill().await;
-    eventually("a to be marked down", || !a_live.is_healthy()).await;
+    eventually("a to be marked down", || !a_live.health.is_up()).await;
     for _ in 0..3 {
         let got = user.get("/").await;
         assert_eq!((got.status, got.backend().as_str()), (200, "b"));
@@ -105,7 +105,7 @@ async fn with_return_a_session_goes_home_when_its_backend_recovers() {
     assert_eq!(user.cookie.as_deref(), Some(token.as_str()));
 
     a.restart().await;
-    eventually("a to be back up", || a_live.is_healthy()).await;
+    eventually("a to be back up", || a_live.health.is_up()).await;
     let got = user.get("/").await;
     assert_eq!(got.backend(), "a", "home again");
 }
@@ -139,7 +139,7 @@ async fn least_loaded_sends_new_sessions_away_from_a_busy_backend() {
             u.get("/slow?ms=3000").await.status
         }));
     }
-    eventually("a to be busy", || a_live.in_flight() == 20).await;
+    eventually("a to be busy", || a_live.counters.in_flight() == 20).await;
     let mut names = Vec::new();
     for _ in 0..40 {
         names.push(Browser::new(addr).get("/").await.backend());
@@ -317,7 +317,7 @@ async fn sticky_fraction_zero_keeps_new_sessions_unpinned_for_good() {
         .load()
         .backends
         .iter()
-        .map(|b| b.live.pins())
+        .map(|b| b.live.sessions.pins())
         .sum();
     assert_eq!(pins, 0);
 }

@@ -465,7 +465,7 @@ async fn health_flapping_follows_the_rise_fall_model_check_by_check() {
         script.extend(std::iter::repeat_n(ok, run as usize));
     }
     let expected = model(&script, 2, 3);
-    let state = || lb.shared().load().backends[0].live.is_healthy();
+    let state = || lb.shared().load().backends[0].live.health.is_up();
     let mut seen = Vec::new();
     for &ok in &script {
         let verdict = tokio::time::timeout(Duration::from_secs(10), checks.recv())

@@ -173,7 +173,7 @@ async fn a_backend_comes_back_after_rise_good_checks() {
     let lb = stickyd(&cfg, &pool(&[&a, &b])).await;
     let live_b = lb.shared().load().backends[1].live.clone();
     b.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
-    eventually("b marked down", || !live_b.is_healthy()).await;
+    eventually("b marked down", || !live_b.health.is_up()).await;
     for _ in 0..6 {
         assert_eq!(
             Browser::new(lb.local_addrs()[0]).get("/").await.backend(),
@@ -182,7 +182,7 @@ async fn a_backend_comes_back_after_rise_good_checks() {
     }
     let checks_before = b.health_checks.load(std::sync::atomic::Ordering::SeqCst);
     b.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
-    eventually("b back up", || live_b.is_healthy()).await;
+    eventually("b back up", || live_b.health.is_up()).await;
     let checks = b.health_checks.load(std::sync::atomic::Ordering::SeqCst) - checks_before;
     assert!(checks >= 3, "came up after {checks} checks, rise is 3");
     let names: Vec<String> = futures_names(&lb, 4).await;
@@ -311,7 +311,7 @@ async fn a_large_body_streams_both_ways() {
     assert_eq!(got.body.len(), body.len());
     assert!(got.body == body, "echoed body differs");
     let live = lb.shared().load().backends[0].live.clone();
-    eventually("in-flight back to 0", || live.in_flight() == 0).await;
+    eventually("in-flight back to 0", || live.counters.in_flight() == 0).await;
 }
 
 #[tokio::test]
@@ -684,13 +684,13 @@ async fn an_h2_stream_reset_by_the_client_cancels_its_upstream_request() {
         .unwrap();
     let pending = tokio::spawn(send.send_request(slow));
     eventually("the slow request to reach the backend", || {
-        live.in_flight() == 1
+        live.counters.in_flight() == 1
     })
     .await;
     // Dropping the response future resets the stream (RST_STREAM CANCEL).
     pending.abort();
     eventually("the upstream request to be cancelled", || {
-        live.in_flight() == 0
+        live.counters.in_flight() == 0
     })
     .await;
     // The connection keeps serving other streams.
@@ -756,7 +756,7 @@ async fn an_h2_backend_gets_one_multiplexed_connection_and_h2_health_checks() {
     let lb = stickyd::server::start(parse_config(&text)).await.unwrap();
     let live = lb.shared().load().backends[0].live.clone();
     eventually("the h2 backend to pass an h2 health check", || {
-        live.is_healthy()
+        live.health.is_up()
     })
     .await;
     // Several clients at once: their requests share the worker's one HTTP/2 connection.

@@ -270,7 +270,7 @@ async fn backends_can_be_reached_over_tls_verified_by_their_ca_and_name() {
     .unwrap();
     let live = lb.shared().load().backends[0].live.clone();
     eventually("the TLS backend to pass its health check", || {
-        live.is_healthy()
+        live.health.is_up()
     })
     .await;
     let mut user = Browser::new(lb.local_addrs()[0]);

@@ -159,11 +159,21 @@ async fn a_websocket_is_tunnelled_stays_on_its_backend_and_counts_in_flight() {
     // In flight on its backend while open, released when closed.
     let snap = lb.shared().load();
     let live = &snap.backends.iter().find(|x| *x.id == *home).unwrap().live;
-    assert_eq!(live.in_flight(), 2, "this tunnel and the second one");
+    assert_eq!(
+        live.counters.in_flight(),
+        2,
+        "this tunnel and the second one"
+    );
     drop(again);
-    eventually("the second tunnel to be released", || live.in_flight() == 1).await;
+    eventually("the second tunnel to be released", || {
+        live.counters.in_flight() == 1
+    })
+    .await;
     drop(ws);
-    eventually("the tunnel to be released", || live.in_flight() == 0).await;
+    eventually("the tunnel to be released", || {
+        live.counters.in_flight() == 0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -129,14 +129,14 @@ impl Proxy {
     /// Counts a failed attempt against its backend; consecutive connect failures eject it
     /// (passive health, logged once per ejection).
     fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
-        backend.live.record_failure();
+        backend.live.counters.record_failure();
         self.shared.metrics.upstream_error(e);
         if let ProxyError::Connect(_) = e {
             let threshold = snap.config.health.passive_failures;
             // Dated when the failure is known, not when the request came: a connect may take
             // up to connect_timeout, and `eject_time` counts from the ejection.
             let at = std::time::Instant::now();
-            if backend.live.connect_failed(threshold, at) == Some(Transition::Down) {
+            if backend.live.health.connect_failed(threshold, at) == Some(Transition::Down) {
                 warn!(backend = %backend.id, error = %e, "backend ejected after consecutive connect failures");
             }
         }

@@ -1,19 +1,69 @@
-//! How many distinct sessions a backend served lately, estimated without a session table: a
-//! small HyperLogLog over session nonces (64 one-byte registers, about 13% standard error) in
-//! two generations. Each generation covers `max_idle`; the estimate is the union of the current
-//! and the previous one, so a session seen within the last `max_idle` is always counted and
-//! one idle longer is forgotten within `2 * max_idle`.
+//! The sessions a backend served: how many were pinned to it since start, when it last served
+//! one, and how many distinct ones it served lately.
 //!
-//! Recording is one relaxed `fetch_max` on a byte, cheap enough for every request. Rotation is
-//! driven from outside (the control thread's ticker), so this module reads no clock.
+//! The last is estimated without a session table: a small HyperLogLog over session nonces (64
+//! one-byte registers, about 13% standard error) in two generations. Each generation covers
+//! `max_idle`; the estimate is the union of the current and the previous one, so a session seen
+//! within the last `max_idle` is always counted and one idle longer is forgotten within
+//! `2 * max_idle`.
+//!
+//! Recording is a few relaxed atomic operations, cheap enough for every request. Rotation is
+//! driven from outside (the maintenance task, [`crate::maintain`]), so this module reads no
+//! clock.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 const REGISTERS: usize = 64;
 
+/// The sessions one backend served.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// Distinct sessions served lately.
+    sketch: SessionSketch,
+    /// Sessions pinned here (new sessions and re-pins), since start.
+    pins: AtomicU64,
+    /// Unix time of the last request of a session served here (0: none yet).
+    last_request_at: AtomicU64,
+}
+
+impl Sessions {
+    /// Records a request of session `nonce` served at unix time `now`; `pinned_here` when the
+    /// response pins the session here (a new session or a re-pin).
+    pub fn record(&self, nonce: u64, now: u64, pinned_here: bool) {
+        self.sketch.record(nonce);
+        // Load first: within a second nothing is written, so the line stays shared.
+        if self.last_request_at.load(Ordering::Relaxed) != now {
+            self.last_request_at.store(now, Ordering::Relaxed);
+        }
+        if pinned_here {
+            self.pins.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions pinned here since start.
+    pub fn pins(&self) -> u64 {
+        self.pins.load(Ordering::Relaxed)
+    }
+
+    /// Unix time of the last request of a session served here (0: none yet).
+    pub fn last_request_at(&self) -> u64 {
+        self.last_request_at.load(Ordering::Relaxed)
+    }
+
+    /// Distinct sessions served within roughly the last `max_idle` (an estimate).
+    pub fn recent(&self) -> u64 {
+        self.sketch.estimate()
+    }
+
+    /// Starts a new generation of the estimate (every `max_idle`).
+    pub fn rotate(&self) {
+        self.sketch.rotate();
+    }
+}
+
 /// A two-generation distinct-count sketch.
 #[derive(Debug)]
-pub struct SessionSketch {
+struct SessionSketch {
     gens: [[AtomicU8; REGISTERS]; 2],
     /// Index of the current generation.
     current: AtomicUsize,
@@ -30,7 +80,7 @@ impl Default for SessionSketch {
 
 impl SessionSketch {
     /// Records a session by its nonce (already uniformly random: it is drawn from a PRNG).
-    pub fn record(&self, nonce: u64) {
+    fn record(&self, nonce: u64) {
         // Mix anyway: nonces from forged-but-valid tokens cannot exist (the MAC covers them),
         // but a weak generator must not skew the registers.
         let h = mix(nonce);
@@ -43,7 +93,7 @@ impl SessionSketch {
     }
 
     /// Starts a new generation: the oldest one is forgotten.
-    pub fn rotate(&self) {
+    fn rotate(&self) {
         let next = (self.current.load(Ordering::Relaxed) + 1) & 1;
         for r in &self.gens[next] {
             r.store(0, Ordering::Relaxed);
@@ -52,7 +102,7 @@ impl SessionSketch {
     }
 
     /// Estimated distinct sessions over both generations.
-    pub fn estimate(&self) -> u64 {
+    fn estimate(&self) -> u64 {
         let regs: [u8; REGISTERS] = std::array::from_fn(|i| {
             self.gens[0][i]
                 .load(Ordering::Relaxed)
@@ -99,6 +149,22 @@ mod tests {
             s.record(seed.wrapping_mul(1_000_003).wrapping_add(i));
         }
         s
+    }
+
+    #[test]
+    fn pins_count_only_pinning_responses_and_the_last_request_time_follows() {
+        let s = Sessions::default();
+        assert_eq!((s.pins(), s.last_request_at(), s.recent()), (0, 0, 0));
+        s.record(1, 10, true);
+        s.record(1, 11, false);
+        s.record(2, 12, true);
+        assert_eq!(s.pins(), 2);
+        assert_eq!(s.recent(), 2);
+        assert_eq!(s.last_request_at(), 12);
+        s.rotate();
+        s.rotate();
+        assert_eq!(s.recent(), 0);
+        assert_eq!(s.pins(), 2, "pins are since start");
     }
 
     #[test]
