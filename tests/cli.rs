@@ -277,7 +277,12 @@ fn systemd_hears_ready_reloading_and_stopping() {
             .unwrap()
             .success()
     );
-    assert!(next().starts_with("RELOADING=1"));
+    // systemd 253+ (Type=notify-reload) wants the reload's CLOCK_MONOTONIC time with it.
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
     assert!(next().starts_with("READY=1"));
     assert!(
         Command::new("kill")
