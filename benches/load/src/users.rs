@@ -262,10 +262,6 @@ impl User {
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use super::*;
 
     #[test]
