@@ -103,7 +103,7 @@ impl Record {
             }
             Format::Json => {
                 let v = serde_json::json!({
-                    "time": time,
+                    "time": time.to_string(),
                     "client": self.client.to_string(),
                     "method": self.method.as_str(),
                     "path": self.target,
@@ -145,33 +145,12 @@ fn escape_text(p: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// `2026-11-23T19:00:10.123Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (y, m, dd) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `2026-11-23T19:00:10.123Z` (UTC, milliseconds). humantime panics on a time before 1970 and
+/// refuses one after 9999, so a wall clock set that wrong is clamped to those years: it must not
+/// take the request's line down with it.
+pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    let last = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, last))
 }
 
 /// Where lines go.
@@ -338,14 +317,26 @@ mod tests {
 
     #[test]
     fn dates_are_civil_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)).to_string(),
             "2000-02-29T00:00:00.000Z"
         );
         assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_460_410_123)),
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_460_410_123)).to_string(),
             "2026-11-23T19:00:10.123Z"
+        );
+    }
+
+    #[test]
+    fn a_clock_outside_the_years_1970_to_9999_is_clamped_not_a_panic() {
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(300_000_000_000)).to_string(),
+            "9999-12-31T23:59:59.999Z"
         );
     }
 

@@ -195,12 +195,9 @@ mod tests {
         // Each placement adds one unit of load: the result tracks the weights closely.
         let w = [1, 2, 3, 2];
         let mut loads = [0.0; 4];
-        let mut x: u64 = 1;
+        let mut rng = fastrand::Rng::with_seed(1);
         for _ in 0..8000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let i = least_loaded(&w, &loads, |_| true, x, 1.25).unwrap();
+            let i = least_loaded(&w, &loads, |_| true, rng.u64(..), 1.25).unwrap();
             loads[i] += 1.0;
         }
         for (i, &wi) in w.iter().enumerate() {

@@ -16,7 +16,6 @@ mod attempt;
 mod request;
 mod response;
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -222,17 +221,15 @@ impl Proxy {
 /// Nonces need to be unique and well spread (they key the fallback hash), not secret: the MAC
 /// protects them.
 fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::BuildHasher;
     thread_local! {
-        static STATE: Cell<u64> =
-            Cell::new(std::collections::hash_map::RandomState::new().build_hasher().finish());
+        // Not fastrand's own thread-local generator, which is seeded from the clock and the
+        // thread id through a fixed-key hash: RandomState brings the OS's randomness.
+        static RNG: std::cell::RefCell<fastrand::Rng> = std::cell::RefCell::new(
+            fastrand::Rng::with_seed(std::collections::hash_map::RandomState::new().hash_one(0u8)),
+        );
     }
-    STATE.with(|s| {
-        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(x);
-        let m = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-        (m as u64) ^ ((m >> 64) as u64)
-    })
+    RNG.with_borrow_mut(|r| r.u64(..))
 }
 
 #[cfg(test)]

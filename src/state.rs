@@ -217,9 +217,6 @@ impl PoolView for Snapshot {
         thread_local! {
             static RAMPED: std::cell::RefCell<(Vec<u32>, Vec<f64>)> =
                 const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-            static RNG: std::cell::Cell<u64> = std::cell::Cell::new(
-                std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8) | 1,
-            );
         }
         let now = crate::backend::epoch_ms();
         RAMPED.with(|buf| {
@@ -238,14 +235,8 @@ impl PoolView for Snapshot {
                 Some(c) => {
                     loads.clear();
                     loads.extend(self.backends.iter().map(|b| b.live.load()));
-                    let rand = RNG.with(|r| {
-                        let mut x = r.get();
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        r.set(x);
-                        x
-                    });
+                    // The two candidates' draw: fastrand's per-thread generator (no lock).
+                    let rand = fastrand::u64(..);
                     crate::balance::least_loaded(w, loads, eligible, rand, c)
                 }
             }

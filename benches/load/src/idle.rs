@@ -132,10 +132,6 @@ pub fn ensure_budget(needed: u64, conns: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use super::*;
 
     #[test]

@@ -619,10 +619,6 @@ impl Chunked {
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use std::collections::VecDeque;
     use std::io;
     use std::pin::Pin;

@@ -870,10 +870,6 @@ pub fn fmt_kib(kib: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use super::*;
     use crate::stats::ThreadStats;
     use crate::users::Served;

@@ -2,8 +2,7 @@
 //! signals (SIGHUP to reload, SIGTERM to stop) and the guarantee that it is stopped on every
 //! way out of the harness (its `Drop`).
 //!
-//! Signals are sent with kill(1), as the CLI tests do: the crate forbids `unsafe`, so no
-//! libc::kill.
+//! Signals go through rustix's safe `kill` (the crates forbid `unsafe`, so no libc::kill).
 
 use std::fs::File;
 use std::io::Write as _;
@@ -12,6 +11,8 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
 
 use crate::client::{Conn, Target, exchange};
 use crate::users::User;
@@ -200,20 +201,16 @@ impl Stickyd {
         }
     }
 
-    /// Sends `signal` (a name such as "HUP") with kill(1).
-    pub fn signal(&self, signal: &str) -> Result<(), String> {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| format!("cannot run kill(1) to send SIG{signal}: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("kill -s {signal} {} failed ({status})", self.pid))
+    /// Sends `signal`, unless stickyd has exited and been reaped: its pid may be another
+    /// process's by then.
+    pub fn signal(&self, signal: Signal) -> Result<(), String> {
+        if let Some(status) = self.exit {
+            return Err(format!(
+                "cannot send {signal:?}: stickyd has exited ({status})"
+            ));
         }
+        kill_process(Pid::from_child(&self.child), signal)
+            .map_err(|e| format!("cannot send {signal:?} to {}: {e}", self.pid))
     }
 
     /// Rewrites the config from `spec` and sends SIGHUP.
@@ -222,7 +219,7 @@ impl Stickyd {
             return Err("reloads are stickyd's only (HAProxy reloads another way)".into());
         }
         write_atomically(&self.config_path, &config_text(&self.spec))?;
-        self.signal("HUP")
+        self.signal(Signal::HUP)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Idempotent.
@@ -230,7 +227,7 @@ impl Stickyd {
         if let Some(s) = self.exited() {
             return Some(s);
         }
-        let _ = self.signal("TERM");
+        let _ = self.signal(Signal::TERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(s) = self.exited() {
@@ -279,10 +276,6 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use super::*;
 
     struct Keys;

@@ -600,10 +600,6 @@ fn scenario(args: &Args, mode: &Mode) -> Result<(Vec<Step>, Option<Duration>), S
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use super::*;
 
     fn args(extra: &[&str]) -> Result<Args, clap::Error> {

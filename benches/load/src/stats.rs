@@ -406,10 +406,6 @@ pub fn share(part: u64, whole: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    // The bench target is built with `--cfg test` but without libtest, which drops the #[test]
-    // functions and leaves the rest unused there (see benches/load.rs).
-    #![allow(unused_imports, dead_code)]
-
     use super::*;
 
     #[test]
