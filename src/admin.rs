@@ -209,10 +209,7 @@ fn admit<B>(ctx: &Ctx, local: SocketAddr, req: &Request<B>) -> Result<(), Refusa
     };
     let snap = ctx.shared.load();
     let allowed: Vec<&str> = snap.config.admin.as_ref().map_or_else(Vec::new, |a| {
-        a.allowed_hosts
-            .iter()
-            .map(|h| h.get_ref().as_str())
-            .collect()
+        a.allowed_hosts.iter().map(String::as_str).collect()
     });
     let seen = Seen {
         method: req.method(),
@@ -368,7 +365,7 @@ pub fn render_metrics(ctx: &Ctx) -> String {
 
 /// `[admin] drain_quiet` in seconds (its default when the section is absent).
 fn drain_quiet(snap: &Snapshot) -> u64 {
-    let quiet = |a: &crate::config::Admin| a.drain_quiet.get().as_secs();
+    let quiet = |a: &crate::config::Admin| a.drain_quiet.as_secs();
     snap.config
         .admin
         .as_ref()

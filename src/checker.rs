@@ -45,9 +45,9 @@ pub fn spawn(snap: &Snapshot) -> Checkers {
                 origin: b.origin.clone(),
                 h2: b.h2,
                 host: h.host.clone().unwrap_or_else(|| b.authority.to_string()),
-                path: h.path.get_ref().clone(),
-                timeout: h.timeout.get_ref().get(),
-                expect: h.expect_status.0,
+                path: h.path.clone(),
+                timeout: h.timeout,
+                expect: h.expect_status,
             };
             tokio::spawn(run(b.live.clone(), probe, settings(h)))
         })
@@ -65,8 +65,8 @@ struct Settings {
 fn settings(h: &Health) -> Settings {
     Settings {
         active: h.enabled,
-        interval: h.interval.get_ref().get(),
-        eject_time: h.eject_time.get(),
+        interval: h.interval,
+        eject_time: h.eject_time,
     }
 }
 

@@ -80,7 +80,7 @@ fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG")
         .map_err(|_| ())
         .and_then(|v| EnvFilter::try_new(stickyd::config::trim_directives(&v)).map_err(|_| ()))
-        .or_else(|_| EnvFilter::try_new(config.log.level.get_ref()))
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()

@@ -54,7 +54,7 @@ impl Maintenance {
         self.rates
             .retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
         self.since_rotation += elapsed;
-        if self.since_rotation >= snap.config.affinity.max_idle.get_ref().get() {
+        if self.since_rotation >= snap.config.affinity.max_idle {
             self.since_rotation = Duration::ZERO;
             for b in &snap.backends {
                 b.live.sessions.rotate();

@@ -140,7 +140,7 @@ impl Proxy {
             |ip| snap.is_trusted(ip),
         );
         request::rewrite(snap, &mut parts, conn, &plan);
-        let body = Replay::new(body, snap.config.server.client_timeout.get());
+        let body = Replay::new(body, snap.config.server.client_timeout);
 
         let Answer {
             route,
@@ -160,7 +160,7 @@ impl Proxy {
             tokio::task::spawn_local(crate::tunnel::serve(
                 client,
                 upstream,
-                snap.config.upstream.tunnel_idle_timeout.get(),
+                snap.config.upstream.tunnel_idle_timeout,
                 self.cut.clone(),
                 guard,
                 conn.hold.clone(),

@@ -99,7 +99,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let plain: Vec<SocketAddr> = listen_keys.iter().map(|k| k.0).collect();
     let (addrs, mut sockets) = bind_all(&plain, workers)?;
 
-    if config.generated_key {
+    if config.affinity.generated_key {
         warn!(
             "no affinity.keys configured: using a random key generated at start; sessions will not \
              survive a restart and are not shared between instances"
@@ -110,7 +110,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
         .min(Semaphore::MAX_PERMITS as u32);
     let admin_listener = match &config.admin {
         Some(a) => {
-            let at = *a.listen.get_ref();
+            let at = a.listen;
             let l = TcpListener::bind(at).await.map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on {at} (admin): {e}"))
             })?;
@@ -118,7 +118,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
         }
         None => None,
     };
-    let admin_token = config.admin_token.clone();
+    let admin_token = config.admin.as_ref().and_then(|a| a.token.clone());
     let sink = match &config.log.access_file {
         Some(p) => crate::access::Sink::File(p.clone()),
         None => crate::access::Sink::Stdout,
@@ -272,7 +272,7 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let grace = config.server.shutdown_grace.get();
+    let grace = config.server.shutdown_grace;
     let notify = crate::notify::Notifier::from_env();
     let mut running = start(config).await?;
     notify.ready(&status_line(&running));

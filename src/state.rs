@@ -15,7 +15,7 @@ use http::uri::Authority;
 use crate::affinity::{AdminState, Policy, PoolView, Source};
 use crate::backend::BackendLive;
 use crate::balance::{SmoothWrr, id_hash, ramp_weight};
-use crate::config::{Cidr, Config, Initial, Mode, parse_address};
+use crate::config::{Cidr, Config, Initial, Mode};
 use crate::headers::CookieAttrs;
 use crate::metrics::Metrics;
 use crate::token::KeyRing;
@@ -90,22 +90,14 @@ impl Snapshot {
             .backends
             .iter()
             .map(|b| {
-                let id: Arc<str> = b.id.get_ref().as_str().into();
+                let id: Arc<str> = b.id.as_str().into();
                 let live = live
                     .entry(id.clone())
-                    .or_insert_with(|| {
-                        Arc::new(BackendLive::new(
-                            &id,
-                            up,
-                            *h.rise.get_ref(),
-                            *h.fall.get_ref(),
-                        ))
-                    })
+                    .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall)))
                     .clone();
                 Backend {
-                    authority: parse_address(b.address.get_ref())
-                        .expect("addresses are validated at config load"),
-                    weight: *b.weight.get_ref(),
+                    authority: b.address.clone(),
+                    weight: b.weight,
                     admin: b.state,
                     origin: b.origin.clone(),
                     h2: b.protocol == crate::config::Protocol::H2,
@@ -114,8 +106,13 @@ impl Snapshot {
                 }
             })
             .collect();
-        let secrets: Vec<&[u8]> = config.secrets.iter().map(|s| s.0.as_slice()).collect();
-        let ring = KeyRing::new(&secrets, config.affinity.cookie.get_ref());
+        let secrets: Vec<&[u8]> = config
+            .affinity
+            .secrets
+            .iter()
+            .map(|s| s.0.as_slice())
+            .collect();
+        let ring = KeyRing::new(&secrets, &config.affinity.cookie);
         let mut by_tag = HashMap::with_capacity(backends.len() * ring.len());
         for k in 0..ring.len() {
             for (i, b) in backends.iter().enumerate() {
@@ -133,17 +130,16 @@ impl Snapshot {
                 .map(|k| ring.backend_tag(k, UNPINNED_ID))
                 .collect(),
             rr: Mutex::new(SmoothWrr::new(backends.len())),
-            slow_start_ms: u64::try_from(config.balance.slow_start.get().as_millis())
-                .unwrap_or(u64::MAX),
+            slow_start_ms: u64::try_from(config.balance.slow_start.as_millis()).unwrap_or(u64::MAX),
             least_loaded: (config.balance.new_sessions == crate::config::NewSessions::LeastLoaded)
-                .then_some(*config.balance.load_factor.get_ref()),
+                .then_some(config.balance.load_factor),
             by_tag,
             policy: config.policy(),
             source: source(&config),
             cookie: CookieAttrs {
-                name: config.affinity.cookie.get_ref().clone(),
+                name: config.affinity.cookie.clone(),
                 secure: config.affinity.secure,
-                domain: config.affinity.domain.as_ref().map(|d| d.get_ref().clone()),
+                domain: config.affinity.domain.clone(),
             },
             trusted: config.server.trusted_proxies.clone(),
             ring,
@@ -174,10 +170,9 @@ impl Snapshot {
 fn source(config: &Config) -> Source {
     let a = &config.affinity;
     match a.mode {
-        Mode::Cookie => Source::Cookie(a.cookie.get_ref().clone()),
+        Mode::Cookie => Source::Cookie(a.cookie.clone()),
         Mode::Header => Source::Header {
-            name: http::HeaderName::from_bytes(a.header.get_ref().as_bytes())
-                .expect("validated at config load"),
+            name: a.header.clone(),
             trusted: a.header_trusted,
         },
         Mode::Ip => Source::Ip,

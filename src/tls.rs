@@ -34,6 +34,13 @@ impl std::fmt::Debug for Cert {
 /// Loads a PEM certificate chain and its PEM private key, and checks that they belong
 /// together.
 pub fn load(cert: &Path, key: &Path) -> Result<Cert, String> {
+    with_key(read_chain(cert)?, cert, key)
+}
+
+/// Reads the PEM certificate chain in `cert` (leaf first) and checks that its leaf is usable.
+/// Its errors are about `cert`, those of [`with_key`] about `key` (the config points at one or
+/// the other).
+pub fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -43,6 +50,16 @@ pub fn load(cert: &Path, key: &Path) -> Result<Cert, String> {
     };
     webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("{} is not a usable certificate: {e}", cert.display()))?;
+    Ok(chain)
+}
+
+/// Pairs `chain` (read from `cert`) with the PEM private key in `key`, and checks that they
+/// belong together.
+pub fn with_key(
+    chain: Vec<CertificateDer<'static>>,
+    cert: &Path,
+    key: &Path,
+) -> Result<Cert, String> {
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&private)

@@ -80,9 +80,9 @@ impl Upstream {
             inner: Rc::new(Pool {
                 idle: RefCell::new([HashMap::new(), HashMap::new()]),
                 h2: RefCell::new([HashMap::new(), HashMap::new()]),
-                connect_timeout: cfg.connect_timeout.get(),
-                response_timeout: cfg.response_timeout.get(),
-                idle_timeout: cfg.pool_idle_timeout.get(),
+                connect_timeout: cfg.connect_timeout,
+                response_timeout: cfg.response_timeout,
+                idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle,
                 builder,
                 last_sweep: Cell::new(Instant::now()),

@@ -322,7 +322,10 @@ pub fn config(data: &[u8]) -> Option<Result<Config, ConfigError>> {
     let got = config::parse(text, "fuzz.toml", Path::new("."), &FuzzKeys);
     match &got {
         Ok(cfg) => {
-            assert!(!cfg.secrets.is_empty(), "a valid config without a secret");
+            assert!(
+                !cfg.affinity.secrets.is_empty(),
+                "a valid config without a secret"
+            );
             assert!(!cfg.summary().is_empty());
             let _ = cfg.policy();
         }

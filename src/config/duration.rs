@@ -3,25 +3,13 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A duration read from the config. Deserializes from a string with units.
+/// A duration as the raw schema reads it: a string with units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    /// The duration.
-    pub fn get(self) -> Duration {
-        self.0
-    }
-
-    /// Whole seconds, saturating at `u32::MAX` (token fields are u32 seconds).
-    pub fn secs_u32(self) -> u32 {
-        u32::try_from(self.0.as_secs()).unwrap_or(u32::MAX)
-    }
-}
+pub(super) struct Dur(pub Duration);
 
 /// Parses `<number><unit>` groups (units `ms`, `s`, `m`, `h`, `d`), e.g. `1h30m`. A bare `0` is
 /// zero; any other number needs a unit.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub(super) fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -77,7 +65,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 
 impl<'de> serde::Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        super::from_str_with(d, "a duration string such as \"2s\" or \"30m\"", |s| {
+        super::raw::from_str_with(d, "a duration string such as \"2s\" or \"30m\"", |s| {
             parse(s).map(Dur)
         })
     }

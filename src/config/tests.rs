@@ -1,6 +1,10 @@
 use super::*;
 use std::collections::HashMap;
 
+use toml::Spanned;
+
+use super::duration::Dur;
+
 #[derive(Default)]
 struct FakeKeys {
     files: HashMap<PathBuf, Vec<u8>>,
@@ -63,19 +67,22 @@ fn err_at(text: &str, line: usize, col: usize, needle: &str) {
 fn a_minimal_config_takes_every_default() {
     let c = parse_ok(MINIMAL);
     assert_eq!(c.backends.len(), 1);
-    assert_eq!(*c.backends[0].weight.get_ref(), 1);
+    assert_eq!(c.backends[0].weight, 1);
     assert_eq!(c.backends[0].state, AdminState::Active);
-    assert_eq!(c.affinity.cookie.get_ref(), "stickyd");
+    assert_eq!(c.affinity.cookie, "stickyd");
     assert_eq!(c.affinity.on_pinned_down, OnPinnedDown::Repin);
-    assert!(c.generated_key);
-    assert_eq!(c.secrets.len(), 1);
-    assert_eq!(c.secrets[0].0.len(), 32);
+    assert!(c.affinity.generated_key);
+    assert_eq!(c.affinity.secrets.len(), 1);
+    assert_eq!(c.affinity.secrets[0].0.len(), 32);
     let p = c.policy();
     assert_eq!(
         (p.max_idle, p.max_life, p.refresh_after, p.skew),
         (1800, 86_400, 450, 30)
     );
-    assert_eq!(c.health.expect_status.0, StatusRange { lo: 200, hi: 399 });
+    assert_eq!(c.health.expect_status, StatusRange { lo: 200, hi: 399 });
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
+    assert!(c.admin.is_none() && c.tls.is_none());
 }
 
 #[test]
@@ -87,16 +94,17 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     keys.env
         .insert("STICKYD_KEY_PREVIOUS".into(), vec![b'p'; 40]);
     let c = parse(text, "example.toml", Path::new("/etc/stickyd"), &keys).unwrap();
-    assert_eq!(c.secrets.len(), 2);
-    assert!(!c.generated_key);
-    // Every field of every section appears in the example (as a key or commented key).
-    // [tls] is commented out in the example (it needs certificate files): its fields are
+    assert_eq!(c.affinity.secrets.len(), 2);
+    assert!(!c.affinity.generated_key);
+    // Every field of every section of the schema appears in the example (as a key or commented
+    // key). [tls] is commented out in the example (it needs certificate files): its fields are
     // checked against an empty section.
-    let tls = Tls {
+    let schema: raw::Config = toml::from_str(text).unwrap();
+    let tls = raw::Tls {
         certs: Spanned::new(0..0, Vec::new()),
-        handshake_timeout: Dur(std::time::Duration::from_secs(10)),
+        handshake_timeout: Dur(Duration::from_secs(10)),
     };
-    let debug = format!("{c:?}{tls:?}");
+    let debug = format!("{schema:?}{tls:?}");
     for section in [
         "server", "affinity", "balance", "upstream", "health", "log", "admin",
     ] {
@@ -185,10 +193,8 @@ fn durations_and_enums_parse() {
     let c = parse_ok(&format!(
         "{MINIMAL}\n[affinity]\nmax_idle = \"1h30m\"\nmax_life = \"7d\"\non_pinned_down = \"return\"\n[balance]\nall_down = \"open\"\n"
     ));
-    assert_eq!(
-        c.affinity.max_idle.get_ref().get(),
-        Duration::from_secs(5400)
-    );
+    assert_eq!(c.affinity.max_idle, Duration::from_secs(5400));
+    assert_eq!(c.affinity.max_life, Duration::from_secs(7 * 86_400));
     assert_eq!(c.affinity.on_pinned_down, OnPinnedDown::Return);
     assert_eq!(c.balance.all_down, AllDown::Open);
 }
@@ -297,7 +303,7 @@ fn log_level_directives_are_trimmed() {
     let c = parse_ok(
         "[log]\nlevel = \" info,  stickyd=debug \"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
     );
-    assert_eq!(c.log.level.get_ref(), "info,stickyd=debug");
+    assert_eq!(c.log.level, "info,stickyd=debug");
     err_at(
         "[log]\nlevel = \"   WWW\u{feff}=am\"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n",
         2,
@@ -327,14 +333,14 @@ fn keys_load_from_files_relative_to_the_config_and_from_env() {
     keys.env.insert("K3".into(), vec![b'y'; 64]);
     let text = format!("{MINIMAL}[affinity]\nkeys = [\"file:k1\", \"file:/abs/k2\", \"env:K3\"]\n");
     let c = parse(&text, "t.toml", Path::new("/etc/stickyd"), &keys).unwrap();
-    assert_eq!(c.secrets.len(), 3);
+    assert_eq!(c.affinity.secrets.len(), 3);
     assert_eq!(
-        c.secrets[0].0, b"0123456789abcdef0123456789abcdef",
+        c.affinity.secrets[0].0, b"0123456789abcdef0123456789abcdef",
         "whitespace trimmed"
     );
-    assert!(!c.generated_key);
+    assert!(!c.affinity.generated_key);
     assert!(
-        !format!("{:?}", c.secrets).contains("0123"),
+        !format!("{c:?}").contains("0123"),
         "secrets are not printed"
     );
 }
@@ -397,8 +403,14 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     assert!(e.message.contains("not loopback"), "{e}");
     let c = parse_ok(&format!("{MINIMAL}\n[admin]\n"));
     let a = c.admin.unwrap();
-    assert_eq!(a.listen.get_ref().to_string(), "127.0.0.1:9901");
-    assert_eq!(a.drain_quiet.get(), std::time::Duration::from_secs(120));
+    assert_eq!(a.listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(a.drain_quiet, Duration::from_secs(120));
+    assert_eq!(
+        Admin::default().listen,
+        a.listen,
+        "the defaults are the section's"
+    );
+    assert_eq!(Admin::default().drain_quiet, a.drain_quiet);
     assert!(
         parse_ok(MINIMAL).admin.is_none(),
         "no [admin], no admin listener"
@@ -454,4 +466,160 @@ fn tls_listeners_need_loadable_certificates_and_errors_point_at_them() {
     let none = MINIMAL.replace("listen = [\"127.0.0.1:0\"]", "listen = []");
     let e = parse_err(&none);
     assert!(e.message.contains("at least one address"), "{e}");
+}
+
+/// `# line 1` then `[section]` on line 2 and `body` from line 3 on, then a valid backend.
+fn section(section: &str, body: &str) -> String {
+    format!("# line 1\n[{section}]\n{body}\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n")
+}
+
+/// `# line 1`, then `[[backend]]` on line 2 with `body` (its keys) from line 3 on.
+fn backend(body: &str) -> String {
+    format!("# line 1\n[[backend]]\n{body}\n")
+}
+
+/// A self-signed certificate and its key, as PEM files in `dir`.
+fn self_signed(dir: &Path, file: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn every_validation_error_names_the_offending_keys_own_line_and_column() {
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(files.path(), "site");
+    let (_, other_key) = self_signed(files.path(), "other");
+    let garbage = files.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let certs = |c: &Path, k: &Path| {
+        format!(
+            "certs = [\n  {{ cert = \"{}\",\n    key = \"{}\" }},\n]",
+            c.display(),
+            k.display()
+        )
+    };
+    let dup = "id = \"a\"\naddress = \"h:1\"\n[[backend]]\nid = \"a\"\naddress = \"h:2\"";
+    let tls_backend = "id = \"a\"\naddress = \"h:1\"\ntls = true";
+    // (config text, line, column, a fragment of the message): one row per rule, in the order
+    // `validate` checks them, every offending key below line 1.
+    let rows: Vec<(String, usize, usize, &str)> = vec![
+        // [admin]
+        (section("admin", "listen = \"0.0.0.0:9901\""), 3, 10, "is not loopback"),
+        (
+            "# line 1\n[server]\nlisten = [\"127.0.0.1:9901\"]\n[admin]\nlisten = \"127.0.0.1:9901\"\n"
+                .into(),
+            5,
+            10,
+            "admin.listen is also a server.listen address",
+        ),
+        // The admin address is the default one: the server.listen that takes it is pointed at.
+        (
+            "# line 1\n[server]\nlisten = [\"127.0.0.1:9901\"]\n[admin]\n".into(),
+            3,
+            10,
+            "admin.listen is also a server.listen address",
+        ),
+        (
+            section("admin", "allowed_hosts = [\"ok.example\",\n  \"a:1\"]"),
+            4,
+            3,
+            "invalid admin.allowed_hosts entry \"a:1\"",
+        ),
+        // [balance]
+        (section("balance", "load_factor = 0.5"), 3, 15, "balance.load_factor must be 1.0 to 100.0"),
+        // [server]
+        (section("server", "listen = []"), 3, 10, "needs at least one address"),
+        (section("server", "listen_tls = [\"127.0.0.1:0\"]"), 3, 14, "server.listen_tls needs certificates"),
+        (section("server", "max_connections = 0"), 3, 19, "server.max_connections must be at least 1"),
+        (section("server", "max_header_bytes = 100"), 3, 20, "server.max_header_bytes must be 8192 to 1048576"),
+        (section("server", "max_headers = 0"), 3, 15, "server.max_headers must be 1 to 1000"),
+        (section("server", "header_read_timeout = \"0s\""), 3, 23, "server.header_read_timeout must be more than 0"),
+        (section("server", "client_timeout = \"0\""), 3, 18, "server.client_timeout must be more than 0"),
+        // [affinity]
+        (section("affinity", "sticky_fraction = 1.5"), 3, 19, "affinity.sticky_fraction must be 0.0 to 1.0"),
+        (section("affinity", "header = \"x y\""), 3, 10, "invalid header name"),
+        (section("affinity", "cookie = \"a;b\""), 3, 10, "invalid cookie name"),
+        (section("affinity", "max_idle = \"500ms\""), 3, 12, "affinity.max_idle must be at least 1s"),
+        (section("affinity", "max_life = \"0s\""), 3, 12, "affinity.max_life must be at least 1s"),
+        (section("affinity", "max_idle = \"100000d\""), 3, 12, "affinity.max_idle is too long"),
+        (section("affinity", "max_life = \"100000d\""), 3, 12, "affinity.max_life is too long"),
+        (section("affinity", "refresh_fraction = 1.0"), 3, 20, "affinity.refresh_fraction must be at least 0 and below 1"),
+        (section("affinity", "domain = \"a b\""), 3, 10, "invalid cookie domain"),
+        // [upstream]
+        (section("upstream", "retries = 4"), 3, 11, "upstream.retries must be 0 to 3"),
+        (section("upstream", "connect_timeout = \"0s\""), 3, 19, "upstream.connect_timeout must be more than 0"),
+        (section("upstream", "response_timeout = \"0s\""), 3, 20, "upstream.response_timeout must be more than 0"),
+        // [health]
+        (section("health", "path = \"healthz\""), 3, 8, "invalid health.path"),
+        (section("health", "host = \"a\\u0001b\""), 3, 8, "invalid health.host"),
+        (section("health", "interval = \"0s\""), 3, 12, "must be more than 0"),
+        (section("health", "timeout = \"0s\""), 3, 11, "must be more than 0"),
+        (section("health", "rise = 0"), 3, 8, "health.rise must be at least 1"),
+        (section("health", "fall = 0"), 3, 8, "health.fall must be at least 1"),
+        // [log]
+        (section("log", "level = \"loud=!!\""), 3, 9, "invalid log.level"),
+        // [[backend]]
+        ("# line 1\n[server]\n".into(), 1, 1, "no [[backend]] is configured"),
+        (backend("id = \"a b\"\naddress = \"h:1\""), 3, 6, "invalid backend id"),
+        (backend(dup), 6, 6, "duplicate backend id"),
+        (backend("id = \"a\"\naddress = \"h\""), 4, 11, "invalid backend address"),
+        (backend("id = \"a\"\naddress = \"h:1\"\nweight = 1001"), 5, 10, "backend weight must be 1 to 1000"),
+        // Keys, resolved once the rules hold: the spec at fault, wherever it is in the list.
+        (section("affinity", "keys = [\"env:K\", \"file:short\"]"), 3, 18, "at least 32"),
+        (section("affinity", "keys = [\"env:K\",\n  \"file:missing\"]"), 4, 3, "cannot read key file /etc/stickyd/missing"),
+        (section("affinity", "keys = [\"env:NOPE\"]"), 3, 9, "environment variable NOPE is not set"),
+        (section("affinity", "keys = [\"hunter2hunter2hunter2hunter2hunter2\"]"), 3, 9, "never written inline"),
+        // Backend TLS clients.
+        (backend(&format!("{tls_backend}\nserver_name = \"a b\"")), 6, 15, "invalid TLS server name \"a b\""),
+        (backend("id = \"a\"\naddress = \"a..b:1\"\ntls = true"), 4, 11, "invalid TLS server name"),
+        (backend(&format!("{tls_backend}\ntls_ca = \"missing-ca.pem\"\nserver_name = \"ok\"")), 6, 10, "cannot read CA file /etc/stickyd/missing-ca.pem"),
+        (backend(&format!("{tls_backend}\ntls_ca = \"{}\"", garbage.display())), 6, 10, "no usable CA certificate"),
+        // [tls] certificates: a certificate error points at its cert, a key error at its key.
+        (section("tls", &certs(Path::new("missing.pem"), &key)), 4, 12, "cannot read certificate /etc/stickyd/missing.pem"),
+        (section("tls", &certs(&garbage, &key)), 4, 12, "no certificate in"),
+        (section("tls", &certs(&cert, Path::new("missing.key"))), 5, 11, "cannot read private key /etc/stickyd/missing.key"),
+        (section("tls", &certs(&cert, &garbage)), 5, 11, "cannot read private key"),
+        (section("tls", &certs(&cert, &other_key)), 5, 11, "does not belong to the certificate"),
+        // [admin] token, resolved like the keys.
+        (section("admin", "token = \"env:NOPE\""), 3, 9, "environment variable NOPE is not set"),
+        (section("admin", "token = \"file:short\""), 3, 9, "at least 32"),
+    ];
+    let mut keys = FakeKeys::default();
+    keys.files
+        .insert(PathBuf::from("/etc/stickyd/short"), vec![b'x'; 31]);
+    keys.env.insert("K".into(), vec![b'k'; 32]);
+    for (text, line, col, needle) in &rows {
+        let e = parse(text, "t.toml", Path::new("/etc/stickyd"), &keys)
+            .expect_err(&format!("{text} should be refused"));
+        assert_eq!((e.line, e.col), (*line, *col), "{e}\n--- in ---\n{text}");
+        assert!(
+            e.message.contains(needle),
+            "{e} should say {needle:?}\n--- in ---\n{text}"
+        );
+        assert!(
+            e.to_string().starts_with(&format!("t.toml:{line}:{col}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn the_summary_shows_durations_as_they_read() {
+    let s = parse_ok(MINIMAL).summary();
+    assert!(s.contains("max_idle 30m, max_life 1d"), "{s}");
+    assert!(
+        s.contains("GET /healthz every 2s, timeout 1s, rise 2, fall 3"),
+        "{s}"
+    );
+    assert!(s.contains("app-1 127.0.0.1:3001 weight 1 active"), "{s}");
 }

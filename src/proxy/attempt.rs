@@ -46,7 +46,7 @@ impl Proxy {
         now: &Now,
     ) -> Result<Answer, ProxyError> {
         let mut excluded: Vec<usize> = Vec::new();
-        let mut retries_left = *snap.config.upstream.retries.get_ref();
+        let mut retries_left = snap.config.upstream.retries;
         // The failure of the previous attempt: when a retry finds no other backend, that is
         // the answer (a 502 says more than "no backend").
         let mut failed: Option<ProxyError> = None;

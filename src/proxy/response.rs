@@ -93,7 +93,7 @@ pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(secs) = e.retry_after(snap.config.balance.retry_after.get()) {
+    if let Some(secs) = e.retry_after(snap.config.balance.retry_after) {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if matches!(

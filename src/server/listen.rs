@@ -14,10 +14,9 @@ pub(super) type ListenKey = (SocketAddr, bool);
 pub(super) fn listen_keys(config: &Config) -> Vec<ListenKey> {
     let s = &config.server;
     s.listen
-        .get_ref()
         .iter()
         .map(|a| (*a, false))
-        .chain(s.listen_tls.get_ref().iter().map(|a| (*a, true)))
+        .chain(s.listen_tls.iter().map(|a| (*a, true)))
         .collect()
 }
 

@@ -32,8 +32,8 @@ impl Running {
             o.worker_threads != n.worker_threads
                 || o.max_connections != n.max_connections
                 || o.header_read_timeout != n.header_read_timeout
-                || o.max_header_bytes.get_ref() != n.max_header_bytes.get_ref()
-                || o.max_headers.get_ref() != n.max_headers.get_ref()
+                || o.max_header_bytes != n.max_header_bytes
+                || o.max_headers != n.max_headers
                 || o.h2_max_concurrent_streams != n.h2_max_concurrent_streams
         };
         if server_changed {

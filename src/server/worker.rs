@@ -179,13 +179,13 @@ fn http_builder(cfg: &Config) -> auto::Builder<LocalExec> {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .writev(false)
-        .header_read_timeout(s.header_read_timeout.get())
-        .max_buf_size(*s.max_header_bytes.get_ref())
-        .max_headers(*s.max_headers.get_ref());
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes)
+        .max_headers(s.max_headers);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(*s.max_header_bytes.get_ref()).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
         // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
         // accepted, and streams reset because the client misbehaved, are bounded per
         // connection; past the bound the connection gets GOAWAY.
@@ -302,12 +302,8 @@ async fn handshake(
     proxy: &Proxy,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let snap = proxy.shared().load();
-    let cfg = snap.config.tls_config.clone()?;
-    let deadline = snap
-        .config
-        .tls
-        .as_ref()
-        .map_or(Duration::from_secs(10), |t| t.handshake_timeout.get());
+    let tls = snap.config.tls.as_ref()?;
+    let (cfg, deadline) = (tls.server_config.clone(), tls.handshake_timeout);
     drop(snap);
     match tokio::time::timeout(
         deadline,
@@ -336,7 +332,7 @@ where
     let peer = info.peer;
     let (proxy, mut phase) = (serving.proxy.clone(), serving.phase.clone());
     let info = Rc::new(info);
-    let send_timeout = proxy.shared().load().config.server.client_timeout.get();
+    let send_timeout = proxy.shared().load().config.server.client_timeout;
     let stream = crate::io::SendTimeout::new(stream, send_timeout);
     let svc = service_fn(move |req| {
         let (proxy, info) = (proxy.clone(), info.clone());

@@ -310,16 +310,16 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(c.server.worker_threads, 2);
         assert_eq!(c.server.max_connections, 20_000);
-        assert_eq!(c.server.header_read_timeout.0, Duration::from_secs(120));
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(120));
         assert_eq!(c.backends.len(), 2);
-        assert_eq!(c.backends[1].id.get_ref(), "b2");
-        assert_eq!(c.log.level.get_ref(), "warn");
-        assert!(!c.generated_key);
+        assert_eq!(c.backends[1].id, "b2");
+        assert_eq!(c.log.level, "warn");
+        assert!(!c.affinity.generated_key);
         assert_eq!(
             c.balance.new_sessions,
             stickyd::config::NewSessions::LeastLoaded
         );
-        assert_eq!(c.affinity.max_life.get_ref().get(), Duration::from_secs(5));
+        assert_eq!(c.affinity.max_life, Duration::from_secs(5));
         let h = haproxy_config_text(&spec);
         assert!(h.contains("bind 127.0.0.1:18080"), "{h}");
         assert!(h.contains("server b2 127.0.0.1:3002 cookie b2"), "{h}");

@@ -1,0 +1,445 @@
+//! From the raw schema to a [`Config`]: every rule, and the I/O of loading.
+//!
+//! Each rule reports the span of the value it checks, so every error names the offending key's
+//! own `PATH:LINE:COL`. The only errors without a key to point at (no `[[backend]]` at all, a
+//! failed key generation) take the empty span, the start of the file. The rules run first, in
+//! file order; the I/O (key files and environment variables, backend CA files, certificates)
+//! runs after them, so a config that breaks a rule reads nothing.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::keys::{KeySource, Secret, resolve};
+use super::{
+    Admin, Affinity, Backend, Balance, Config, Health, Log, Server, Tls, Upstream, parse_address,
+    raw, trim_directives,
+};
+use crate::headers::is_cookie_name;
+
+/// A broken rule: where (a byte range of the text) and what.
+pub(super) type Invalid = (Range<usize>, String);
+
+fn check(ok: bool, span: Range<usize>, msg: impl FnOnce() -> String) -> Result<(), Invalid> {
+    if ok { Ok(()) } else { Err((span, msg())) }
+}
+
+/// A spanned value that defaults when absent: whether it was written in the file.
+fn written<T>(v: &Spanned<T>) -> bool {
+    v.span() != (0..0)
+}
+
+/// Validates `raw` and loads what it names. Relative paths are taken from `dir`.
+pub(super) fn config(
+    raw: raw::Config,
+    dir: &Path,
+    keys: &dyn KeySource,
+) -> Result<Config, Invalid> {
+    if let Some(a) = &raw.admin {
+        admin(a, &raw.server)?;
+    }
+    let balance = balance(&raw.balance)?;
+    let server = server(&raw.server, raw.tls.as_ref())?;
+    let mut affinity = affinity(&raw.affinity)?;
+    let upstream = upstream(&raw.upstream)?;
+    let health = health(&raw.health)?;
+    let log = log(&raw.log, dir)?;
+    let mut backends = backends(&raw.backends)?;
+
+    // The rules hold: load what the config names.
+    affinity.secrets = raw
+        .affinity
+        .keys
+        .iter()
+        .map(|spec| resolve(spec, dir, keys))
+        .collect::<Result<_, _>>()?;
+    for (b, r) in backends.iter_mut().zip(&raw.backends) {
+        b.origin = origin(r, &b.address, dir)?;
+    }
+    let tls = tls(raw.tls.as_ref(), dir)?;
+    let admin = match &raw.admin {
+        Some(a) => Some(Admin {
+            listen: *a.listen.get_ref(),
+            token: a
+                .token
+                .as_ref()
+                .map(|t| resolve(t, dir, keys))
+                .transpose()?,
+            drain_quiet: a.drain_quiet.0,
+            allowed_hosts: a
+                .allowed_hosts
+                .iter()
+                .map(|h| h.get_ref().clone())
+                .collect(),
+        }),
+        None => None,
+    };
+    if affinity.secrets.is_empty() {
+        let mut k = vec![0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| (0..0, format!("cannot generate a key: {e}")))?;
+        affinity.secrets.push(Secret(k));
+        affinity.generated_key = true;
+    }
+    Ok(Config {
+        server,
+        affinity,
+        balance,
+        upstream,
+        health,
+        log,
+        admin,
+        tls,
+        backends,
+    })
+}
+
+/// The rules of `[admin]`; its token is resolved with the other secrets.
+fn admin(a: &raw::Admin, server: &raw::Server) -> Result<(), Invalid> {
+    let listen = *a.listen.get_ref();
+    let ip = listen.ip();
+    check(
+        ip.is_loopback() || a.token.is_some(),
+        a.listen.span(),
+        || {
+            format!(
+                "admin.listen {ip} is not loopback: set admin.token too, or listen on 127.0.0.1"
+            )
+        },
+    )?;
+    // The default admin address can collide with a written server.listen: point at that.
+    let span = if written(&a.listen) {
+        a.listen.span()
+    } else {
+        server.listen.span()
+    };
+    check(
+        listen.port() == 0 || !server.listen.get_ref().contains(&listen),
+        span,
+        || "admin.listen is also a server.listen address".into(),
+    )?;
+    for h in &a.allowed_hosts {
+        check(is_host(h.get_ref()), h.span(), || {
+            format!(
+                "invalid admin.allowed_hosts entry {:?}: a host name or IP address without a port, e.g. \"admin.example.com\"",
+                h.get_ref()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A host name (labels of 1 to 63 letters, digits, `-` or `_`, not starting or ending with
+/// `-`, joined by dots, at most 253 characters), an IPv4 address, or an IPv6 address in
+/// brackets.
+fn is_host(s: &str) -> bool {
+    if let Some(v6) = s.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn balance(b: &raw::Balance) -> Result<Balance, Invalid> {
+    let lf = *b.load_factor.get_ref();
+    check(
+        lf.is_finite() && (1.0..=100.0).contains(&lf),
+        b.load_factor.span(),
+        || format!("balance.load_factor must be 1.0 to 100.0, not {lf}"),
+    )?;
+    Ok(Balance {
+        all_down: b.all_down,
+        retry_after: b.retry_after.0,
+        slow_start: b.slow_start.0,
+        new_sessions: b.new_sessions,
+        load_factor: lf,
+    })
+}
+
+/// A duration that must not be zero, reported as `name must be more than 0`.
+fn nonzero(d: &Spanned<super::duration::Dur>, name: &str) -> Result<Duration, Invalid> {
+    let v = d.get_ref().0;
+    check(!v.is_zero(), d.span(), || {
+        format!("{name} must be more than 0")
+    })?;
+    Ok(v)
+}
+
+fn server(s: &raw::Server, tls: Option<&raw::Tls>) -> Result<Server, Invalid> {
+    check(
+        !(s.listen.get_ref().is_empty() && s.listen_tls.get_ref().is_empty()),
+        s.listen.span(),
+        || "server.listen or server.listen_tls needs at least one address".into(),
+    )?;
+    let has_certs = tls.is_some_and(|t| !t.certs.get_ref().is_empty());
+    check(
+        s.listen_tls.get_ref().is_empty() || has_certs,
+        s.listen_tls.span(),
+        || "server.listen_tls needs certificates: [tls] certs = [{ cert = ..., key = ... }]".into(),
+    )?;
+    let max_connections = *s.max_connections.get_ref();
+    check(max_connections >= 1, s.max_connections.span(), || {
+        "server.max_connections must be at least 1".into()
+    })?;
+    let hb = *s.max_header_bytes.get_ref();
+    check(
+        (8192..=1 << 20).contains(&hb),
+        s.max_header_bytes.span(),
+        || format!("server.max_header_bytes must be 8192 to 1048576, not {hb}"),
+    )?;
+    let mh = *s.max_headers.get_ref();
+    check((1..=1000).contains(&mh), s.max_headers.span(), || {
+        format!("server.max_headers must be 1 to 1000, not {mh}")
+    })?;
+    Ok(Server {
+        listen: s.listen.get_ref().clone(),
+        listen_tls: s.listen_tls.get_ref().clone(),
+        worker_threads: s.worker_threads,
+        max_connections,
+        header_read_timeout: nonzero(&s.header_read_timeout, "server.header_read_timeout")?,
+        client_timeout: nonzero(&s.client_timeout, "server.client_timeout")?,
+        max_header_bytes: hb,
+        max_headers: mh,
+        shutdown_grace: s.shutdown_grace.0,
+        trusted_proxies: s.trusted_proxies.clone(),
+        via: s.via,
+        h2_max_concurrent_streams: s.h2_max_concurrent_streams,
+    })
+}
+
+/// `[affinity]` without its secrets, which are loaded once every rule holds.
+fn affinity(a: &raw::Affinity) -> Result<Affinity, Invalid> {
+    let sf = *a.sticky_fraction.get_ref();
+    check((0.0..=1.0).contains(&sf), a.sticky_fraction.span(), || {
+        format!("affinity.sticky_fraction must be 0.0 to 1.0, not {sf}")
+    })?;
+    let header = http::HeaderName::from_bytes(a.header.get_ref().as_bytes()).map_err(|_| {
+        (
+            a.header.span(),
+            format!("invalid header name {:?}", a.header.get_ref()),
+        )
+    })?;
+    check(is_cookie_name(a.cookie.get_ref()), a.cookie.span(), || {
+        format!("invalid cookie name {:?}", a.cookie.get_ref())
+    })?;
+    let max_idle = a.max_idle.get_ref().0;
+    let max_life = a.max_life.get_ref().0;
+    check(
+        max_idle >= Duration::from_secs(1),
+        a.max_idle.span(),
+        || "affinity.max_idle must be at least 1s".into(),
+    )?;
+    check(
+        max_life >= Duration::from_secs(1),
+        a.max_life.span(),
+        || "affinity.max_life must be at least 1s".into(),
+    )?;
+    for (v, name) in [(&a.max_idle, "max_idle"), (&a.max_life, "max_life")] {
+        check(
+            v.get_ref().0.as_secs() <= u64::from(u32::MAX / 2),
+            v.span(),
+            || format!("affinity.{name} is too long"),
+        )?;
+    }
+    let f = *a.refresh_fraction.get_ref();
+    check((0.0..1.0).contains(&f), a.refresh_fraction.span(), || {
+        format!("affinity.refresh_fraction must be at least 0 and below 1, not {f}")
+    })?;
+    if let Some(d) = &a.domain {
+        let ok = !d.get_ref().is_empty()
+            && d.get_ref()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        check(ok, d.span(), || {
+            format!("invalid cookie domain {:?}", d.get_ref())
+        })?;
+    }
+    Ok(Affinity {
+        mode: a.mode,
+        header,
+        header_trusted: a.header_trusted,
+        sticky_fraction: sf,
+        cookie: a.cookie.get_ref().clone(),
+        max_idle,
+        max_life,
+        refresh_fraction: f,
+        clock_skew: a.clock_skew.0,
+        secrets: Vec::new(),
+        generated_key: false,
+        on_pinned_down: a.on_pinned_down,
+        secure: a.secure,
+        domain: a.domain.as_ref().map(|d| d.get_ref().clone()),
+    })
+}
+
+fn upstream(u: &raw::Upstream) -> Result<Upstream, Invalid> {
+    let retries = *u.retries.get_ref();
+    check(retries <= 3, u.retries.span(), || {
+        "upstream.retries must be 0 to 3".into()
+    })?;
+    Ok(Upstream {
+        connect_timeout: nonzero(&u.connect_timeout, "upstream.connect_timeout")?,
+        response_timeout: nonzero(&u.response_timeout, "upstream.response_timeout")?,
+        pool_idle_timeout: u.pool_idle_timeout.0,
+        pool_max_idle: u.pool_max_idle,
+        retries,
+        tunnel_idle_timeout: u.tunnel_idle_timeout.0,
+    })
+}
+
+fn health(h: &raw::Health) -> Result<Health, Invalid> {
+    let path = h.path.get_ref();
+    let path_ok = path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok();
+    check(path_ok, h.path.span(), || {
+        format!("invalid health.path {path:?} (must start with /)")
+    })?;
+    if let Some(host) = &h.host {
+        check(
+            http::HeaderValue::from_str(host.get_ref()).is_ok(),
+            host.span(),
+            || format!("invalid health.host {:?}", host.get_ref()),
+        )?;
+    }
+    for d in [&h.interval, &h.timeout] {
+        // The message names no key (kept as it always was): the position does.
+        check(!d.get_ref().0.is_zero(), d.span(), || {
+            "must be more than 0".into()
+        })?;
+    }
+    for (v, name) in [(&h.rise, "rise"), (&h.fall, "fall")] {
+        check(*v.get_ref() >= 1, v.span(), || {
+            format!("health.{name} must be at least 1")
+        })?;
+    }
+    Ok(Health {
+        enabled: h.enabled,
+        path: path.clone(),
+        host: h.host.as_ref().map(|s| s.get_ref().clone()),
+        interval: h.interval.get_ref().0,
+        timeout: h.timeout.get_ref().0,
+        rise: *h.rise.get_ref(),
+        fall: *h.fall.get_ref(),
+        expect_status: h.expect_status.0,
+        initial: h.initial,
+        passive_failures: h.passive_failures,
+        eject_time: h.eject_time.0,
+    })
+}
+
+fn log(l: &raw::Log, dir: &Path) -> Result<Log, Invalid> {
+    // Trimmed for validation and for main alike: see `trim_directives`.
+    let level = trim_directives(l.level.get_ref());
+    check(
+        tracing_subscriber::EnvFilter::try_new(&level).is_ok(),
+        l.level.span(),
+        || format!("invalid log.level {level:?}"),
+    )?;
+    Ok(Log {
+        level,
+        format: l.format,
+        access: l.access,
+        access_file: l.access_file.as_ref().map(|f| dir.join(f)),
+    })
+}
+
+/// The pool without its TLS clients, which are made once every rule holds.
+fn backends(raw: &[raw::Backend]) -> Result<Vec<Backend>, Invalid> {
+    // Nothing to point at for what is missing: the error names the start of the file.
+    check(!raw.is_empty(), 0..0, || {
+        "no [[backend]] is configured; add at least one with an id and an address".into()
+    })?;
+    let mut seen: Vec<&str> = Vec::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for b in raw {
+        let id = b.id.get_ref();
+        let id_ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c));
+        check(id_ok, b.id.span(), || {
+            format!("invalid backend id {id:?}: 1 to 64 of A-Z a-z 0-9 - _ . :")
+        })?;
+        check(!seen.contains(&id.as_str()), b.id.span(), || {
+            format!("duplicate backend id {id:?}")
+        })?;
+        seen.push(id);
+        let address = parse_address(b.address.get_ref()).ok_or_else(|| {
+            (
+                b.address.span(),
+                format!(
+                    "invalid backend address {:?}: expected host:port, e.g. \"127.0.0.1:3001\"",
+                    b.address.get_ref()
+                ),
+            )
+        })?;
+        let w = *b.weight.get_ref();
+        check((1..=1000).contains(&w), b.weight.span(), || {
+            format!("backend weight must be 1 to 1000, not {w}")
+        })?;
+        out.push(Backend {
+            id: id.clone(),
+            address,
+            weight: w,
+            state: b.state,
+            protocol: b.protocol,
+            origin: None,
+        });
+    }
+    Ok(out)
+}
+
+/// The TLS client for a backend with `tls = true`. The name it verifies is `server_name`, or
+/// the host of its address; a CA file error points at `tls_ca`.
+fn origin(
+    b: &raw::Backend,
+    address: &http::uri::Authority,
+    dir: &Path,
+) -> Result<Option<crate::tls::Origin>, Invalid> {
+    if !*b.tls.get_ref() {
+        return Ok(None);
+    }
+    let host = address.host().trim_start_matches('[').trim_end_matches(']');
+    let (name, name_span) = match &b.server_name {
+        Some(n) => (n.get_ref().as_str(), n.span()),
+        None => (host, b.address.span()),
+    };
+    // Checked here, not left to `Origin::new`, so a bad name points at the key it came from.
+    rustls_pki_types::ServerName::try_from(name)
+        .map_err(|e| (name_span, format!("invalid TLS server name {name:?}: {e}")))?;
+    let ca = b.tls_ca.as_ref().map(|c| dir.join(c.get_ref()));
+    let span = b.tls_ca.as_ref().map_or_else(|| b.tls.span(), |c| c.span());
+    crate::tls::Origin::new(ca.as_deref(), name, b.protocol == super::Protocol::H2)
+        .map(Some)
+        .map_err(|m| (span, m))
+}
+
+/// The certificates `[tls]` names, loaded, and the server config made from them; `None` when
+/// there are none. A certificate error points at its `cert`, a key error at its `key`.
+fn tls(raw: Option<&raw::Tls>, dir: &Path) -> Result<Option<Tls>, Invalid> {
+    let Some(t) = raw else {
+        return Ok(None);
+    };
+    let mut certs = Vec::with_capacity(t.certs.get_ref().len());
+    for spec in t.certs.get_ref() {
+        let cert = dir.join(spec.cert.get_ref());
+        let key = dir.join(spec.key.get_ref());
+        let chain = crate::tls::read_chain(&cert).map_err(|m| (spec.cert.span(), m))?;
+        certs.push(crate::tls::with_key(chain, &cert, &key).map_err(|m| (spec.key.span(), m))?);
+    }
+    if certs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tls {
+        server_config: crate::tls::server_config(&certs).map_err(|m| (t.certs.span(), m))?,
+        handshake_timeout: t.handshake_timeout.0,
+    }))
+}
