@@ -412,8 +412,8 @@ impl Config {
 
     /// A few lines describing the config, printed by `stickyd check`.
     pub fn summary(&self) -> String {
+        use humantime::format_duration as human;
         use std::fmt::Write as _;
-        let human = duration::Dur;
         let mut s = String::new();
         let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(s, "listen: {}", listen.join(", "));
