@@ -2,10 +2,11 @@
 //! `"7d"`, `"1h30m"`, a bare `"0"`.
 //!
 //! humantime also reads what the hand-written parser before it refused: spaces between groups
-//! (`"1h 30m"`), long unit names (`"30 minutes"`, `"2 days"`), `us`/`ns`, weeks, months (`M`,
-//! 30.44 days), years, and fractions (`"1.5s"`). None of these changes the value of a duration
-//! that was accepted before, and the rules in `validate` (not zero, at least 1s, not too long)
-//! still bound every value that needs bounds.
+//! (`"1h 30m"`), long unit names (`"30 minutes"`, `"2 days"`), `us`/`ns`, weeks, years, and
+//! fractions (`"1.5s"`). None of these changes the value of a duration that was accepted
+//! before, and the rules in `validate` (not zero, at least 1s, not too long) still bound every
+//! value that needs bounds. One spelling is refused: humantime's `M` (months), because `"30M"`
+//! written for thirty minutes would silently mean thirty months.
 
 use std::time::Duration;
 
@@ -17,6 +18,12 @@ pub(super) struct Dur(pub Duration);
 /// wrong with it (it is shown at the value's position).
 pub(super) fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s.contains('M') {
+        return Err(format!(
+            "invalid duration {s:?}: `M` would be months; write `m` for minutes (months are not \
+             a config unit)"
+        ));
+    }
     humantime::parse_duration(s).map_err(|e| {
         format!("invalid duration {s:?}: {e} (expected e.g. \"500ms\", \"2s\", \"30m\", \"24h\")")
     })
@@ -77,6 +84,8 @@ mod tests {
             ("2x", "unknown time unit \"x\""),
             ("-1s", "expected number"),
             ("30 lightyears", "unknown time unit"),
+            ("30M", "write `m` for minutes"),
+            ("1h30M", "`M` would be months"),
             ("99999999999999999999s", "too large"),
             ("999999999999999999d", "too large"),
         ] {
