@@ -166,7 +166,7 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
         }
         (["backends"], Method::GET) => {
             let snap = ctx.shared.load();
-            let (now, quiet) = (crate::backend::unix_secs(), drain_quiet(&snap));
+            let (now, quiet) = (crate::clock::unix_secs(), drain_quiet(&snap));
             let all: Vec<BackendView> = snap
                 .backends
                 .iter()
@@ -183,7 +183,7 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
             };
             if !ctx
                 .shared
-                .set_admin(id, Some(state), crate::backend::unix_secs())
+                .set_admin(id, Some(state), crate::clock::unix_secs())
             {
                 return text(StatusCode::NOT_FOUND, "no such backend\n");
             }
@@ -250,7 +250,7 @@ fn backend_json(ctx: &Ctx, id: &str) -> Resp {
     match snap.backends.iter().find(|b| &*b.id == id) {
         Some(b) => json(
             StatusCode::OK,
-            &BackendView::of(b, crate::backend::unix_secs(), drain_quiet(&snap)),
+            &BackendView::of(b, crate::clock::unix_secs(), drain_quiet(&snap)),
         ),
         None => text(StatusCode::NOT_FOUND, "no such backend\n"),
     }
@@ -350,7 +350,7 @@ fn sample(b: &Backend, now: u64, quiet: u64) -> BackendSample<'_> {
 /// The Prometheus text exposition of every metric, as `GET /metrics` answers it.
 pub fn render_metrics(ctx: &Ctx) -> String {
     let snap = ctx.shared.load();
-    let (now, quiet) = (crate::backend::unix_secs(), drain_quiet(&snap));
+    let (now, quiet) = (crate::clock::unix_secs(), drain_quiet(&snap));
     let backends: Vec<BackendSample<'_>> = snap
         .backends
         .iter()

@@ -26,7 +26,6 @@ pub mod rate;
 mod sessions;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 pub use admin_cell::AdminCell;
 pub use counters::Counters;
@@ -47,20 +46,6 @@ pub struct BackendLive {
     pub load: LoadEstimate,
     /// Sessions served.
     pub sessions: Sessions,
-}
-
-/// Seconds since the Unix epoch on the wall clock (0 if the clock is before it).
-pub fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
-pub fn epoch_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let e = EPOCH.get_or_init(Instant::now);
-    u64::try_from(e.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
 }
 
 impl std::fmt::Debug for BackendLive {
@@ -101,7 +86,7 @@ impl BackendLive {
     /// Records a request of session `nonce` served at unix time `now`; `pinned_here` when the
     /// response pins the session here (a new session or a re-pin), which also counts toward
     /// the load.
-    pub fn record_session(&self, nonce: u64, now: u64, pinned_here: bool) {
+    pub(crate) fn record_session(&self, nonce: u64, now: u64, pinned_here: bool) {
         self.sessions.record(nonce, now, pinned_here);
         if pinned_here {
             self.load.add_pin();
@@ -119,7 +104,7 @@ impl BackendLive {
 /// Holds one in-flight request on a backend; released on drop (when the response body is done
 /// or abandoned).
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendLive>);
+pub(crate) struct InFlight(Arc<BackendLive>);
 
 impl InFlight {
     /// Starts a request on `live`: counts it sent and in flight.

@@ -95,14 +95,14 @@ async fn run(live: Arc<BackendLive>, probe: Probe, s: Settings) {
                 debug!(backend = %live.id(), error = %why, "health check failed");
             }
             live.health
-                .check_result(result.is_ok(), crate::backend::epoch_ms())
+                .check_result(result.is_ok(), crate::clock::epoch_ms())
                 .map(|t| (t, result.err().unwrap_or_default()))
         } else {
             let cutoff = Instant::now().checked_sub(s.eject_time);
             cutoff
                 .and_then(|c| {
                     live.health
-                        .restore_if_ejected_before(c, crate::backend::epoch_ms())
+                        .restore_if_ejected_before(c, crate::clock::epoch_ms())
                 })
                 .map(|t| (t, "ejection time elapsed".to_string()))
         };

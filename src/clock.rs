@@ -4,7 +4,9 @@
 //!
 //! Two clocks, for two jobs: the wall clock for what leaves the process (token times, which
 //! move between machines, and the access log), the monotonic clock for durations measured
-//! here (latency, ejection time).
+//! here (latency, ejection time). Outside a request, the admin API, reload and health checks
+//! read them through [`unix_secs`] and [`epoch_ms`]; no other module calls the std clocks for
+//! these, and the policy modules never do.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +39,20 @@ impl Now {
     pub fn unix_u32(&self) -> u32 {
         u32::try_from(self.unix_secs()).unwrap_or(u32::MAX)
     }
+}
+
+/// Seconds since the Unix epoch on the wall clock (0 if the clock is before it).
+pub(crate) fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds on a monotonic clock that starts with the process (never 0 once read).
+pub(crate) fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let e = EPOCH.get_or_init(Instant::now);
+    u64::try_from(e.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Errors of the request path and the one place where they become HTTP responses.
 //!
-//! Every failure records who failed and whether a retry is safe; [`ProxyError::status`] is the
+//! Every failure records who failed and whether a retry is safe; `ProxyError::status` is the
 //! only mapping from error to status code, and each mapping is pinned by a test.
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use http::StatusCode;
 
 /// What went wrong with a request stickyd could not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// The client's request is not acceptable (e.g. HTTP/1.1 without Host).
     #[error("bad request: {0}")]
     BadRequest(&'static str),

@@ -63,7 +63,7 @@ impl HealthMachine {
 
     /// Passive ejection (consecutive connect failures seen by the proxy): down now, and `rise`
     /// good checks are needed to come back.
-    pub fn eject(&mut self) -> Option<Transition> {
+    pub(crate) fn eject(&mut self) -> Option<Transition> {
         self.ok_streak = 0;
         self.fail_streak = self.fall;
         if self.up {
@@ -75,7 +75,7 @@ impl HealthMachine {
     }
 
     /// Brings an ejected backend back without active checks (ejection time elapsed).
-    pub fn restore(&mut self) -> Option<Transition> {
+    pub(crate) fn restore(&mut self) -> Option<Transition> {
         self.ok_streak = 0;
         self.fail_streak = 0;
         if self.up {

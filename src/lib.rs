@@ -1,49 +1,62 @@
 //! stickyd: an L7 HTTP reverse-proxy load balancer whose core job is session affinity.
 //!
-//! Module map (policy modules do no I/O and read no clock; time and randomness come in as
-//! arguments):
+//! The modules, layer by layer; each imports only from layers below it (no import circles).
+//! Policy modules do no I/O and read no clock: time and randomness come in as arguments, so
+//! they are unit- and property-tested alone. Public: what a test, a benchmark or an embedder
+//! needs (the policy, config, state, `server::start`); the request path's plumbing is the
+//! crate's own.
 //!
-//! | module | owns | kind |
+//! | layer | module | owns |
 //! |---|---|---|
-//! | [`token`] | cookie value format, HMAC key ring, sign/verify | policy |
-//! | [`affinity`] | the routing decision: pinned, fallback, new; lifetimes | policy |
-//! | [`balance`] | smooth weighted round robin, rendezvous hashing | policy |
-//! | [`health`] | rise/fall state machine, status ranges | policy |
-//! | [`headers`] | cookie strip, hop-by-hop, framing checks, X-Forwarded-*, Set-Cookie | policy |
-//! | [`error`] | proxy errors and their one status mapping | policy |
-//! | [`config`] | TOML schema, defaults, validation, key loading | edge |
-//! | [`backend`] | live per-backend state in parts: health, admin cell, counters, load estimate, sessions | state |
-//! | [`state`] | the immutable snapshot behind an ArcSwap; live state by id | state |
-//! | [`metrics`] | process-wide counters | state |
-//! | [`upstream`] | the connection pool to backends | I/O |
-//! | [`io`] | the client stream's send deadline | I/O |
-//! | [`checker`] | active health probes | I/O |
-//! | [`maintain`] | the 100 ms ticker: rates, pin decay, imbalance ratio, session rotation | task |
-//! | [`proxy`] | the request path | I/O |
-//! | [`server`] | listeners, connections, reload, shutdown | I/O |
+//! | policy | [`token`] | the cookie value's format, the HMAC key ring, sign and verify |
+//! | policy | [`balance`] | smooth weighted round robin, rendezvous hashing, the slow-start ramp |
+//! | policy | [`health`] | the rise/fall state machine, status ranges |
+//! | policy | [`headers`] | the affinity cookie, hop-by-hop, X-Forwarded-*, Via, framing and Host refusals |
+//! | policy | [`affinity`] | the routing decision (pinned, fallback, new) and the request's affinity input |
+//! | policy | [`error`] | proxy errors, their one status mapping, retry safety |
+//! | edge | [`config`] | TOML text to a raw schema to validated values, every error at its key |
+//! | state | [`backend`] | live per-backend state in parts: health, admin, counters, load, sessions |
+//! | state | [`metrics`] | process-wide counters and their Prometheus exposition |
+//! | state | [`state`] | the immutable snapshot behind an `ArcSwap`; live state kept by backend id |
+//! | I/O | `clock` | the clocks, read once per request and passed down |
+//! | I/O | `rt` | the worker's executor for hyper's tasks |
+//! | I/O | `io` | the client stream's send deadline, `Stall` |
+//! | I/O | [`tls`] | certificates, SNI, rustls server and client configs |
+//! | I/O | `connect` | connections to backends: TCP, TLS, one deadline, the idle probe |
+//! | I/O | `body` | the request body sent upstream, kept for a safe retry |
+//! | I/O | `upstream` | the per-worker connection pool to backends (HTTP/1.1 and HTTP/2) |
+//! | I/O | `tunnel` | byte copying for upgraded connections (WebSocket) |
+//! | I/O | `access` | the access log and its writer thread |
+//! | I/O | `proxy` | the request path: check, affinity input, attempts, record, response |
+//! | task | `checker` | active health probes, one task per backend |
+//! | task | `maintain` | the 100 ms ticker: rates, pin decay, imbalance ratio, session rotation |
+//! | task | `notify` | systemd readiness notifications |
+//! | top | `admin` | the admin API: Host/Origin guard, token, metrics, backends, drain, reload |
+//! | top | [`server`] | start, workers and accept loops, reload, graceful shutdown |
 
-pub mod access;
-pub mod admin;
 pub mod affinity;
 pub mod backend;
 pub mod balance;
-pub mod body;
-pub mod checker;
-pub mod clock;
 pub mod config;
-pub mod connect;
 pub mod error;
 pub mod headers;
 pub mod health;
-pub mod io;
-pub mod maintain;
 pub mod metrics;
-pub mod notify;
-pub mod proxy;
-pub(crate) mod rt;
 pub mod server;
 pub mod state;
 pub mod tls;
 pub mod token;
-pub mod tunnel;
-pub mod upstream;
+
+pub(crate) mod access;
+pub(crate) mod admin;
+pub(crate) mod body;
+pub(crate) mod checker;
+pub(crate) mod clock;
+pub(crate) mod connect;
+pub(crate) mod io;
+pub(crate) mod maintain;
+pub(crate) mod notify;
+pub(crate) mod proxy;
+pub(crate) mod rt;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;

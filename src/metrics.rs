@@ -1,11 +1,11 @@
 //! Process-wide counters that are not per backend (affinity outcomes by reason, re-pins,
 //! retries, upstream errors by kind, responses by status class, the latency histogram, the
 //! imbalance ratio), and the exposition of every metric: each family's name, type and help text
-//! is declared here once ([`FAMILIES`]), and [`Metrics::render`] writes the Prometheus text.
+//! is declared here once ([`FAMILIES`]), and `Metrics::render` writes the Prometheus text.
 //!
 //! Plain atomics, bumped on the request path without locks. This module never reads live state
 //! itself: per-backend values and gauges owned elsewhere come in as plain values
-//! ([`Readings`]), read once by the caller, so the exposition is a pure function of its input.
+//! (`Readings`), read once by the caller, so the exposition is a pure function of its input.
 //! The names, labels and types are fixed interface (dashboards and alerts match on them).
 
 mod exposition;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::affinity::Outcome;
 use crate::error::{ProxyError, UpstreamKind};
 
-pub use exposition::{BackendSample, Readings};
+pub(crate) use exposition::{BackendSample, Readings};
 
 /// Counters shared by every request.
 #[derive(Debug, Default)]
@@ -191,7 +191,7 @@ pub const ACCESS_LOG_DROPPED: Family = family(
     "Access log lines dropped because the writer fell behind.",
 );
 
-/// Every family, in the order [`Metrics::render`] writes them.
+/// Every family, in the order `Metrics::render` writes them.
 pub const FAMILIES: [Family; 20] = [
     BUILD_INFO,
     CONNECTIONS,
@@ -284,7 +284,7 @@ impl Metrics {
     }
 
     /// Sets the imbalance ratio (see [`imbalance_ratio`]).
-    pub fn set_imbalance(&self, r: f64) {
+    pub(crate) fn set_imbalance(&self, r: f64) {
         self.imbalance.store(r.to_bits(), Ordering::Relaxed);
     }
 
@@ -324,7 +324,7 @@ impl Metrics {
     }
 
     /// Counts an upstream error (errors that are not upstream are ignored).
-    pub fn upstream_error(&self, e: &ProxyError) {
+    pub(crate) fn upstream_error(&self, e: &ProxyError) {
         if let Some(k) = e.upstream_kind() {
             self.upstream_errors[k.index()].fetch_add(1, Ordering::Relaxed);
         }

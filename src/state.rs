@@ -149,7 +149,7 @@ impl Snapshot {
     }
 
     /// Whether `ip` is a trusted proxy.
-    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
         self.trusted.iter().any(|n| n.contains(ip))
     }
 
@@ -213,7 +213,7 @@ impl PoolView for Snapshot {
             static RAMPED: std::cell::RefCell<(Vec<u32>, Vec<f64>)> =
                 const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
         }
-        let now = crate::backend::epoch_ms();
+        let now = crate::clock::epoch_ms();
         RAMPED.with(|buf| {
             let (w, loads) = &mut *buf.borrow_mut();
             w.clear();
@@ -248,7 +248,7 @@ pub struct Shared {
     /// Process-wide counters.
     pub metrics: Metrics,
     /// The access log, when on (set once at start).
-    pub access: Option<Arc<crate::access::AccessLog>>,
+    pub(crate) access: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl Shared {
@@ -280,7 +280,7 @@ impl Shared {
         let known: Vec<Arc<str>> = live.keys().cloned().collect();
         let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
         // Added by this reload: slow start counts from now.
-        let now_ms = crate::backend::epoch_ms();
+        let now_ms = crate::clock::epoch_ms();
         for b in &snap.backends {
             if !known.contains(&b.id) {
                 b.live.health.mark_up(now_ms);
@@ -302,7 +302,7 @@ impl Shared {
 
     /// Sets the admin state of backend `id` through the admin API (`None`: back to the
     /// config's). Returns false if there is no such backend.
-    pub fn set_admin(&self, id: &str, state: Option<AdminState>, now: u64) -> bool {
+    pub(crate) fn set_admin(&self, id: &str, state: Option<AdminState>, now: u64) -> bool {
         let snap = self.load();
         let Some(b) = snap.backends.iter().find(|b| &*b.id == id) else {
             return false;
@@ -314,7 +314,7 @@ impl Shared {
 
     /// Starts or stops each backend's drain clock to match its admin state (after a start or
     /// a reload).
-    pub fn note_admin_states(&self, now: u64) {
+    pub(crate) fn note_admin_states(&self, now: u64) {
         for b in &self.load().backends {
             b.live.admin.note_state(b.admin_state(), now);
         }

@@ -40,7 +40,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Cert, String> {
 /// Reads the PEM certificate chain in `cert` (leaf first) and checks that its leaf is usable.
 /// Its errors are about `cert`, those of [`with_key`] about `key` (the config points at one or
 /// the other).
-pub fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -55,7 +55,7 @@ pub fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Pairs `chain` (read from `cert`) with the PEM private key in `key`, and checks that they
 /// belong together.
-pub fn with_key(
+pub(crate) fn with_key(
     chain: Vec<CertificateDer<'static>>,
     cert: &Path,
     key: &Path,

@@ -17,7 +17,19 @@ use crate::backend::InFlight;
 /// Whatever keeps a client connection counted (its connection-limit slot, the worker's
 /// liveness): an upgraded connection's tunnel holds it until it closes.
 #[derive(Clone)]
-pub struct Hold(pub std::rc::Rc<dyn std::any::Any>);
+pub struct Hold {
+    /// Never read: held only so that it is dropped with the last clone.
+    _kept: std::rc::Rc<dyn std::any::Any>,
+}
+
+impl Hold {
+    /// Holds `kept` until the connection and every tunnel made from it are gone.
+    pub fn new(kept: impl std::any::Any) -> Hold {
+        Hold {
+            _kept: std::rc::Rc::new(kept),
+        }
+    }
+}
 
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -37,12 +37,12 @@ impl AdminCell {
     }
 
     /// Sets (or with `None` clears) the admin API's state.
-    pub fn set_api_state(&self, state: Option<AdminState>) {
+    pub(crate) fn set_api_state(&self, state: Option<AdminState>) {
         self.api_state.store(encode(state), Ordering::Relaxed);
     }
 
     /// Notes the state in force at unix time `now`: starts the drain clock (once) or stops it.
-    pub fn note_state(&self, state: AdminState, now: u64) {
+    pub(crate) fn note_state(&self, state: AdminState, now: u64) {
         if state == AdminState::Draining {
             let _ = self.draining_since.compare_exchange(
                 0,

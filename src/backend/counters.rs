@@ -41,14 +41,14 @@ impl Counters {
     }
 
     /// Counts a response with `status` (ignored outside 100..=599).
-    pub fn record_status(&self, status: u16) {
+    pub(crate) fn record_status(&self, status: u16) {
         if let 100..=599 = status {
             self.statuses[usize::from(status / 100 - 1)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Counts a request that got no response.
-    pub fn record_failure(&self) {
+    pub(crate) fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -55,7 +55,7 @@ impl Health {
         out
     }
 
-    /// Feeds an active check result; `now_ms` ([`super::epoch_ms`]) starts slow start if the
+    /// Feeds an active check result; `now_ms` (`clock::epoch_ms`) starts slow start if the
     /// backend comes up.
     pub fn check_result(&self, ok: bool, now_ms: u64) -> Option<Transition> {
         self.with_cell(|c| {
@@ -71,7 +71,7 @@ impl Health {
 
     /// Records a failed connect at `now`; ejects the backend at `threshold` consecutive
     /// failures (0 never ejects).
-    pub fn connect_failed(&self, threshold: u32, now: Instant) -> Option<Transition> {
+    pub(crate) fn connect_failed(&self, threshold: u32, now: Instant) -> Option<Transition> {
         let n = self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if threshold == 0 || n < threshold {
             return None;
@@ -86,7 +86,7 @@ impl Health {
     }
 
     /// Records a successful exchange: the consecutive connect-failure count starts over.
-    pub fn connect_ok(&self) {
+    pub(crate) fn connect_ok(&self) {
         // Load first: the common case (no failures) then writes nothing, so the cache line
         // stays shared between workers.
         if self.connect_failures.load(Ordering::Relaxed) != 0 {
@@ -96,7 +96,11 @@ impl Health {
 
     /// With active checks off: brings back a backend ejected at or before `cutoff`; `now_ms`
     /// starts slow start.
-    pub fn restore_if_ejected_before(&self, cutoff: Instant, now_ms: u64) -> Option<Transition> {
+    pub(crate) fn restore_if_ejected_before(
+        &self,
+        cutoff: Instant,
+        now_ms: u64,
+    ) -> Option<Transition> {
         self.with_cell(|c| match c.ejected_at {
             Some(at) if at <= cutoff => {
                 c.ejected_at = None;
@@ -110,7 +114,7 @@ impl Health {
 
     /// Notes that the backend became usable at `now_ms` (recovered, or added by a reload):
     /// slow start counts from then.
-    pub fn mark_up(&self, now_ms: u64) {
+    pub(crate) fn mark_up(&self, now_ms: u64) {
         self.up_since_ms.store(now_ms.max(1), Ordering::Relaxed);
     }
 

@@ -61,7 +61,7 @@ impl LoadEstimate {
     }
 
     /// Counts a session just pinned here.
-    pub fn add_pin(&self) {
+    pub(crate) fn add_pin(&self) {
         // Only this backend's requests add, on their worker threads; a lost update under a race
         // only makes the estimate a little low, and is cheaper than a CAS loop.
         let v = self.recent_pins();
@@ -70,13 +70,13 @@ impl LoadEstimate {
     }
 
     /// Decays the recent pins over `elapsed` by [`PIN_HALF_LIFE`].
-    pub fn decay_pins(&self, elapsed: Duration) {
+    pub(crate) fn decay_pins(&self, elapsed: Duration) {
         let v = self.recent_pins() * decay_factor(elapsed, PIN_HALF_LIFE);
         self.recent_pins.store(v.to_bits(), Ordering::Relaxed);
     }
 
     /// Sets the recent request rate (requests per second).
-    pub fn set_rate(&self, r: f64) {
+    pub(crate) fn set_rate(&self, r: f64) {
         self.rate.store(r.to_bits(), Ordering::Relaxed);
     }
 

@@ -17,7 +17,7 @@ use crate::error::UpstreamKind;
 
 /// One backend's values for the exposition, read once from its live state by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendSample<'a> {
+pub(crate) struct BackendSample<'a> {
     /// The backend id (the `backend` label).
     pub id: &'a str,
     /// Configured weight.
@@ -44,7 +44,7 @@ pub struct BackendSample<'a> {
 
 /// What an exposition shows besides the counters in [`Metrics`]: values owned elsewhere.
 #[derive(Debug, Clone, Copy)]
-pub struct Readings<'a> {
+pub(crate) struct Readings<'a> {
     /// Client connections open now.
     pub connections: usize,
     /// Every backend of the snapshot, in config order.
@@ -66,7 +66,7 @@ const ADMIN_STATES: [(AdminState, &str); 3] = [
 
 impl Metrics {
     /// The text exposition of every family: these counters plus `r`.
-    pub fn render(&self, r: &Readings<'_>) -> String {
+    pub(crate) fn render(&self, r: &Readings<'_>) -> String {
         let mut w = Writer(String::with_capacity(8192));
         w.header(&BUILD_INFO);
         w.sample(

@@ -270,7 +270,7 @@ impl Accept {
                 // The connection's slot and the worker's liveness, kept by whoever holds a
                 // clone: the connection, and a tunnel made from it.
                 let mut info = ConnInfo::new(peer, tls);
-                info.hold = Some(Hold(Rc::new((permit, serving.alive.clone()))));
+                info.hold = Some(Hold::new((permit, serving.alive.clone())));
                 if tls {
                     if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
                         serve(stream, info, &serving).await;
