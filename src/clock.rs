@@ -17,27 +17,33 @@ pub struct Now {
     pub mono: Instant,
     /// The wall clock.
     pub wall: SystemTime,
+    /// The wall clock in whole seconds since the Unix epoch (0 before it), worked out once.
+    unix: u64,
 }
 
 impl Now {
     /// Reads both clocks.
     pub fn read() -> Now {
+        Now::at(Instant::now(), SystemTime::now())
+    }
+
+    /// A reading made of these two instants.
+    pub fn at(mono: Instant, wall: SystemTime) -> Now {
         Now {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
+            mono,
+            wall,
+            unix: wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }
     }
 
     /// Whole seconds since the Unix epoch (0 before it).
     pub fn unix_secs(&self) -> u64 {
-        self.wall
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        self.unix
     }
 
     /// [`Now::unix_secs`] as token times carry it (u32 seconds, saturating).
     pub fn unix_u32(&self) -> u32 {
-        u32::try_from(self.unix_secs()).unwrap_or(u32::MAX)
+        u32::try_from(self.unix).unwrap_or(u32::MAX)
     }
 }
 
@@ -62,17 +68,11 @@ mod tests {
 
     #[test]
     fn unix_seconds_come_from_the_wall_clock_and_saturate() {
-        let at = |secs: u64| Now {
-            mono: Instant::now(),
-            wall: UNIX_EPOCH + Duration::from_secs(secs),
-        };
+        let at = |secs: u64| Now::at(Instant::now(), UNIX_EPOCH + Duration::from_secs(secs));
         assert_eq!(at(1_800_000_000).unix_secs(), 1_800_000_000);
         assert_eq!(at(1_800_000_000).unix_u32(), 1_800_000_000);
         assert_eq!(at(u64::from(u32::MAX) + 5).unix_u32(), u32::MAX);
-        let before = Now {
-            mono: Instant::now(),
-            wall: UNIX_EPOCH - Duration::from_secs(1),
-        };
+        let before = Now::at(Instant::now(), UNIX_EPOCH - Duration::from_secs(1));
         assert_eq!(before.unix_secs(), 0);
     }
 }
