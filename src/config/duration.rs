@@ -10,10 +10,6 @@
 
 use std::time::Duration;
 
-/// A duration as the raw schema reads it: a string with units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Dur(pub Duration);
-
 /// Parses a duration; surrounding whitespace is ignored. The error names the input and what is
 /// wrong with it (it is shown at the value's position).
 pub(super) fn parse(s: &str) -> Result<Duration, String> {
@@ -27,14 +23,6 @@ pub(super) fn parse(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| {
         format!("invalid duration {s:?}: {e} (expected e.g. \"500ms\", \"2s\", \"30m\", \"24h\")")
     })
-}
-
-impl<'de> serde::Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        super::raw::from_str_with(d, "a duration string such as \"2s\" or \"30m\"", |s| {
-            parse(s).map(Dur)
-        })
-    }
 }
 
 #[cfg(test)]

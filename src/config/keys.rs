@@ -6,7 +6,6 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::validate::Invalid;
 use crate::token::MIN_SECRET_LEN;
 
 /// A secret key. Its bytes never appear in `Debug` output.
@@ -40,33 +39,32 @@ impl KeySource for SystemKeys {
 }
 
 /// The secret `spec` names (a relative file is taken from `dir`), whitespace trimmed, at least
-/// [`MIN_SECRET_LEN`] bytes. An error points at the spec.
+/// [`MIN_SECRET_LEN`] bytes. The caller points an error at the spec.
 pub(super) fn resolve(
     spec: &Spanned<String>,
     dir: &Path,
     src: &dyn KeySource,
-) -> Result<Secret, Invalid> {
-    let err = |m: String| (spec.span(), m);
+) -> Result<Secret, String> {
     let raw = if let Some(p) = spec.get_ref().strip_prefix("file:") {
         let path = dir.join(p);
         src.file(&path)
-            .map_err(|e| err(format!("cannot read key file {}: {e}", path.display())))?
+            .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?
     } else if let Some(name) = spec.get_ref().strip_prefix("env:") {
         src.env(name)
-            .ok_or_else(|| err(format!("environment variable {name} is not set")))?
+            .ok_or_else(|| format!("environment variable {name} is not set"))?
     } else {
-        return Err(err(format!(
+        return Err(format!(
             "invalid key spec {:?}: expected \"file:PATH\" or \"env:NAME\" (keys are never written inline)",
             spec.get_ref()
-        )));
+        ));
     };
     let secret = raw.trim_ascii();
     if secret.len() < MIN_SECRET_LEN {
-        return Err(err(format!(
+        return Err(format!(
             "key {:?} is {} bytes; at least {MIN_SECRET_LEN} are required (e.g. `openssl rand -base64 48`)",
             spec.get_ref(),
             secret.len()
-        )));
+        ));
     }
     Ok(Secret(secret.to_vec()))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::duration::Dur;
+use super::duration;
 use super::{Cidr, Initial, LogFormat, Mode, NewSessions, Protocol};
 use crate::affinity::{AdminState, AllDown, OnPinnedDown};
 use crate::health::StatusRange;
@@ -320,6 +320,18 @@ impl<'de> Deserialize<'de> for Cidr {
                 .map_err(|_| {
                     format!("invalid network {s:?} (expected e.g. \"10.0.0.0/8\" or \"192.0.2.1\")")
                 })
+        })
+    }
+}
+
+/// A duration as the raw schema reads it: a string with units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Dur(pub Duration);
+
+impl<'de> serde::Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        from_str_with(d, "a duration string such as \"2s\" or \"30m\"", |s| {
+            duration::parse(s).map(Dur)
         })
     }
 }

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 
 use toml::Spanned;
 
-use super::duration::Dur;
+use super::raw::Dur;
 
 #[derive(Default)]
 struct FakeKeys {

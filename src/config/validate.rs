@@ -53,7 +53,7 @@ pub(super) fn config(
         .affinity
         .keys
         .iter()
-        .map(|spec| resolve(spec, dir, keys))
+        .map(|spec| resolve(spec, dir, keys).map_err(|m| (spec.span(), m)))
         .collect::<Result<_, _>>()?;
     for (b, r) in backends.iter_mut().zip(&raw.backends) {
         b.origin = origin(r, &b.address, dir)?;
@@ -65,7 +65,7 @@ pub(super) fn config(
             token: a
                 .token
                 .as_ref()
-                .map(|t| resolve(t, dir, keys))
+                .map(|t| resolve(t, dir, keys).map_err(|m| (t.span(), m)))
                 .transpose()?,
             drain_quiet: a.drain_quiet.0,
             allowed_hosts: a
@@ -165,7 +165,7 @@ fn balance(b: &raw::Balance) -> Result<Balance, Invalid> {
 }
 
 /// A duration that must not be zero, reported as `name must be more than 0`.
-fn nonzero(d: &Spanned<super::duration::Dur>, name: &str) -> Result<Duration, Invalid> {
+fn nonzero(d: &Spanned<super::raw::Dur>, name: &str) -> Result<Duration, Invalid> {
     let v = d.get_ref().0;
     check(!v.is_zero(), d.span(), || {
         format!("{name} must be more than 0")
