@@ -491,5 +491,21 @@ pub fn parse_address(s: &str) -> Option<http::uri::Authority> {
     (a.port_u16().is_some() && !a.host().is_empty() && !s.contains('@')).then_some(a)
 }
 
+/// Parses `text` for the crate's unit tests: every `env:` key is 32 bytes of `k`, no file is
+/// read. Panics on a config error.
+#[cfg(test)]
+pub(crate) fn parse_for_tests(text: &str) -> Config {
+    struct K;
+    impl KeySource for K {
+        fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+        fn env(&self, _: &str) -> Option<Vec<u8>> {
+            Some(vec![b'k'; 32])
+        }
+    }
+    parse(text, "t", Path::new("."), &K).unwrap()
+}
+
 #[cfg(test)]
 mod tests;

@@ -85,7 +85,6 @@ mod tests {
     use super::*;
     use crate::backend::{InFlight, PIN_HALF_LIFE};
     use crate::config::{self, Config};
-    use std::path::Path;
 
     fn config(ids: &[&str]) -> Config {
         let mut text = String::from("[affinity]\nkeys = [\"env:K\"]\nmax_idle = \"1s\"\n");
@@ -95,16 +94,7 @@ mod tests {
                 n + 1
             ));
         }
-        struct K;
-        impl config::KeySource for K {
-            fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
-                Err(std::io::ErrorKind::NotFound.into())
-            }
-            fn env(&self, _: &str) -> Option<Vec<u8>> {
-                Some(vec![b'k'; 32])
-            }
-        }
-        config::parse(&text, "t", Path::new("."), &K).unwrap()
+        config::parse_for_tests(&text)
     }
 
     fn requests(snap: &Snapshot, backend: usize, n: usize) {

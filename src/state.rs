@@ -325,7 +325,6 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::config;
-    use std::path::Path;
 
     fn cfg(backends: &[(&str, &str)]) -> Config {
         let with: Vec<(&str, &str, &str)> =
@@ -340,16 +339,7 @@ mod tests {
                 "[[backend]]\nid = \"{id}\"\naddress = \"{addr}\"\nstate = \"{state}\"\n"
             ));
         }
-        struct K;
-        impl config::KeySource for K {
-            fn file(&self, _: &Path) -> std::io::Result<Vec<u8>> {
-                Err(std::io::ErrorKind::NotFound.into())
-            }
-            fn env(&self, _: &str) -> Option<Vec<u8>> {
-                Some(vec![b'k'; 32])
-            }
-        }
-        config::parse(&text, "t", Path::new("."), &K).unwrap()
+        config::parse_for_tests(&text)
     }
 
     #[test]

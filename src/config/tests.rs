@@ -483,27 +483,11 @@ fn backend(body: &str) -> String {
     format!("# line 1\n[[backend]]\n{body}\n")
 }
 
-/// A self-signed certificate and its key, as PEM files in `dir`.
-fn self_signed(dir: &Path, file: &str) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["site.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (c, k) = (
-        dir.join(format!("{file}.pem")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
 #[test]
 fn every_validation_error_names_the_offending_keys_own_line_and_column() {
     let files = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(files.path(), "site");
-    let (_, other_key) = self_signed(files.path(), "other");
+    let (cert, key) = crate::tls::self_signed(files.path(), "site");
+    let (_, other_key) = crate::tls::self_signed(files.path(), "other");
     let garbage = files.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let certs = |c: &Path, k: &Path| {
