@@ -16,7 +16,7 @@
 //!
 //! The request path never takes a lock here nor allocates: each read or write is one relaxed
 //! atomic operation on a part (only health transitions take the health mutex). The parts read no
-//! clock; the two clock functions below are the only ones, for the callers to pass time in.
+//! clock: time comes in from `crate::clock`, passed by the callers.
 
 mod admin_cell;
 mod counters;

@@ -1,6 +1,8 @@
 //! The clocks. The request path reads them once, when a request arrives ([`Now::read`]), and
-//! passes that reading down: routing, token lifetimes, passive ejection, the session estimate
-//! and the access log all see the same instant. Policy modules never read a clock.
+//! passes that reading down: routing, token lifetimes, the session estimate, latency and the
+//! access log all see the same instant. Two reads are later on purpose: a passive ejection is
+//! dated when the failure is known (a connect can take `connect_timeout`), and slow start
+//! reads [`epoch_ms`] when it places a new session. Policy modules never read a clock.
 //!
 //! Two clocks, for two jobs: the wall clock for what leaves the process (token times, which
 //! move between machines, and the access log), the monotonic clock for durations measured

@@ -1,7 +1,7 @@
 //! Connections to backends, made in one place for everyone who dials one: the upstream pool's
 //! HTTP/1.1 and HTTP/2 connections and the health checker's probes. [`open`] does the TCP
 //! connect, the socket options (TCP_NODELAY, keepalive) and the TLS handshake when the backend
-//! speaks TLS, all within one deadline, and names the backend and the step in its error.
+//! speaks TLS, all within one deadline, and names the backend in its error.
 //!
 //! The TCP socket stays reachable through a weak [`Probe`] while hyper owns the connection, so
 //! the pool can check an idle connection for a close its connection task has not seen yet

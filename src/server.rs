@@ -65,7 +65,7 @@ pub struct Running {
     reload_calls: Option<mpsc::Receiver<ReloadCall>>,
     /// Tells the admin API that shutdown began (its /healthz turns 503).
     stopping: watch::Sender<bool>,
-    /// The admin server and the once-a-second maintenance task.
+    /// The admin server and the 100 ms maintenance task.
     control: Vec<tokio::task::JoinHandle<()>>,
 }
 

@@ -23,7 +23,7 @@ pub struct Health {
     up: AtomicBool,
     cell: Mutex<Cell>,
     connect_failures: AtomicU32,
-    /// When it last became usable ([`super::epoch_ms`]; 0: since start), for slow start.
+    /// When it last became usable (`crate::clock::epoch_ms`; 0: since start), for slow start.
     up_since_ms: AtomicU64,
 }
 

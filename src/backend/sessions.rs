@@ -29,7 +29,7 @@ pub struct Sessions {
 impl Sessions {
     /// Records a request of session `nonce` served at unix time `now`; `pinned_here` when the
     /// response pins the session here (a new session or a re-pin).
-    pub fn record(&self, nonce: u64, now: u64, pinned_here: bool) {
+    pub(crate) fn record(&self, nonce: u64, now: u64, pinned_here: bool) {
         self.sketch.record(nonce);
         // Load first: within a second nothing is written, so the line stays shared.
         if self.last_request_at.load(Ordering::Relaxed) != now {
@@ -56,7 +56,7 @@ impl Sessions {
     }
 
     /// Starts a new generation of the estimate (every `max_idle`).
-    pub fn rotate(&self) {
+    pub(crate) fn rotate(&self) {
         self.sketch.rotate();
     }
 }
