@@ -250,6 +250,7 @@ pub enum NoRoute {
 /// Decides where one attempt goes, from what the request carried ([`input::extract`]): a
 /// token ([`route`]), a key to hash ([`route_hashed`]), or nothing (`mode = "none"`: placed as
 /// a new session, with no token issued and no session tracked).
+#[inline]
 pub fn decide(
     policy: &Policy,
     input: Input,
@@ -258,13 +259,14 @@ pub fn decide(
     excluded: &[usize],
     nonce: impl FnOnce() -> u64,
 ) -> Result<Route, NoRoute> {
-    match input {
-        Input::Token(token) => route(policy, token, now, pool, excluded, nonce),
-        Input::Key(key) => route_hashed(policy, key, pool, excluded),
-        Input::Nothing => {
-            route(policy, TokenInput::Absent, now, pool, excluded, nonce).map(Route::untracked)
-        }
-    }
+    // One call of `route`, so it can be inlined into the request path as it was before.
+    let (token, untracked) = match input {
+        Input::Token(token) => (token, false),
+        Input::Key(key) => return route_hashed(policy, key, pool, excluded),
+        Input::Nothing => (TokenInput::Absent, true),
+    };
+    let route = route(policy, token, now, pool, excluded, nonce)?;
+    Ok(if untracked { route.untracked() } else { route })
 }
 
 /// Decides where one attempt goes. `excluded` lists backends that already failed this request;
