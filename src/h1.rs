@@ -17,17 +17,17 @@
 //! differential fuzz target holds them against hyper: every input is refused by ours or framed
 //! identically by both.
 
-// Until the connection driver uses every part (this next step).
+// Until the connection driver uses every part (the next step of the engine).
 #![allow(dead_code)]
 
-pub(crate) mod chunked;
-pub(crate) mod parse;
-pub(crate) mod write;
+pub mod chunked;
+pub mod parse;
+pub mod write;
 
 /// A byte range in a connection's buffer: where a name, a value or a target is. `u32` keeps a
 /// [`Field`] small; heads are bounded by `max_header_bytes` (at most 1 MiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Span {
+pub struct Span {
     /// First byte.
     pub start: u32,
     /// One past the last byte.
@@ -72,7 +72,7 @@ impl Span {
 /// The header names the engine acts on, recognised once when the head is parsed (ASCII
 /// case-insensitive); everything else is [`Name::Other`] and passes through as it came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Name {
+pub enum Name {
     Host,
     ContentLength,
     TransferEncoding,
@@ -95,7 +95,7 @@ pub(crate) enum Name {
 
 /// One header line of a parsed head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Field {
+pub struct Field {
     /// The name as received.
     pub name: Span,
     /// The value, without surrounding whitespace.
@@ -109,7 +109,7 @@ pub(crate) struct Field {
 
 /// A request method, as far as the engine's rules tell methods apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Method {
+pub enum Method {
     Get,
     Head,
     Post,
@@ -144,14 +144,14 @@ impl Method {
 
 /// HTTP/1.0 or HTTP/1.1 (nothing else is HTTP/1 here: `HTTP/0.9` and `HTTP/2.0` lines are refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Version {
+pub enum Version {
     H10,
     H11,
 }
 
 /// How a message's body is delimited on the wire it came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Body {
+pub enum Body {
     /// No body (a request without Content-Length or Transfer-Encoding; a response to HEAD, a
     /// 1xx, 204 or 304).
     None,
@@ -166,7 +166,7 @@ pub(crate) enum Body {
 /// A request head refused before anything was forwarded: the status and a short reason for the
 /// client. The connection is closed after the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Refusal {
+pub struct Refusal {
     /// 400, 414, 431 or 501.
     pub status: u16,
     /// One line, ending in `\n`.
@@ -176,7 +176,7 @@ pub(crate) struct Refusal {
 /// A parsed request head: what the steps after parsing need, as spans into the buffer it was
 /// parsed from. Its header lines are in the `Vec<Field>` the parser filled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RequestHead {
+pub struct RequestHead {
     /// Bytes of the head, request line to the blank line included: the body (or the next
     /// request) starts here.
     pub len: usize,
@@ -211,11 +211,11 @@ pub(crate) struct RequestHead {
 /// A backend's response head that failed to parse or frames its body in a way that cannot be
 /// trusted: a 502 for the client, and the connection is not reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BadResponse(pub &'static str);
+pub struct BadResponse(pub &'static str);
 
 /// A parsed response head, as spans into the buffer it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ResponseHead {
+pub struct ResponseHead {
     /// Bytes of the head, status line to the blank line included.
     pub len: usize,
     pub status: u16,

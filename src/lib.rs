@@ -25,7 +25,7 @@
 //! | I/O | `connect` | connections to backends: TCP, TLS, one deadline, the idle probe |
 //! | I/O | `body` | the request body sent upstream, kept for a safe retry |
 //! | I/O | `upstream` | the per-worker connection pool to backends (HTTP/1.1 and HTTP/2) |
-//! | I/O | `h1` | the HTTP/1 engine: head parsing and writing, the chunked coding, connections |
+//! | I/O | [`h1`] | the HTTP/1 engine: head parsing and writing, the chunked coding, connections |
 //! | I/O | `tunnel` | byte copying for upgraded connections (WebSocket) |
 //! | I/O | `access` | the access log and its writer thread |
 //! | I/O | `proxy` | the request path: check, affinity input, attempts, record, response |
@@ -40,6 +40,7 @@ pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
@@ -52,7 +53,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 pub(crate) mod checker;
-pub(crate) mod h1;
+
 pub(crate) mod clock;
 pub(crate) mod connect;
 pub(crate) mod io;

@@ -5,7 +5,7 @@ use super::{BadResponse, Field, Method, Refusal, RequestHead, ResponseHead};
 
 /// The bounds a head is parsed within (`[server] max_header_bytes`, `max_headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Most bytes in a head, request line to the blank line included.
     pub max_head: usize,
     /// Most header lines.
@@ -15,7 +15,7 @@ pub(crate) struct Limits {
 /// Parses the request head at the start of `buf`, filling `fields` (cleared first).
 /// `Ok(None)`: the head is not complete yet (read more; past `max_head` bytes the caller
 /// answers 431).
-pub(crate) fn request(
+pub fn request(
     buf: &[u8],
     limits: &Limits,
     fields: &mut Vec<Field>,
@@ -26,7 +26,7 @@ pub(crate) fn request(
 
 /// Parses a backend's response head at the start of `buf`, filling `fields` (cleared first);
 /// `method` is the request's (a response to HEAD has no body). `Ok(None)`: not complete yet.
-pub(crate) fn response(
+pub fn response(
     buf: &[u8],
     limits: &Limits,
     method: Method,
