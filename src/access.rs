@@ -236,19 +236,34 @@ impl Pending {
             || req.uri().path().to_string(),
             |pq| pq.as_str().to_string(),
         );
+        let version = match req.version() {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        Pending::start(log, req.method().clone(), target, version, client, start, time)
+    }
+
+    /// Starts the line of a request known by its parts (the HTTP/1 engine's, which has no
+    /// `http::Request`).
+    pub fn start(
+        log: &Arc<AccessLog>,
+        method: http::Method,
+        target: String,
+        version: &'static str,
+        client: IpAddr,
+        start: std::time::Instant,
+        time: SystemTime,
+    ) -> Pending {
         Pending {
             record: Record {
                 time,
                 client,
-                method: req.method().clone(),
+                method,
                 target,
-                version: match req.version() {
-                    http::Version::HTTP_09 => "HTTP/0.9",
-                    http::Version::HTTP_10 => "HTTP/1.0",
-                    http::Version::HTTP_2 => "HTTP/2.0",
-                    http::Version::HTTP_3 => "HTTP/3.0",
-                    _ => "HTTP/1.1",
-                },
+                version,
                 status: 0,
                 bytes: 0,
                 duration: Duration::ZERO,

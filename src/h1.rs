@@ -1,4 +1,5 @@
-//! stickyd's own HTTP/1 engine, for client and backend connections (hyper stays for HTTP/2).
+//! The pure half of stickyd's own HTTP/1 engine (hyper stays for HTTP/2): heads parsed and
+//! written, the chunked coding. No I/O: the connections are driven by `proxy`'s engine.
 //!
 //! The received bytes are the message: a head is parsed once with `httparse` into [`Field`]s,
 //! byte ranges ([`Span`]) into the connection's buffer with each name classified once
@@ -6,11 +7,11 @@
 //! pass left out (the affinity cookie, hop-by-hop headers) and what stickyd adds put in
 //! (X-Forwarded-*, Via, Set-Cookie). No header map, no per-header allocation.
 //!
-//! | file | owns | I/O |
-//! |---|---|---|
-//! | `parse` | request and response heads: every refusal, the framing of the body | none |
-//! | `chunked` | the chunked coding: a strict incremental decoder, the encoder | none |
-//! | `write` | the upstream request head and the client response head, in one buffer each | none |
+//! | file | owns |
+//! |---|---|
+//! | `parse` | request and response heads: every refusal, the framing of the body |
+//! | `chunked` | the chunked coding: a strict incremental decoder, the encoder |
+//! | `write` | the upstream request head and the client response head, in one buffer each |
 //!
 //! The pure files are security-critical: every refusal of the hyper path holds on them, and
 //! more (Content-Length beside Transfer-Encoding, a repeated Content-Length: 400). A

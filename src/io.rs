@@ -77,6 +77,11 @@ impl<S> SendTimeout<S> {
         }
     }
 
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Called with the outcome of a write-side poll: progress clears the deadline; `Pending`
     /// starts it (once per stall) and fails the write when it has passed.
     fn watch<T>(
@@ -144,10 +149,91 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
     }
 }
 
+/// A stream whose first reads return bytes already read from it: a connection the HTTP/1
+/// engine hands to hyper (an h2c preface, a pipelined request) with what it had buffered.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, read after `prefix`.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if me.at < me.prefix.len() {
+            let n = buf.remaining().min(me.prefix.len() - me.at);
+            buf.put_slice(&me.prefix[me.at..me.at + n]);
+            me.at += n;
+            if me.at == me.prefix.len() {
+                me.prefix = Vec::new();
+                me.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_prefixed_stream_reads_its_prefix_first_then_the_stream() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut p = Prefixed::new(b"hello ".to_vec(), a);
+        b.write_all(b"world").await.unwrap();
+        drop(b);
+        let mut got = String::new();
+        p.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello world");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_does_not_read_fails_at_the_deadline() {

@@ -12,6 +12,7 @@
 //! | policy | [`balance`] | smooth weighted round robin, rendezvous hashing, the slow-start ramp |
 //! | policy | [`health`] | the rise/fall state machine, status ranges |
 //! | policy | [`headers`] | the affinity cookie, hop-by-hop, X-Forwarded-*, Via, framing and Host refusals |
+//! | policy | [`h1`] | HTTP/1 heads parsed and written from the received bytes, the chunked coding |
 //! | policy | [`affinity`] | the routing decision (pinned, fallback, new) and the request's affinity input |
 //! | policy | [`error`] | proxy errors, their one status mapping, retry safety |
 //! | edge | [`config`] | TOML text to a raw schema to validated values, every error at its key |
@@ -24,8 +25,7 @@
 //! | I/O | [`tls`] | certificates, SNI, rustls server and client configs |
 //! | I/O | `connect` | connections to backends: TCP, TLS, one deadline, the idle probe |
 //! | I/O | `body` | the request body sent upstream, kept for a safe retry |
-//! | I/O | `upstream` | the per-worker connection pool to backends (HTTP/1.1 and HTTP/2) |
-//! | I/O | [`h1`] | the HTTP/1 engine: head parsing and writing, the chunked coding, connections |
+//! | I/O | `upstream` | the per-worker connection pools to backends (hyper's, the HTTP/1 engine's) |
 //! | I/O | `tunnel` | byte copying for upgraded connections (WebSocket) |
 //! | I/O | `access` | the access log and its writer thread |
 //! | I/O | `proxy` | the request path: check, affinity input, attempts, record, response |

@@ -13,6 +13,7 @@
 //! ([`error_response`]) from the mapping in [`crate::error`].
 
 mod attempt;
+mod engine;
 mod request;
 mod response;
 
@@ -33,6 +34,7 @@ use crate::state::{Shared, Snapshot};
 use crate::upstream::Upstream;
 
 use attempt::Answer;
+pub(crate) use engine::{ClientIo, Ended};
 pub use response::{ProxyBody, error_response};
 
 /// What the proxy knows of the client connection.
@@ -67,6 +69,8 @@ impl ConnInfo {
 pub struct Proxy {
     shared: Arc<Shared>,
     upstream: Upstream,
+    /// The HTTP/1 engine's idle backend connections.
+    pool: crate::upstream::raw::Pool,
     /// Turns true when shutdown's grace period is over: tunnels close.
     cut: tokio::sync::watch::Receiver<bool>,
 }
@@ -79,9 +83,14 @@ impl Proxy {
         upstream: Upstream,
         cut: tokio::sync::watch::Receiver<bool>,
     ) -> Proxy {
+        let snap = shared.load();
+        let cfg = &snap.config.upstream;
+        let pool = crate::upstream::raw::Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout);
+        drop(snap);
         Proxy {
             shared,
             upstream,
+            pool,
             cut,
         }
     }

@@ -30,6 +30,8 @@ use crate::connect::{self, Probe};
 use crate::error::ProxyError;
 use crate::rt::LocalExec;
 
+pub(crate) mod raw;
+
 /// How often idle connections are swept for age and closure.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 

@@ -51,16 +51,7 @@ impl Proxy {
         // the answer (a 502 says more than "no backend").
         let mut failed: Option<ProxyError> = None;
         loop {
-            let route =
-                match affinity::decide(&snap.policy, input, now.unix_u32(), snap, &excluded, nonce)
-                {
-                    Ok(r) => r,
-                    Err(_) if failed.is_some() => {
-                        return Err(failed.take().unwrap_or(ProxyError::NoBackend));
-                    }
-                    Err(NoRoute::AllDown) => return Err(ProxyError::NoBackend),
-                    Err(NoRoute::PinnedDown) => return Err(ProxyError::PinnedDown),
-                };
+            let route = next_route(snap, input, now, &excluded, &mut failed)?;
             let backend = &snap.backends[route.backend];
             let may_retry = retries_left > 0 && body.replayable();
             let head = if may_retry {
@@ -119,7 +110,7 @@ impl Proxy {
 
     /// Counts a failed attempt against its backend; consecutive connect failures eject it
     /// (passive health, logged once per ejection).
-    fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
+    pub(super) fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
         backend.live.counters.record_failure();
         self.shared.metrics.upstream_error(e);
         if let ProxyError::Connect(_) = e {
@@ -132,5 +123,23 @@ impl Proxy {
             }
         }
         debug!(backend = %backend.id, error = %e, "upstream attempt failed");
+    }
+}
+
+/// Where the next attempt goes, with the backends that failed this request `excluded`. When
+/// none is left after a failure, that failure is the answer (a 502 says more than "no
+/// backend").
+pub(super) fn next_route(
+    snap: &Snapshot,
+    input: Input,
+    now: &Now,
+    excluded: &[usize],
+    failed: &mut Option<ProxyError>,
+) -> Result<Route, ProxyError> {
+    match affinity::decide(&snap.policy, input, now.unix_u32(), snap, excluded, nonce) {
+        Ok(r) => Ok(r),
+        Err(_) if failed.is_some() => Err(failed.take().unwrap_or(ProxyError::NoBackend)),
+        Err(NoRoute::AllDown) => Err(ProxyError::NoBackend),
+        Err(NoRoute::PinnedDown) => Err(ProxyError::PinnedDown),
     }
 }

@@ -2,8 +2,9 @@
 //! socket per address, its own upstream pool, and every connection it accepted. Nothing on the
 //! request path crosses threads except the config snapshot and the atomic counters.
 //!
-//! Each connection is served by hyper-util's auto builder (HTTP/1.1 and h2c prior knowledge),
-//! after a TLS handshake in the connection's own task on TLS listeners. The accept loop never
+//! Each connection is served by stickyd's HTTP/1 engine (`Proxy::serve_h1`), after a TLS
+//! handshake in the connection's own task on TLS listeners; HTTP/2 (ALPN `h2`, or the h2c
+//! preface the engine recognises) goes to hyper-util's auto builder. The accept loop never
 //! dies on an accept error: it logs (at most once a second) and, when the error is about
 //! resources (e.g. out of file descriptors), waits a little instead of spinning. At
 //! `max_connections` (shared by all workers) a worker holds the connection it just accepted
@@ -27,7 +28,8 @@ use tracing::{debug, warn};
 use super::Phase;
 use super::listen::ListenKey;
 use crate::config::Config;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::io::{Prefixed, SendTimeout};
+use crate::proxy::{ClientIo, ConnInfo, Ended, Proxy};
 use crate::rt::LocalExec;
 use crate::state::Shared;
 use crate::tunnel::Hold;
@@ -102,6 +104,13 @@ impl Worker {
             let _ = closing.wait_for(|p| *p >= Phase::Closing).await;
             let _ = cut.send(true);
         });
+        // The HTTP/1 engine's connections finish their request and close when draining starts.
+        let (drain, draining) = watch::channel(false);
+        let mut phase_d = self.phase.clone();
+        tokio::task::spawn_local(async move {
+            let _ = phase_d.wait_for(|p| *p >= Phase::Draining).await;
+            let _ = drain.send(true);
+        });
         let proxy = Proxy::new(
             self.shared.clone(),
             Upstream::new(&snap.config.upstream),
@@ -115,6 +124,7 @@ impl Worker {
             builder,
             proxy: Rc::new(proxy),
             phase: self.phase.clone(),
+            draining,
             alive,
         });
         let mut stops: HashMap<ListenKey, watch::Sender<bool>> = HashMap::new();
@@ -207,6 +217,8 @@ struct Serving {
     proxy: Rc<Proxy>,
     /// The lifecycle phase.
     phase: watch::Receiver<Phase>,
+    /// Turns true when draining starts (the HTTP/1 engine's view of the phase).
+    draining: watch::Receiver<bool>,
     /// The worker's liveness: held by every loop, connection and tunnel (see `Worker::serve`).
     alive: mpsc::Sender<()>,
 }
@@ -273,10 +285,15 @@ impl Accept {
                 info.hold = Some(Hold::new((permit, serving.alive.clone())));
                 if tls {
                     if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
-                        serve(stream, info, &serving).await;
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let t = serving.proxy.shared().load().config.server.client_timeout;
+                            serve(SendTimeout::new(stream, t), info, &serving).await;
+                        } else {
+                            serve_h1(stream, info, &serving).await;
+                        }
                     }
                 } else {
-                    serve(stream, info, &serving).await;
+                    serve_h1(stream, info, &serving).await;
                 }
             });
         }
@@ -323,8 +340,28 @@ async fn handshake(
     }
 }
 
-/// Serves one client connection with hyper (HTTP/1.1, or h2c with prior knowledge) until it
-/// ends; on draining, asks it to finish gracefully, and at the end of the grace period drops it.
+/// Serves one client connection with the HTTP/1 engine until it ends, or hands it to hyper
+/// (h2c prior knowledge, HTTP/2 backends) with the bytes the engine had read; at the end of the
+/// grace period drops it.
+async fn serve_h1<S>(stream: S, info: ConnInfo, serving: &Serving)
+where
+    S: ClientIo + Send + 'static,
+{
+    let send_timeout = serving.proxy.shared().load().config.server.client_timeout;
+    let io = SendTimeout::new(stream, send_timeout);
+    let mut phase = serving.phase.clone();
+    let ended = tokio::select! {
+        e = serving.proxy.serve_h1(io, &info, serving.draining.clone()) => e,
+        _ = phase.wait_for(|p| *p >= Phase::Closing) => return,
+    };
+    if let Ended::Handoff(read, io) = ended {
+        serve(Prefixed::new(read, io), info, serving).await;
+    }
+}
+
+/// Serves one client connection with hyper (HTTP/1.1, or HTTP/2: h2c with prior knowledge, or
+/// over TLS) until it ends; on draining, asks it to finish gracefully, and at the end of the
+/// grace period drops it. The stream comes with its send deadline.
 async fn serve<I>(stream: I, info: ConnInfo, serving: &Serving)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -332,8 +369,6 @@ where
     let peer = info.peer;
     let (proxy, mut phase) = (serving.proxy.clone(), serving.phase.clone());
     let info = Rc::new(info);
-    let send_timeout = proxy.shared().load().config.server.client_timeout;
-    let stream = crate::io::SendTimeout::new(stream, send_timeout);
     let svc = service_fn(move |req| {
         let (proxy, info) = (proxy.clone(), info.clone());
         async move { proxy.handle(req, &info).await }

@@ -1,0 +1,1174 @@
+//! The request path on stickyd's own HTTP/1 engine ([`crate::h1`]): the same steps as
+//! [`Proxy::handle`] (check, affinity input, attempts, record, response), driven inline in the
+//! client connection's task, from the received bytes to the sent bytes.
+//!
+//! Per request: one read of the head (usually), one write of the upstream head with whatever
+//! body was received with it, one read of the response head, one write of the response head
+//! with whatever body came with it. The upstream connection is a bare stream taken from the
+//! worker's [`Pool`](crate::upstream::raw::Pool) and parked there again when both messages were
+//! complete; no task, channel or header map on the way.
+//!
+//! Safety rules (each has a regression test):
+//! - A request body is forwarded with exactly one framing, the one the parser chose; a
+//!   message the parser refuses gets its 4xx and the connection closes, nothing forwarded.
+//! - A response that came before its request body was forwarded whole ends both connections:
+//!   the rest of the body is never read as a next request (Pingora CVE-2025-4366).
+//! - An upgrade becomes a tunnel only after the backend's `101` (CVE-2026-2833); until then the
+//!   bytes are HTTP.
+//! - A backend connection is reused only when both messages on it ended where their framing
+//!   says, with nothing unread.
+//!
+//! The engine hands a connection to hyper when it starts with the HTTP/2 preface (h2c prior
+//! knowledge) and, at a request boundary, when the pool has HTTP/2 backends (hyper's client
+//! speaks to those): [`Ended::Handoff`] carries the bytes already read.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use super::attempt::next_route;
+use super::{ConnInfo, Proxy};
+use crate::access::Pending;
+use crate::affinity::{self, Route, Source};
+use crate::backend::InFlight;
+use crate::clock::Now;
+use crate::connect::{self, Stream};
+use crate::error::ProxyError;
+use crate::h1::chunked::{self, Decoder};
+use crate::h1::parse::{self, Limits};
+use crate::h1::write::{self, Connection, Forward, Reply};
+use crate::h1::{Body, Field, RequestHead, ResponseHead, Version};
+use crate::state::{Backend, Snapshot};
+
+/// What the client connection's buffer starts with; grown up to `max_header_bytes` for a head.
+const READ_BUF: usize = 8 * 1024;
+/// Room kept before a response head in the upstream buffer, so that the rewritten head (with
+/// Set-Cookie) can be slid in front of the body already received and both sent in one write.
+const HEADROOM: usize = 512;
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a connection served by the engine ended.
+pub(crate) enum Ended<S> {
+    /// Closed: by either side, after a refusal or an error, or at the end of a tunnel.
+    Closed,
+    /// To be served by hyper from here on, these bytes first (see the module documentation).
+    Handoff(Vec<u8>, S),
+}
+
+/// A client stream the engine can wait on without holding a buffer.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    /// Ready when a read would not block (or the stream cannot tell: then at once).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ClientIo for tokio::net::TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // rustls may hold plaintext already read: only a read can tell.
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: ClientIo> ClientIo for crate::io::SendTimeout<S> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().poll_readable(cx)
+    }
+}
+
+/// One deadline per connection, re-armed lazily: a wait sets the instant it must end by, and
+/// the timer is reset only when that instant is earlier than the one it is set to; when it
+/// fires early, it is moved to the instant in force. Allocated on the first wait.
+struct Deadline {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    fn new() -> Deadline {
+        Deadline { sleep: None }
+    }
+
+    /// `Ready` once `at` has passed.
+    fn poll_at(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() > at {
+            sleep.as_mut().reset(at);
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= at {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(at);
+        }
+    }
+}
+
+/// A wait with a timeout that starts when the wait first has to wait: no clock read while the
+/// bytes are already there.
+struct Wait {
+    timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl Wait {
+    fn new(timeout: Duration) -> Wait {
+        Wait { timeout, at: None }
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>, d: &mut Deadline) -> Poll<()> {
+        let at = *self
+            .at
+            .get_or_insert_with(|| Instant::now() + self.timeout);
+        d.poll_at(cx, at)
+    }
+}
+
+/// The client side of a connection: its stream and buffers.
+struct Client<S> {
+    io: S,
+    /// Received and not yet consumed: a head, a body, pipelined requests.
+    buf: Vec<u8>,
+    /// The parsed head's header lines.
+    fields: Vec<Field>,
+    /// Bytes on their way to the backend: the upstream head, re-framed body.
+    up: Vec<u8>,
+    /// The backend's bytes: a response head (after [`HEADROOM`]), then its body.
+    down: Vec<u8>,
+    /// Bytes on their way to the client, when they cannot be sent from `down`.
+    out: Vec<u8>,
+    deadline: Deadline,
+    /// Whether the connection may serve another request after this one.
+    first: bool,
+}
+
+/// What reading a head gave.
+enum Head {
+    Parsed(RequestHead),
+    Refused(u16, &'static str),
+    Closed,
+    Handoff,
+}
+
+/// A backend's answer to the attempt that got one: its connection and the parsed head.
+struct Answer {
+    route: Route,
+    up: Stream,
+    head: ResponseHead,
+    fields: Vec<Field>,
+    guard: InFlight,
+    /// Whether the request body was forwarded whole before the response came.
+    sent_whole: bool,
+    /// Request body bytes consumed from the client buffer (beyond the head).
+    body_used: usize,
+}
+
+impl Proxy {
+    /// Serves an HTTP/1 client connection until it ends or must be handed to hyper.
+    pub(crate) async fn serve_h1<S: ClientIo>(
+        &self,
+        io: S,
+        info: &ConnInfo,
+        mut draining: watch::Receiver<bool>,
+    ) -> Ended<S> {
+        let mut c = Client {
+            io,
+            buf: Vec::new(),
+            fields: Vec::new(),
+            up: Vec::new(),
+            down: Vec::new(),
+            out: Vec::new(),
+            deadline: Deadline::new(),
+            first: true,
+        };
+        loop {
+            let snap = self.shared.load();
+            if snap.backends.iter().any(|b| b.h2) {
+                return Ended::Handoff(std::mem::take(&mut c.buf), c.io);
+            }
+            let cfg = &snap.config.server;
+            let limits = Limits {
+                max_head: cfg.max_header_bytes,
+                max_headers: cfg.max_headers,
+            };
+            let head = match read_head(&mut c, &limits, cfg.header_read_timeout, &mut draining)
+                .await
+            {
+                Head::Parsed(h) => h,
+                Head::Closed => return Ended::Closed,
+                Head::Handoff => return Ended::Handoff(std::mem::take(&mut c.buf), c.io),
+                Head::Refused(status, why) => {
+                    self.refuse(&mut c, &snap, status, why).await;
+                    return Ended::Closed;
+                }
+            };
+            c.first = false;
+            let keep = self
+                .exchange(&snap, &mut c, &head, info, *draining.borrow())
+                .await;
+            if !keep || *draining.borrow() {
+                let _ = c.io.shutdown().await;
+                return Ended::Closed;
+            }
+        }
+    }
+
+    /// A refused head: its 4xx, counted, and the connection closes.
+    async fn refuse<S: ClientIo>(
+        &self,
+        c: &mut Client<S>,
+        snap: &Snapshot,
+        status: u16,
+        why: &'static str,
+    ) {
+        let _ = snap;
+        c.out.clear();
+        write::error_response(&mut c.out, status, why, None, true);
+        let _ = c.io.write_all(&c.out).await;
+        let _ = c.io.shutdown().await;
+        self.shared.metrics.response(status);
+        debug!(status, reason = why.trim_end(), "request refused");
+    }
+
+    /// One request, from its parsed head to the end of its response. Returns whether the
+    /// client connection may carry another request.
+    async fn exchange<S: ClientIo>(
+        &self,
+        snap: &Snapshot,
+        c: &mut Client<S>,
+        head: &RequestHead,
+        info: &ConnInfo,
+        draining: bool,
+    ) -> bool {
+        let now = Now::read();
+        let mut log = self
+            .shared
+            .access
+            .as_ref()
+            .map(|l| pending(l, &c.buf, head, info, &now));
+        let input = affinity::extract_fields(
+            &snap.source,
+            &snap.ring,
+            &c.buf,
+            &c.fields,
+            info.peer.ip(),
+            |ip| snap.is_trusted(ip),
+        );
+        c.up.clear();
+        let (cookie, token_header) = match &snap.source {
+            Source::Cookie(name) => (Some(name.as_bytes()), None),
+            Source::Header { name, .. } => (None, Some(name.as_str().as_bytes())),
+            _ => (None, None),
+        };
+        write::request_head(
+            &mut c.up,
+            &c.buf,
+            head,
+            &c.fields,
+            &Forward {
+                peer: info.peer_value.as_bytes(),
+                trusted: snap.is_trusted(info.peer.ip()),
+                proto: if info.tls { "https" } else { "http" },
+                via: snap
+                    .via(match head.version {
+                        Version::H10 => http::Version::HTTP_10,
+                        Version::H11 => http::Version::HTTP_11,
+                    })
+                    .map(|v| v.as_bytes()),
+                cookie,
+                token_header,
+                close: head.close_after,
+            },
+        );
+        let head_len = c.up.len();
+        let answer = self.attempts_h1(snap, c, head, input, &now, head_len).await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let status = e.status().as_u16();
+                // After a refusal, or with a request body left unread, nothing more can be read.
+                let close = matches!(
+                    e,
+                    ProxyError::BadRequest(_)
+                        | ProxyError::NotImplemented(_)
+                        | ProxyError::ClientTimeout
+                ) || !head.keep_alive
+                    || head.body != Body::None;
+                c.out.clear();
+                write::error_response(
+                    &mut c.out,
+                    status,
+                    e.body(),
+                    e.retry_after(snap.config.balance.retry_after),
+                    close,
+                );
+                let ok = c.io.write_all(&c.out).await.is_ok();
+                self.shared.metrics.response(status);
+                self.shared.metrics.latency.record(now.mono.elapsed());
+                if let Some(p) = log {
+                    p.finish(status, e.body().len() as u64);
+                }
+                if matches!(e, ProxyError::BadRequest(_) | ProxyError::NotImplemented(_)) {
+                    debug!(error = %e, "request refused");
+                }
+                return ok && !close;
+            }
+        };
+        let status = answer.head.status;
+        self.record(snap, &answer.route, status, &now, &mut log);
+        self.respond(snap, c, head, info, answer, &now, log, draining)
+            .await
+    }
+
+    /// Runs attempts until a backend answers or no safe retry is left (the rules of
+    /// `proxy::attempt`). `c.up[..head_len]` is the upstream head.
+    async fn attempts_h1<S: ClientIo>(
+        &self,
+        snap: &Snapshot,
+        c: &mut Client<S>,
+        head: &RequestHead,
+        input: affinity::Input,
+        now: &Now,
+        head_len: usize,
+    ) -> Result<Answer, ProxyError> {
+        let mut excluded: Vec<usize> = Vec::new();
+        let mut retries_left = snap.config.upstream.retries;
+        let mut failed: Option<ProxyError> = None;
+        let idempotent = head.method.idempotent();
+        loop {
+            let route = next_route(snap, input, now, &excluded, &mut failed)?;
+            let backend = &snap.backends[route.backend];
+            let guard = InFlight::start(&backend.live);
+            c.up.truncate(head_len);
+            let sent = self.send_h1(snap, c, head, route.backend, backend).await;
+            let e = match sent {
+                Ok(Sent {
+                    up,
+                    head: resp,
+                    fields,
+                    sent_whole,
+                    body_used,
+                }) => {
+                    return Ok(Answer {
+                        route,
+                        up,
+                        head: resp,
+                        fields,
+                        guard,
+                        sent_whole,
+                        body_used,
+                    });
+                }
+                Err(Failure::Client(e)) => return Err(e),
+                Err(Failure::Backend { error, replayable }) => (error, replayable),
+            };
+            drop(guard);
+            let (e, replayable) = e;
+            self.attempt_failed(snap, backend, &e);
+            if retries_left > 0 && replayable && e.retryable(idempotent) {
+                self.shared.metrics.retry();
+                excluded.push(route.backend);
+                retries_left -= 1;
+                failed = Some(e);
+                continue;
+            }
+            return Err(e);
+        }
+    }
+
+    /// One attempt on one backend: a connection (an idle one, else a new one), the request
+    /// head and body, the response head. A reused connection that turns out closed before any
+    /// response byte is replaced by a new one once, when the request can be sent again.
+    async fn send_h1<S: ClientIo>(
+        &self,
+        snap: &Snapshot,
+        c: &mut Client<S>,
+        head: &RequestHead,
+        index: usize,
+        backend: &Backend,
+    ) -> Result<Sent, Failure> {
+        let ucfg = &snap.config.upstream;
+        let upgrade = head.upgrade.is_some();
+        let careful = !head.method.idempotent();
+        let mut reused = if upgrade {
+            None
+        } else {
+            self.pool
+                .take(index, &backend.authority, std::time::Instant::now())
+        };
+        if careful
+            && let Some(s) = &reused
+            && !connect::idle_and_open(&s.probe())
+        {
+            reused = None;
+        }
+        let head_len = c.up.len();
+        loop {
+            let was_reused = reused.is_some();
+            let mut up = match reused.take() {
+                Some(s) => s,
+                None => connect::open(
+                    backend.authority.as_str(),
+                    backend.origin.as_ref(),
+                    ucfg.connect_timeout,
+                )
+                .await
+                .map_err(|e| Failure::Backend {
+                    error: ProxyError::Connect(e.to_string()),
+                    replayable: true,
+                })?,
+            };
+            c.up.truncate(head_len);
+            match exchange_on(&mut up, c, head, snap).await {
+                Ok((resp, fields, sent_whole, body_used)) => {
+                    return Ok(Sent {
+                        up,
+                        head: resp,
+                        fields,
+                        sent_whole,
+                        body_used,
+                    });
+                }
+                Err(Failure::Backend { error, replayable })
+                    if was_reused && replayable && matches!(error, ProxyError::Reset(_)) =>
+                {
+                    // A keep-alive race: the backend closed the idle connection as the request
+                    // went out. Nothing was answered; a new connection gets it.
+                    debug!(backend = %backend.id, error = %error, "reused connection was closed; retrying on a new one");
+                    continue;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+    }
+
+    /// The response to the client: the head rewritten (hop-by-hop out, the token in), the body
+    /// relayed with the framing the client can read; the backend connection parked when both
+    /// messages ended cleanly. Returns whether the client connection may go on.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond<S: ClientIo>(
+        &self,
+        snap: &Snapshot,
+        c: &mut Client<S>,
+        head: &RequestHead,
+        info: &ConnInfo,
+        a: Answer,
+        now: &Now,
+        mut log: Option<Pending>,
+        draining: bool,
+    ) -> bool {
+        let Answer {
+            route,
+            mut up,
+            head: resp,
+            fields,
+            guard,
+            sent_whole,
+            body_used,
+        } = a;
+        let client_11 = head.version == Version::H11;
+        let switching = resp.status == 101 && head.upgrade.is_some();
+        // The client's framing: what the backend sent when the client can read it, else
+        // re-framed (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0).
+        let to_client = match (resp.body, client_11) {
+            (Body::Chunked, false) => Body::Close,
+            (Body::Close, true) if !switching => Body::Chunked,
+            (b, _) => b,
+        };
+        let client_keeps = head.keep_alive
+            && !head.close_after
+            && sent_whole
+            && to_client != Body::Close
+            && !switching
+            && !draining;
+        let connection = if switching {
+            Connection::Upgrade
+        } else if !client_keeps {
+            Connection::Close
+        } else if !client_11 {
+            Connection::KeepAlive
+        } else {
+            Connection::Default
+        };
+        let token;
+        let cookie;
+        let mut set_cookie: Option<&[u8]> = None;
+        let mut token_header: Option<(&[u8], &[u8])> = None;
+        if let Some(claims) = &route.issue {
+            token = snap.ring.sign(claims);
+            match &snap.source {
+                Source::Header { name, .. } => {
+                    token_header = Some((name.as_str().as_bytes(), token.as_str().as_bytes()));
+                }
+                _ => {
+                    let max_age = affinity::cookie_max_age(&snap.policy, claims, now.unix_u32());
+                    cookie =
+                        crate::headers::set_cookie(&snap.cookie, token.as_str(), max_age, info.tls);
+                    set_cookie = Some(cookie.as_bytes());
+                }
+            }
+        }
+        c.out.clear();
+        let body_at = HEADROOM + resp.len;
+        write::response_head(
+            &mut c.out,
+            &c.down[HEADROOM..],
+            &resp,
+            &fields,
+            &Reply {
+                body: to_client,
+                connection,
+                set_cookie,
+                token_header,
+                cache_private: route.issue.is_some(),
+            },
+        );
+        let status = resp.status;
+        let m = &self.shared.metrics;
+        m.response(status);
+        // The body bytes that came with the head, and the relay of the rest.
+        let mut relay = Relay::new(resp.body, to_client);
+        let mut sent: u64 = 0;
+        let mut ok = true;
+        let mut clean = true;
+        // Slide the new head in front of the body already received when it fits.
+        let avail = c.down.len() - body_at;
+        let first = relay.step_all(&c.down[body_at..], &mut c.out);
+        let first = match first {
+            Ok(x) => x,
+            Err(_) => {
+                clean = false;
+                ok = false;
+                Step::default()
+            }
+        };
+        if ok && switching {
+            // The 101 and whatever the backend sent after it; the client's bytes sent after
+            // its request go to the backend; then the tunnel, until both sides are done.
+            c.out.extend_from_slice(&c.down[body_at..]);
+            let rest = (head.len + body_used).min(c.buf.len());
+            let mut tunnel = c.io.write_all(&c.out).await.is_ok();
+            if tunnel && rest < c.buf.len() {
+                tunnel = up.write_all(&c.buf[rest..]).await.is_ok();
+            }
+            if let Some(p) = log.take() {
+                p.finish(101, 0);
+            }
+            m.latency.record(now.mono.elapsed());
+            if tunnel {
+                c.buf = Vec::new();
+                c.down = Vec::new();
+                let end = crate::tunnel::copy(
+                    &mut c.io,
+                    &mut up,
+                    snap.config.upstream.tunnel_idle_timeout,
+                    self.cut.clone(),
+                )
+                .await;
+                debug!(end = ?end, "tunnel closed");
+            }
+            drop(guard);
+            return false;
+        }
+        if ok {
+            let direct = first.direct;
+            let written = if direct > 0 && c.out.len() <= body_at {
+                let start = body_at - c.out.len();
+                let out_len = c.out.len();
+                c.down[start..body_at].copy_from_slice(&c.out[..out_len]);
+                c.io.write_all(&c.down[start..body_at + direct]).await
+            } else {
+                if direct > 0 {
+                    c.out
+                        .extend_from_slice(&c.down[body_at..body_at + direct]);
+                }
+                c.io.write_all(&c.out).await
+            };
+            sent += first.body_bytes;
+            ok = written.is_ok();
+            // Bytes after the response's end: the backend broke framing; never reused.
+            if first.done && first.consumed < avail {
+                clean = false;
+            }
+            c.down.clear();
+            let mut done = first.done;
+            while ok && !done {
+                c.down.reserve(READ_BUF * 2);
+                let n = match up.read_buf(&mut c.down).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        ok = false;
+                        clean = false;
+                        break;
+                    }
+                };
+                let eof = n == 0;
+                c.out.clear();
+                let step = if eof {
+                    relay.finish(&mut c.out)
+                } else {
+                    relay.step_all(&c.down, &mut c.out)
+                };
+                let step = match step {
+                    Ok(s) => s,
+                    Err(_) => {
+                        ok = false;
+                        clean = false;
+                        break;
+                    }
+                };
+                if step.direct > 0 {
+                    ok = c.io.write_all(&c.down[..step.direct]).await.is_ok();
+                } else if !c.out.is_empty() {
+                    ok = c.io.write_all(&c.out).await.is_ok();
+                }
+                sent += step.body_bytes;
+                if step.done && step.consumed < c.down.len() {
+                    clean = false;
+                }
+                c.down.clear();
+                done = step.done;
+                if eof && !done {
+                    // Cut short by the backend.
+                    ok = false;
+                    clean = false;
+                }
+            }
+            ok &= done;
+        }
+        let reuse = ok
+            && clean
+            && resp.keep_alive
+            && sent_whole
+            && !head.close_after
+            && !switching
+            && head.upgrade.is_none();
+        if reuse {
+            self.pool.put(
+                route.backend,
+                &snap.backends[route.backend].authority,
+                up,
+                std::time::Instant::now(),
+            );
+        }
+        drop(guard);
+        m.latency.record(now.mono.elapsed());
+        if let Some(p) = log {
+            p.finish(status, sent);
+        }
+        // The request's bytes leave the buffer; a pipelined request behind them stays.
+        let used = (head.len + body_used).min(c.buf.len());
+        c.buf.drain(..used);
+        ok && client_keeps
+    }
+
+}
+
+/// A sent attempt's result.
+struct Sent {
+    up: Stream,
+    head: ResponseHead,
+    fields: Vec<Field>,
+    sent_whole: bool,
+    body_used: usize,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// The client's fault (a bad or stalled body): its 4xx, no retry, nothing counted against
+    /// the backend.
+    Client(ProxyError),
+    /// The backend's: counted; `replayable` when the request can be sent again.
+    Backend {
+        error: ProxyError,
+        replayable: bool,
+    },
+}
+
+/// Sends the request (head in `c.up`, body from `c.buf` and then the client) on `up` and reads
+/// the response head into `c.down`. 1xx responses other than 101 are dropped (stickyd answers
+/// `Expect: 100-continue` itself) . Returns the head, its fields, whether the request body
+/// went whole, and how many body bytes of `c.buf` it used.
+async fn exchange_on<S: ClientIo>(
+    up: &mut Stream,
+    c: &mut Client<S>,
+    head: &RequestHead,
+    snap: &Snapshot,
+) -> Result<(ResponseHead, Vec<Field>, bool, usize), Failure> {
+    let ucfg = &snap.config.upstream;
+    let scfg = &snap.config.server;
+    let limits = Limits {
+        max_head: scfg.max_header_bytes,
+        max_headers: scfg.max_headers,
+    };
+    let reset = |e: io::Error| Failure::Backend {
+        error: ProxyError::Reset(e.to_string()),
+        replayable: true,
+    };
+    // The body received with the head goes in the same write.
+    let mut body = Relay::new(head.body, head.body);
+    let have = &c.buf[head.len..];
+    let first = body
+        .step_all(have, &mut c.up)
+        .map_err(|_| Failure::Client(ProxyError::BadRequest("invalid request body\n")))?;
+    if first.direct > 0 {
+        c.up.extend_from_slice(&have[..first.direct]);
+    }
+    let mut body_used = first.consumed;
+    let mut sent_whole = first.done;
+    // Only a body received whole with the head can be sent again by a retry.
+    let replayable = first.done;
+    c.down.clear();
+    c.down.resize(HEADROOM, 0);
+    up.write_all(&c.up).await.map_err(reset)?;
+    if !sent_whole {
+        // The rest of the body streams from the client while the backend may already answer.
+        if head.expect_continue && c.buf.len() == head.len {
+            c.io.write_all(write::CONTINUE)
+                .await
+                .map_err(|_| Failure::Client(ProxyError::ClientTimeout))?;
+        }
+        // From here on the body cannot be sent again.
+        let streamed = stream_body(up, c, head, &mut body, body_used, scfg.client_timeout).await;
+        match streamed {
+            Ok(Streamed::Whole(used)) => {
+                body_used = used;
+                sent_whole = true;
+            }
+            Ok(Streamed::Answered(used)) => body_used = used,
+            Err(StreamError::Client(e)) => return Err(Failure::Client(e)),
+            Err(StreamError::Backend(e)) => {
+                return Err(Failure::Backend {
+                    error: ProxyError::Reset(e.to_string()),
+                    replayable: false,
+                });
+            }
+        }
+    }
+    // The response head, within the response timeout.
+    let mut wait = Wait::new(ucfg.response_timeout);
+    let mut fields = Vec::new();
+    loop {
+        if c.down.len() > HEADROOM {
+            match parse::response(&c.down[HEADROOM..], &limits, head.method, &mut fields) {
+                Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                    // An interim response: dropped, and the final one read after it.
+                    c.down.drain(HEADROOM..HEADROOM + h.len);
+                    continue;
+                }
+                Ok(Some(h)) if h.status == 101 && head.upgrade.is_none() => {
+                    return Err(Failure::Backend {
+                        error: ProxyError::Protocol("101 to a request for no upgrade".into()),
+                        replayable: false,
+                    });
+                }
+                Ok(Some(h)) => return Ok((h, fields, sent_whole, body_used)),
+                Ok(None) if c.down.len() - HEADROOM >= limits.max_head => {
+                    return Err(Failure::Backend {
+                        error: ProxyError::Protocol("response head too large".into()),
+                        replayable: false,
+                    });
+                }
+                Ok(None) => {}
+                Err(bad) => {
+                    return Err(Failure::Backend {
+                        error: ProxyError::Protocol(bad.0.into()),
+                        replayable: false,
+                    });
+                }
+            }
+        }
+        c.down.reserve(READ_BUF);
+        let got = read_within(up, &mut c.down, &mut wait, &mut c.deadline).await;
+        match got {
+            Ok(0) if c.down.len() == HEADROOM => {
+                return Err(Failure::Backend {
+                    error: ProxyError::Reset("connection closed before the response".into()),
+                    replayable,
+                });
+            }
+            Ok(0) => {
+                return Err(Failure::Backend {
+                    error: ProxyError::Protocol("connection closed in the response head".into()),
+                    replayable: false,
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(Failure::Backend {
+                    error: ProxyError::Timeout,
+                    replayable: false,
+                });
+            }
+            Err(e) => {
+                return Err(Failure::Backend {
+                    error: ProxyError::Reset(e.to_string()),
+                    replayable: replayable && c.down.len() == HEADROOM,
+                });
+            }
+        }
+    }
+}
+
+/// How streaming a request body ended.
+enum Streamed {
+    /// Sent whole; the client buffer's bytes used up to here.
+    Whole(usize),
+    /// The backend answered before the body was sent whole.
+    Answered(usize),
+}
+
+enum StreamError {
+    Client(ProxyError),
+    Backend(io::Error),
+}
+
+/// Streams the rest of a request body from the client to `up`, watching `up` for an early
+/// response (read into `c.down`, after [`HEADROOM`]). Client bytes are read into `c.buf` after
+/// what was used; once the buffer fills, used bytes are dropped.
+async fn stream_body<S: ClientIo>(
+    up: &mut Stream,
+    c: &mut Client<S>,
+    head: &RequestHead,
+    body: &mut Relay,
+    mut used: usize,
+    client_timeout: Duration,
+) -> Result<Streamed, StreamError> {
+    loop {
+        // Drop what was forwarded, keeping the head (the writer's spans point into it).
+        let keep = head.len;
+        if used > 0 && c.buf.len() - keep >= READ_BUF {
+            c.buf.drain(keep..keep + used);
+            used = 0;
+        }
+        c.buf.reserve(READ_BUF * 2);
+        // Wait for client bytes, or for the backend to answer early.
+        let mut wait = Wait::new(client_timeout);
+        let got = poll_fn(|cx| {
+            if let Poll::Ready(r) = poll_read_into(up, cx, &mut c.down) {
+                return Poll::Ready(Event::Upstream(r));
+            }
+            if let Poll::Ready(r) = poll_read_into(&mut c.io, cx, &mut c.buf) {
+                return Poll::Ready(Event::Client(r));
+            }
+            ready!(wait.poll_expired(cx, &mut c.deadline));
+            Poll::Ready(Event::TimedOut)
+        })
+        .await;
+        match got {
+            Event::Upstream(Ok(0)) => {
+                return Err(StreamError::Backend(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Event::Upstream(Ok(_)) => return Ok(Streamed::Answered(used)),
+            Event::Upstream(Err(e)) => return Err(StreamError::Backend(e)),
+            Event::Client(Ok(0)) => {
+                return Err(StreamError::Client(ProxyError::BadRequest(
+                    "invalid request body\n",
+                )));
+            }
+            Event::Client(Ok(_)) => {}
+            Event::Client(Err(_)) | Event::TimedOut => {
+                return Err(StreamError::Client(ProxyError::ClientTimeout));
+            }
+        }
+        let from = head.len + used;
+        c.up.clear();
+        let step = body.step_all(&c.buf[from..], &mut c.up).map_err(|_| {
+            StreamError::Client(ProxyError::BadRequest("invalid request body\n"))
+        })?;
+        let w = if step.direct > 0 {
+            up.write_all(&c.buf[from..from + step.direct]).await
+        } else {
+            up.write_all(&c.up).await
+        };
+        w.map_err(StreamError::Backend)?;
+        used += step.consumed;
+        if step.done {
+            return Ok(Streamed::Whole(used));
+        }
+    }
+}
+
+enum Event {
+    Upstream(io::Result<usize>),
+    Client(io::Result<usize>),
+    TimedOut,
+}
+
+/// One read into the spare room of `buf` (grown when it has none).
+fn poll_read_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut Vec<u8>,
+) -> Poll<io::Result<usize>> {
+    tokio_util::io::poll_read_buf(Pin::new(r), cx, buf)
+}
+
+/// One read from `r` into `buf`, within `wait`.
+async fn read_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    wait: &mut Wait,
+    d: &mut Deadline,
+) -> io::Result<usize> {
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = poll_read_into(r, cx, buf) {
+            return Poll::Ready(r);
+        }
+        ready!(wait.poll_expired(cx, d));
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    })
+    .await
+}
+
+/// Reads until a request head is complete (or refused), within `header_read_timeout` counted
+/// from the first wait; while nothing is buffered the buffers are released and the connection
+/// waits for readability alone (an idle connection holds no buffer), and ends on draining.
+async fn read_head<S: ClientIo>(
+    c: &mut Client<S>,
+    limits: &Limits,
+    timeout: Duration,
+    draining: &mut watch::Receiver<bool>,
+) -> Head {
+    let mut wait = Wait::new(timeout);
+    loop {
+        if !c.buf.is_empty() {
+            if c.first && PREFACE.starts_with(&c.buf[..c.buf.len().min(PREFACE.len())]) {
+                if c.buf.len() >= PREFACE.len() {
+                    return Head::Handoff;
+                }
+            } else {
+                match parse::request(&c.buf, limits, &mut c.fields) {
+                    Ok(Some(h)) => return Head::Parsed(h),
+                    Ok(None) if c.buf.len() >= limits.max_head => {
+                        return Head::Refused(431, "request header fields too large\n");
+                    }
+                    Ok(None) => {}
+                    Err(r) => return Head::Refused(r.status, r.reason),
+                }
+            }
+        } else {
+            let mut drained = std::pin::pin!(draining.wait_for(|d| *d));
+            let ready = poll_fn(|cx| {
+                if let Poll::Ready(r) = c.io.poll_readable(cx) {
+                    return Poll::Ready(r.is_ok());
+                }
+                // Idle: no buffer held while waiting (memory per idle connection).
+                if c.buf.capacity() > 0 {
+                    c.buf = Vec::new();
+                    c.down = Vec::new();
+                    c.up = Vec::new();
+                    c.out = Vec::new();
+                    c.fields = Vec::new();
+                }
+                if drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                ready!(wait.poll_expired(cx, &mut c.deadline));
+                Poll::Ready(false)
+            })
+            .await;
+            if !ready {
+                return Head::Closed;
+            }
+        }
+        if c.buf.capacity() - c.buf.len() < 1024 {
+            c.buf.reserve(READ_BUF.max(c.buf.len()));
+        }
+        match read_within(&mut c.io, &mut c.buf, &mut wait, &mut c.deadline).await {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A body on its way: how it is delimited where it comes from, and where it goes.
+struct Relay {
+    from: From,
+    to: Body,
+}
+
+enum From {
+    Left(u64),
+    Chunked(Decoder),
+    Close,
+    Done,
+}
+
+/// What one relay step did with its input.
+#[derive(Default, Clone, Copy)]
+struct Step {
+    /// Input bytes used.
+    consumed: usize,
+    /// Input bytes to send as they are (a prefix of the input); else the output buffer.
+    direct: usize,
+    /// Body bytes (payload) relayed.
+    body_bytes: u64,
+    /// The body ended.
+    done: bool,
+}
+
+impl Relay {
+    fn new(from: Body, to: Body) -> Relay {
+        Relay {
+            from: match from {
+                Body::None | Body::Length(0) => From::Done,
+                Body::Length(n) => From::Left(n),
+                Body::Chunked => From::Chunked(Decoder::new()),
+                Body::Close => From::Close,
+            },
+            to,
+        }
+    }
+
+    /// Relays as much of `input` as belongs to the body: either directly (a prefix of the input
+    /// sent as it is: `Step::direct`), or re-framed into `out`.
+    fn step_all(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, chunked::BadChunk> {
+        match &mut self.from {
+            From::Done => Ok(Step {
+                done: true,
+                ..Step::default()
+            }),
+            From::Left(left) => {
+                let n = (*left).min(input.len() as u64) as usize;
+                *left -= n as u64;
+                let done = *left == 0;
+                if done {
+                    self.from = From::Done;
+                }
+                Ok(Step {
+                    consumed: n,
+                    direct: n,
+                    body_bytes: n as u64,
+                    done,
+                })
+            }
+            From::Close => {
+                let n = input.len();
+                if self.to == Body::Chunked {
+                    if n > 0 {
+                        chunked::encode_chunk(out, &input[..n]);
+                    }
+                    Ok(Step {
+                        consumed: n,
+                        direct: 0,
+                        body_bytes: n as u64,
+                        done: false,
+                    })
+                } else {
+                    Ok(Step {
+                        consumed: n,
+                        direct: n,
+                        body_bytes: n as u64,
+                        done: false,
+                    })
+                }
+            }
+            From::Chunked(dec) => {
+                let mut at = 0;
+                let mut bytes = 0u64;
+                let reencode = self.to == Body::Chunked;
+                loop {
+                    let s = dec.decode(&input[at..])?;
+                    if let Some(r) = s.data.clone() {
+                        let data = &input[at + r.start..at + r.end];
+                        bytes += data.len() as u64;
+                        if reencode {
+                            chunked::encode_chunk(out, data);
+                        } else {
+                            out.extend_from_slice(data);
+                        }
+                    }
+                    if s.done {
+                        if reencode {
+                            let trailers = s
+                                .trailers
+                                .clone()
+                                .map(|r| &input[at + r.start..at + r.end]);
+                            chunked::encode_last(out, trailers.unwrap_or_default());
+                        }
+                        at += s.consumed;
+                        self.from = From::Done;
+                        return Ok(Step {
+                            consumed: at,
+                            direct: 0,
+                            body_bytes: bytes,
+                            done: true,
+                        });
+                    }
+                    at += s.consumed;
+                    if s.consumed == 0 || at >= input.len() {
+                        return Ok(Step {
+                            consumed: at,
+                            direct: 0,
+                            body_bytes: bytes,
+                            done: false,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The source ended (end of stream): a close-delimited body is complete, anything else
+    /// was cut short.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<Step, chunked::BadChunk> {
+        match self.from {
+            From::Close => {
+                if self.to == Body::Chunked {
+                    chunked::encode_last(out, &[]);
+                }
+                self.from = From::Done;
+                Ok(Step {
+                    done: true,
+                    ..Step::default()
+                })
+            }
+            From::Done => Ok(Step {
+                done: true,
+                ..Step::default()
+            }),
+            _ => Ok(Step::default()),
+        }
+    }
+}
+
+/// The access log line of a request served by the engine.
+fn pending(
+    log: &std::sync::Arc<crate::access::AccessLog>,
+    buf: &[u8],
+    head: &RequestHead,
+    info: &ConnInfo,
+    now: &Now,
+) -> Pending {
+    let method =
+        http::Method::from_bytes(head.method_span.of(buf)).unwrap_or(http::Method::GET);
+    let target = String::from_utf8_lossy(head.target.of(buf)).into_owned();
+    let version = match head.version {
+        Version::H10 => "HTTP/1.0",
+        Version::H11 => "HTTP/1.1",
+    };
+    Pending::start(
+        log,
+        method,
+        target,
+        version,
+        info.peer.ip(),
+        now.mono,
+        now.wall,
+    )
+}
