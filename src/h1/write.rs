@@ -50,7 +50,8 @@ pub struct Forward<'a> {
 ///
 /// Added: X-Forwarded-For (the trusted proxy's values joined, then the peer; else the peer),
 /// X-Forwarded-Proto and X-Forwarded-Host when not kept (the latter only with a host), `Via`,
-/// `Transfer-Encoding: chunked` for a chunked body (the received coding is hop-by-hop), and
+/// the body's framing from `head.body` (`Content-Length: n` in place of the received one,
+/// `Transfer-Encoding: chunked`: the received coding is hop-by-hop), and
 /// `Connection: upgrade` + `Upgrade` for an upgrade, else `Connection: close` when asked.
 pub fn request_head(
     out: &mut Vec<u8>,
@@ -101,6 +102,8 @@ pub fn request_head(
                     continue;
                 }
             }
+            // Written from the number below: a `Connection` naming it cannot unframe the body.
+            Name::ContentLength if matches!(head.body, Body::Length(_)) => continue,
             Name::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
             Name::XForwardedFor => {
                 xff = true;
@@ -141,9 +144,7 @@ pub fn request_head(
     if let Some(via) = f.via {
         field(out, b"Via", via);
     }
-    if head.body == Body::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
+    framing(out, head.body);
     if let Some(proto) = head.upgrade {
         // An upgrade goes on a connection of its own: `close` would say nothing more.
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -170,10 +171,10 @@ pub enum Connection<'a> {
 /// What the proxy does to a backend's response head on its way to the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply<'a> {
-    /// The body's framing toward the client. [`Body::Length`] and [`Body::None`] keep the
-    /// received Content-Length (a HEAD or 304 response announces a length it does not send);
-    /// [`Body::Chunked`] drops it and writes `Transfer-Encoding: chunked`; [`Body::Close`]
-    /// drops it.
+    /// The body's framing toward the client. [`Body::Length`] writes `Content-Length: n` in
+    /// place of the received one; [`Body::None`] keeps a received Content-Length (a HEAD or 304
+    /// response announces a length it does not send); [`Body::Chunked`] drops it and writes
+    /// `Transfer-Encoding: chunked`; [`Body::Close`] drops it.
     pub body: Body,
     /// The `Connection` field to write.
     pub connection: Connection<'a>,
@@ -202,7 +203,7 @@ pub fn response_head(
     out.push(b' ');
     out.extend_from_slice(head.reason.of(buf));
     out.extend_from_slice(b"\r\n");
-    let drop_length = matches!(r.body, Body::Chunked | Body::Close);
+    let drop_length = matches!(r.body, Body::Length(_) | Body::Chunked | Body::Close);
     let mut cache_control = false;
     for fl in fields {
         if fl.hop {
@@ -228,9 +229,7 @@ pub fn response_head(
     if r.private && !cache_control {
         out.extend_from_slice(b"Cache-Control: private\r\n");
     }
-    if r.body == Body::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
+    framing(out, r.body);
     match r.connection {
         Connection::Default => {}
         Connection::Close => out.extend_from_slice(b"Connection: close\r\n"),
@@ -293,6 +292,20 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// The framing field of a body sent with a length or chunked; the received ones are never
+/// copied, so that what frames the body is always what stickyd will send.
+fn framing(out: &mut Vec<u8>, body: Body) {
+    match body {
+        Body::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Body::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Body::None | Body::Close => {}
+    }
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
