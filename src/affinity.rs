@@ -18,7 +18,7 @@ mod input;
 use crate::balance;
 use crate::token::{Claims, Invalid, Verified};
 
-pub use input::{Input, Source, extract, extract_fields};
+pub use input::{Input, Source, extract, read_fields};
 
 /// What stickyd does with a valid token whose backend cannot take the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -2,7 +2,9 @@
 //! writing X-Forwarded-* and Via, building the Set-Cookie of an issued token, and refusing
 //! framing that two parsers could read differently.
 //!
-//! Pure functions over `http::HeaderMap`: no I/O, no clock. The order matters and is fixed by
+//! Pure functions over `http::HeaderMap`, and the rules the HTTP/1 engine applies to raw bytes
+//! (the cookie pairs, X-Forwarded-For, the client address) as byte-level functions both paths
+//! call, so that each rule exists once: no I/O, no clock. The order matters and is fixed by
 //! the proxy: hop-by-hop headers (and every name listed in `Connection`) are removed *before*
 //! stickyd adds its own, so a client cannot use `Connection` to delete them.
 //!
@@ -17,9 +19,14 @@ mod forward;
 mod framing;
 
 pub use cookie::{
-    CookieAttrs, Found, MAX_COOKIE_VALUE, add_set_cookie, is_cookie_name, set_cookie, take_cookie,
+    CookieAttrs, Found, MAX_COOKIE_VALUE, add_set_cookie, find_cookie, holds_cookie,
+    is_cookie_name, set_cookie, take_cookie, write_without_cookie,
 };
-pub use forward::{Forwarded, add_forwarded, client_ip, strip_hop_by_hop, upgrade_protocol};
+pub(crate) use forward::X_FORWARDED_FOR;
+pub use forward::{
+    Forwarded, add_forwarded, client_ip, keeps_forwarded, strip_hop_by_hop, upgrade_protocol,
+    write_forwarded_for,
+};
 pub use framing::{Framing, framing, valid_host};
 
 /// A header map from name/value pairs, for the tests of every part.

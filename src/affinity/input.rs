@@ -1,15 +1,20 @@
 //! What a request carries for affinity, by mode: a signed token (the cookie, or a header in
 //! `header` mode), a key to hash (the client address in `ip` mode, a trusted header's plain
 //! value), or nothing (`none`). Taken once per request, before the first attempt; the token's
-//! cookie or header is removed from the request on the way, so a backend never sees it.
+//! cookie or header never reaches a backend.
+//!
+//! Two entries with one set of per-mode rules: [`extract`] on a header map (HTTP/2), which
+//! removes what it reads, and [`read_fields`] on the HTTP/1 engine's parsed fields, which
+//! removes nothing (the engine's head writer leaves the token out).
 //!
 //! Pure: the headers, the peer address and the trust rule are passed in.
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::balance;
+use crate::h1::{Field, Name};
 use crate::headers::{self, Found};
 use crate::token::{Invalid, KeyRing};
 
@@ -49,7 +54,8 @@ pub enum Input {
 /// Takes the request's affinity input out of `headers`, verifying a token with `ring`. `peer`
 /// is the connection's peer; `trusted` says whether an address is a trusted proxy (whose
 /// X-Forwarded-For is believed in `ip` mode). Never fails: whatever is wrong with a token is
-/// [`TokenInput::Invalid`], served as a new session.
+/// [`TokenInput::Invalid`], served as a new session. The header map's path (HTTP/2);
+/// [`read_fields`] is its twin on the HTTP/1 engine's fields.
 pub fn extract(
     source: &Source,
     ring: &KeyRing,
@@ -57,40 +63,106 @@ pub fn extract(
     peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
 ) -> Input {
-    let verify = |bytes: &[u8]| match ring.verify(bytes) {
-        Ok(v) => TokenInput::Valid(v),
-        Err(why) => TokenInput::Invalid(why),
-    };
     match source {
-        Source::Cookie(name) => {
-            let found = headers::take_cookie(headers, name);
-            Input::Token(match found {
-                Found::Absent => TokenInput::Absent,
-                Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
-                Found::Value(..) => verify(found.bytes()),
-            })
+        Source::Cookie(name) => cookie_input(&headers::take_cookie(headers, name), ring),
+        Source::Header { name, trusted } => {
+            let v = headers.remove(name);
+            header_input(v.as_ref().map(HeaderValue::as_bytes), *trusted, ring)
         }
-        Source::Header { name, trusted } => match headers.remove(name) {
-            None => Input::Token(TokenInput::Absent),
-            Some(v) if *trusted => Input::Key(balance::key_hash(v.as_bytes())),
-            Some(v) if v.len() > headers::MAX_COOKIE_VALUE => {
-                Input::Token(TokenInput::Invalid(Invalid::Malformed))
-            }
-            Some(v) => Input::Token(verify(v.as_bytes().trim_ascii())),
-        },
-        Source::Ip => Input::Key(match headers::client_ip(headers, peer, trusted) {
-            IpAddr::V4(v4) => balance::key_hash(&v4.octets()),
-            IpAddr::V6(v6) => balance::key_hash(&v6.octets()),
-        }),
+        Source::Ip => ip_input(headers::client_ip(
+            headers
+                .get_all(&headers::X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            peer,
+            trusted,
+        )),
         Source::None => Input::Nothing,
     }
+}
+
+/// [`extract`] on a head parsed by the HTTP/1 engine: its `fields`, spans into `buf`. The same
+/// input in every mode, found and verified the same way, but nothing is removed: the head
+/// writer leaves the affinity cookie and the token header out of what it sends
+/// (`h1::write::Forward`). Allocates nothing.
+pub fn read_fields(
+    source: &Source,
+    ring: &KeyRing,
+    buf: &[u8],
+    fields: &[Field],
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Input {
+    // Hop-by-hop fields count too: `extract` runs before the hop-by-hop strip.
+    let values = |kind: Name| {
+        fields
+            .iter()
+            .filter(move |f| f.kind == kind)
+            .map(move |f| f.value.of(buf))
+    };
+    match source {
+        Source::Cookie(name) => cookie_input(
+            &Found::of(headers::find_cookie(values(Name::Cookie), name.as_bytes())),
+            ring,
+        ),
+        Source::Header { name, trusted } => {
+            let name = name.as_str().as_bytes();
+            let v = fields
+                .iter()
+                .find(|f| f.name.of(buf).eq_ignore_ascii_case(name))
+                .map(|f| f.value.of(buf));
+            header_input(v, *trusted, ring)
+        }
+        Source::Ip => ip_input(headers::client_ip(
+            values(Name::XForwardedFor),
+            peer,
+            trusted,
+        )),
+        Source::None => Input::Nothing,
+    }
+}
+
+fn verify(ring: &KeyRing, bytes: &[u8]) -> TokenInput {
+    match ring.verify(bytes) {
+        Ok(v) => TokenInput::Valid(v),
+        Err(why) => TokenInput::Invalid(why),
+    }
+}
+
+/// `cookie` mode: the affinity cookie found, or not.
+fn cookie_input(found: &Found, ring: &KeyRing) -> Input {
+    Input::Token(match found {
+        Found::Absent => TokenInput::Absent,
+        Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
+        Found::Value(..) => verify(ring, found.bytes()),
+    })
+}
+
+/// `header` mode: the first value of the token header, if any.
+fn header_input(value: Option<&[u8]>, trusted: bool, ring: &KeyRing) -> Input {
+    match value {
+        None => Input::Token(TokenInput::Absent),
+        Some(v) if trusted => Input::Key(balance::key_hash(v)),
+        Some(v) if v.len() > headers::MAX_COOKIE_VALUE => {
+            Input::Token(TokenInput::Invalid(Invalid::Malformed))
+        }
+        Some(v) => Input::Token(verify(ring, v.trim_ascii())),
+    }
+}
+
+/// `ip` mode: the client's address, hashed.
+fn ip_input(client: IpAddr) -> Input {
+    Input::Key(match client {
+        IpAddr::V4(v4) => balance::key_hash(&v4.octets()),
+        IpAddr::V6(v6) => balance::key_hash(&v6.octets()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::token::Claims;
-    use http::HeaderValue;
+    use proptest::prelude::*;
 
     const KEY: &[u8] = b"an-affinity-input-test-key-of-32-bytes";
 
@@ -223,16 +295,113 @@ mod tests {
         );
         assert!(h.get("cookie").is_some());
     }
-}
 
-// TEMPORARY STUB (replaced by the codec branch).
-pub fn extract_fields(
-    _source: &Source,
-    _ring: &KeyRing,
-    _buf: &[u8],
-    _fields: &[crate::h1::Field],
-    _peer: IpAddr,
-    _trusted: impl Fn(IpAddr) -> bool,
-) -> Input {
-    todo!()
+    /// Both entries on the same headers: `extract` on a header map, `read_fields` on the
+    /// engine's fields.
+    fn both(source: &Source, pairs: &[(&str, &str)], trust: bool) -> (Input, Input) {
+        let trusted = |ip: IpAddr| trust && (ip == PEER || ip.to_string().starts_with("10."));
+        let from_map = extract(source, &ring(), &mut headers(pairs), PEER, trusted);
+        let (buf, fields) = crate::h1::write::testing::fields("GET / HTTP/1.1", pairs);
+        let from_fields = read_fields(source, &ring(), &buf, &fields, PEER, trusted);
+        (from_map, from_fields)
+    }
+
+    #[test]
+    fn the_engines_twin_reads_the_same_input_in_every_mode() {
+        let tok = token();
+        let cookie = format!("a=1; sid={tok}");
+        let pairs = [
+            ("Cookie", cookie.as_str()),
+            ("X-Session", tok.as_str()),
+            ("X-Forwarded-For", "192.0.2.7, 10.0.0.3"),
+        ];
+        let sources = [
+            Source::Cookie("sid".into()),
+            Source::Header {
+                name: HeaderName::from_static("x-session"),
+                trusted: false,
+            },
+            Source::Header {
+                name: HeaderName::from_static("x-session"),
+                trusted: true,
+            },
+            Source::Ip,
+            Source::None,
+        ];
+        for src in &sources {
+            let (a, b) = both(src, &pairs, true);
+            assert_eq!(a, b, "{src:?}");
+        }
+        let (a, _) = both(&sources[0], &pairs, false);
+        assert!(matches!(a, Input::Token(TokenInput::Valid(_))));
+    }
+
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(token()),
+            Just(format!(" {} ", token())),
+            Just(format!("\"{}\"", token())),
+            Just("forged".to_owned()),
+            Just("x".repeat(headers::MAX_COOKIE_VALUE + 1)),
+            Just(String::new()),
+            "[a-z0-9=;, .]{0,12}",
+        ]
+    }
+
+    fn request_headers() -> impl Strategy<Value = Vec<(String, String)>> {
+        let name = prop::sample::select(vec![
+            "Cookie",
+            "cookie",
+            "X-Session",
+            "x-session",
+            "X-Forwarded-For",
+            "Connection",
+            "X-Other",
+        ]);
+        let pair = (
+            name,
+            header_value(),
+            header_value(),
+            prop::sample::select(vec!["sid", "a", "Sid", "sid2"]),
+        )
+            .prop_map(|(n, v, w, c)| {
+                let v = match n {
+                    "Cookie" | "cookie" => format!("{c}={}; b={}", v.trim(), w.trim()),
+                    "X-Forwarded-For" => prop_ip(&v),
+                    _ => v.trim().to_owned(),
+                };
+                (n.to_owned(), v)
+            });
+        prop::collection::vec(pair, 0..6)
+    }
+
+    /// An X-Forwarded-For value: addresses, trusted (10.x) or not, or something else.
+    fn prop_ip(seed: &str) -> String {
+        match seed.len() % 4 {
+            0 => "192.0.2.7".to_owned(),
+            1 => "203.0.113.1, 10.0.0.5".to_owned(),
+            2 => "10.1.1.1, 2001:db8::1".to_owned(),
+            _ => seed.trim().to_owned(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn extract_and_its_twin_agree_in_every_mode(
+            pairs in request_headers(),
+            mode in 0..5usize,
+            trust in any::<bool>(),
+        ) {
+            let source = match mode {
+                0 => Source::Cookie("sid".into()),
+                1 => Source::Header { name: HeaderName::from_static("x-session"), trusted: false },
+                2 => Source::Header { name: HeaderName::from_static("x-session"), trusted: true },
+                3 => Source::Ip,
+                _ => Source::None,
+            };
+            let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let (a, b) = both(&source, &refs, trust);
+            prop_assert_eq!(a, b);
+        }
+    }
 }

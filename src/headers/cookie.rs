@@ -42,62 +42,91 @@ fn pairs(raw: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
     })
 }
 
+/// Whether one Cookie header value holds a cookie named `name` (exact, case-sensitive match).
+pub fn holds_cookie(raw: &[u8], name: &[u8]) -> bool {
+    pairs(raw).any(|(n, _)| n == name)
+}
+
+/// The value of the first cookie named `name` across `values` (the Cookie header values, in
+/// order), unquoted (`"..."`); a bare name without `=` has the empty value. `None` when absent.
+/// The finder of both request paths (the header map's and the engine's).
+pub fn find_cookie<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+    name: &[u8],
+) -> Option<&'a [u8]> {
+    values.into_iter().find_map(|raw| {
+        pairs(raw).find(|(n, _)| *n == name).map(|(_, v)| {
+            let v = v.unwrap_or_default();
+            v.strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v)
+        })
+    })
+}
+
+/// Appends to `out` the cookies of one Cookie header value other than those named `name`, in
+/// order, joined by `; `; returns whether any was written (a field left empty is dropped).
+/// Only for a value that [`holds_cookie`]: any other passes as received. The one rewrite of
+/// both request paths.
+pub fn write_without_cookie(out: &mut Vec<u8>, raw: &[u8], name: &[u8]) -> bool {
+    let start = out.len();
+    for (n, val) in pairs(raw).filter(|(n, _)| *n != name) {
+        if out.len() != start {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(n);
+        if let Some(val) = val {
+            out.push(b'=');
+            out.extend_from_slice(val);
+        }
+    }
+    out.len() != start
+}
+
+impl Found {
+    /// The finding for a cookie value ([`find_cookie`]): an overlong one is not a token.
+    pub fn of(value: Option<&[u8]>) -> Found {
+        match value {
+            None => Found::Absent,
+            Some(v) if v.len() > MAX_COOKIE_VALUE => Found::TooLong,
+            Some(v) => {
+                let mut buf = [0u8; MAX_COOKIE_VALUE];
+                buf[..v.len()].copy_from_slice(v);
+                Found::Value(buf, v.len())
+            }
+        }
+    }
+}
+
 /// Finds the first cookie named `name` in all `Cookie` headers and removes every cookie of that
-/// name, keeping all other cookies in order. Empty `Cookie` headers are dropped. A quoted value
-/// (`"..."`) is unquoted.
+/// name, keeping all other cookies in order. A header that held one is rewritten without it
+/// (dropped when nothing is left); the others pass as received. A quoted value (`"..."`) is
+/// unquoted.
 pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Found {
     let name = name.as_bytes();
-    let mine = |raw: &[u8]| pairs(raw).any(|(n, _)| n == name);
+    let found = Found::of(find_cookie(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        name,
+    ));
     // Fast path: most requests carry no Cookie header or not ours; touch nothing then.
-    if !headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| mine(v.as_bytes()))
-    {
-        return Found::Absent;
+    if found == Found::Absent {
+        return found;
     }
-    let mut found = Found::Absent;
     let mut kept: Vec<HeaderValue> = Vec::new();
+    let mut rest: Vec<u8> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
         let raw = v.as_bytes();
-        if !mine(raw) {
-            // Kept as it is, unless it holds no cookie at all (empty, or only separators).
-            if pairs(raw).next().is_some() {
-                kept.push(v.clone());
-            }
+        if !holds_cookie(raw, name) {
+            kept.push(v.clone());
             continue;
         }
-        let mut rest: Vec<u8> = Vec::with_capacity(raw.len());
-        for (n, val) in pairs(raw) {
-            if n == name {
-                if found == Found::Absent {
-                    let val = val.unwrap_or_default();
-                    let val = val
-                        .strip_prefix(b"\"")
-                        .and_then(|v| v.strip_suffix(b"\""))
-                        .unwrap_or(val);
-                    found = if val.len() > MAX_COOKIE_VALUE {
-                        Found::TooLong
-                    } else {
-                        let mut buf = [0u8; MAX_COOKIE_VALUE];
-                        buf[..val.len()].copy_from_slice(val);
-                        Found::Value(buf, val.len())
-                    };
-                }
-                continue;
-            }
-            if !rest.is_empty() {
-                rest.extend_from_slice(b"; ");
-            }
-            rest.extend_from_slice(n);
-            if let Some(val) = val {
-                rest.push(b'=');
-                rest.extend_from_slice(val);
-            }
-        }
+        rest.clear();
         // Bytes come from a valid header value minus separators, so this cannot fail; skip the
         // pair defensively rather than panic if it ever did.
-        if !rest.is_empty()
+        if write_without_cookie(&mut rest, raw, name)
             && let Ok(v) = HeaderValue::from_bytes(&rest)
         {
             kept.push(v);
@@ -223,6 +252,36 @@ mod tests {
         let mut h = map(&[("cookie", "flag; stickyd=T; other=")]);
         take_cookie(&mut h, "stickyd");
         assert_eq!(cookies(&h), ["flag; other="]);
+    }
+
+    #[test]
+    fn the_byte_level_rules_find_the_first_value_and_rewrite_without_the_name() {
+        let fields: [&[u8]; 3] = [b"a=1", b"b=2; sid=\"FIRST\"; c", b"sid=SECOND"];
+        assert_eq!(find_cookie(fields, b"sid"), Some(&b"FIRST"[..]));
+        assert_eq!(
+            find_cookie(fields, b"Sid"),
+            None,
+            "names are case-sensitive"
+        );
+        assert_eq!(
+            find_cookie([&b"sid"[..]], b"sid"),
+            Some(&b""[..]),
+            "a bare name"
+        );
+        assert!(holds_cookie(fields[1], b"sid") && !holds_cookie(fields[0], b"sid"));
+        let mut out = b"Cookie: ".to_vec();
+        assert!(write_without_cookie(&mut out, b" b=2 ;sid=x;;  c ", b"sid"));
+        assert_eq!(out, b"Cookie: b=2; c", "appended, pairs joined by `; `");
+        let mut out = Vec::new();
+        assert!(!write_without_cookie(&mut out, b"sid=1; sid=2", b"sid"));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_cookie_header_without_the_affinity_cookie_passes_as_received() {
+        let mut h = map(&[("cookie", "sid=T"), ("cookie", ""), ("cookie", "a=1;b=2")]);
+        assert_eq!(take_cookie(&mut h, "sid").bytes(), b"T");
+        assert_eq!(cookies(&h), ["", "a=1;b=2"]);
     }
 
     #[test]

@@ -70,18 +70,22 @@ pub fn upgrade_protocol(headers: &HeaderMap, version: http::Version) -> Option<H
 /// The client's address for `ip` affinity: the TCP peer, or, when the peer is a trusted proxy,
 /// the first address from the right of X-Forwarded-For that is not a trusted proxy (the
 /// leftmost entry is whatever the client claimed; only hops from the right are vouched for).
-/// Entries that do not parse end the walk.
-pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+/// Entries that do not parse end the walk. `forwarded_for` is the X-Forwarded-For values in
+/// the order received (from a header map or from the engine's fields); nothing is allocated.
+pub fn client_ip<'a, I>(forwarded_for: I, peer: IpAddr, trusted: impl Fn(IpAddr) -> bool) -> IpAddr
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: DoubleEndedIterator,
+{
     if !trusted(peer) {
         return peer;
     }
-    let mut hops: Vec<&[u8]> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .collect();
     let mut client = peer;
-    while let Some(hop) = hops.pop() {
+    for hop in forwarded_for
+        .into_iter()
+        .rev()
+        .flat_map(|v| v.rsplit(|&b| b == b','))
+    {
         let Some(ip) = std::str::from_utf8(hop.trim_ascii())
             .ok()
             .and_then(|s| s.parse::<IpAddr>().ok())
@@ -96,7 +100,31 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) -> 
     client
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Appends the X-Forwarded-For value to send: from a trusted proxy, the received values
+/// (`received`, in order) joined by `, ` and then the peer; from anyone else, the peer alone.
+/// The one rule of both request paths.
+pub fn write_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    trusted: bool,
+    received: impl IntoIterator<Item = &'a [u8]>,
+    peer: &[u8],
+) {
+    if trusted {
+        for v in received {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(peer);
+}
+
+/// Whether a received X-Forwarded-Proto or X-Forwarded-Host is sent on as it came (`present`
+/// in the request and from a trusted proxy) rather than replaced by stickyd's own.
+pub fn keeps_forwarded(trusted: bool, present: bool) -> bool {
+    trusted && present
+}
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -122,23 +150,24 @@ pub fn add_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     let peer = f.peer.clone();
     if f.trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut joined: Vec<u8> = Vec::with_capacity(64);
-        for v in headers.get_all(&X_FORWARDED_FOR) {
-            if !joined.is_empty() {
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(v.as_bytes());
-        }
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(peer.as_bytes());
+        write_forwarded_for(
+            &mut joined,
+            true,
+            headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            peer.as_bytes(),
+        );
         let v = HeaderValue::from_bytes(&joined).unwrap_or(peer);
         headers.insert(X_FORWARDED_FOR.clone(), v);
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), peer);
     }
-    if !(f.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !keeps_forwarded(f.trusted, headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
     }
-    if !(f.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+    if !keeps_forwarded(f.trusted, headers.contains_key(&X_FORWARDED_HOST)) {
         match f.host {
             Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
             None => headers.remove(&X_FORWARDED_HOST),
@@ -154,6 +183,12 @@ mod tests {
     use super::*;
     use crate::headers::test_map as map;
     use std::net::IpAddr;
+
+    fn xff(h: &HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
+        h.get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes)
+    }
 
     #[test]
     fn connection_listed_headers_go_first_and_hop_by_hop_are_removed() {
@@ -250,32 +285,45 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_for_is_appended_to_only_for_a_trusted_peer() {
+        let received: [&[u8]; 2] = [b"1.2.3.4", b"5.6.7.8, 9.9.9.9"];
+        let mut out = b"X: ".to_vec();
+        write_forwarded_for(&mut out, true, received, b"10.0.0.1");
+        assert_eq!(out, b"X: 1.2.3.4, 5.6.7.8, 9.9.9.9, 10.0.0.1");
+        let mut out = Vec::new();
+        write_forwarded_for(&mut out, false, received, b"10.0.0.1");
+        assert_eq!(out, b"10.0.0.1");
+        assert!(keeps_forwarded(true, true));
+        assert!(!keeps_forwarded(true, false) && !keeps_forwarded(false, true));
+    }
+
+    #[test]
     fn the_client_address_is_the_first_untrusted_hop_from_the_right() {
         let t = |ip: IpAddr| ip.to_string().starts_with("10.");
         let p: IpAddr = "10.0.0.1".parse().unwrap();
         let h = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.5")]);
         assert_eq!(
-            client_ip(&h, p, t),
+            client_ip(xff(&h), p, t),
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         let untrusted: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(
-            client_ip(&h, untrusted, t),
+            client_ip(xff(&h), untrusted, t),
             untrusted,
             "an untrusted peer is the client"
         );
         let garbage = map(&[("x-forwarded-for", "nonsense, 10.0.0.5")]);
         assert_eq!(
-            client_ip(&garbage, p, t),
+            client_ip(xff(&garbage), p, t),
             "10.0.0.5".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_ip(&HeaderMap::new(), p, t), p);
+        assert_eq!(client_ip(xff(&HeaderMap::new()), p, t), p);
         let split = map(&[
             ("x-forwarded-for", "192.0.2.1"),
             ("x-forwarded-for", "10.9.9.9"),
         ]);
         assert_eq!(
-            client_ip(&split, p, t),
+            client_ip(xff(&split), p, t),
             "192.0.2.1".parse::<IpAddr>().unwrap()
         );
     }

@@ -260,7 +260,7 @@ impl Proxy {
             .access
             .as_ref()
             .map(|l| pending(l, &c.buf, head, info, &now));
-        let input = affinity::extract_fields(
+        let input = affinity::read_fields(
             &snap.source,
             &snap.ring,
             &c.buf,
@@ -282,7 +282,7 @@ impl Proxy {
             &Forward {
                 peer: info.peer_value.as_bytes(),
                 trusted: snap.is_trusted(info.peer.ip()),
-                proto: if info.tls { "https" } else { "http" },
+                proto: if info.tls { b"https" } else { b"http" },
                 via: snap
                     .via(match head.version {
                         Version::H10 => http::Version::HTTP_10,
@@ -496,7 +496,7 @@ impl Proxy {
             && !switching
             && !draining;
         let connection = if switching {
-            Connection::Upgrade
+            Connection::Upgrade(upgrade_value(&c.down[HEADROOM..], &fields))
         } else if !client_keeps {
             Connection::Close
         } else if !client_11 {
@@ -533,8 +533,8 @@ impl Proxy {
                 body: to_client,
                 connection,
                 set_cookie,
-                token_header,
-                cache_private: route.issue.is_some(),
+                token: token_header,
+                private: route.issue.is_some(),
             },
         );
         let status = resp.status;
@@ -604,7 +604,9 @@ impl Proxy {
             if first.done && first.consumed < avail {
                 clean = false;
             }
-            c.down.clear();
+            // What the relay did not take (a chunk size line cut short) is presented again
+            // with the next bytes.
+            c.down.drain(..body_at + first.consumed);
             let mut done = first.done;
             while ok && !done {
                 c.down.reserve(READ_BUF * 2);
@@ -640,7 +642,7 @@ impl Proxy {
                 if step.done && step.consumed < c.down.len() {
                     clean = false;
                 }
-                c.down.clear();
+                c.down.drain(..step.consumed);
                 done = step.done;
                 if eof && !done {
                     // Cut short by the backend.
@@ -1061,7 +1063,7 @@ impl Relay {
                 let n = input.len();
                 if self.to == Body::Chunked {
                     if n > 0 {
-                        chunked::encode_chunk(out, &input[..n]);
+                        encode_chunk(out, &input[..n]);
                     }
                     Ok(Step {
                         consumed: n,
@@ -1088,7 +1090,7 @@ impl Relay {
                         let data = &input[at + r.start..at + r.end];
                         bytes += data.len() as u64;
                         if reencode {
-                            chunked::encode_chunk(out, data);
+                            encode_chunk(out, data);
                         } else {
                             out.extend_from_slice(data);
                         }
@@ -1099,7 +1101,7 @@ impl Relay {
                                 .trailers
                                 .clone()
                                 .map(|r| &input[at + r.start..at + r.end]);
-                            chunked::encode_last(out, trailers.unwrap_or_default());
+                            chunked::last_chunk(out, trailers.unwrap_or_default());
                         }
                         at += s.consumed;
                         self.from = From::Done;
@@ -1130,7 +1132,7 @@ impl Relay {
         match self.from {
             From::Close => {
                 if self.to == Body::Chunked {
-                    chunked::encode_last(out, &[]);
+                    chunked::last_chunk(out, &[]);
                 }
                 self.from = From::Done;
                 Ok(Step {
@@ -1171,4 +1173,20 @@ fn pending(
         now.mono,
         now.wall,
     )
+}
+
+/// One chunk of `data` (not empty) in the chunked coding.
+fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    chunked::chunk_head(out, data.len() as u64);
+    out.extend_from_slice(data);
+    chunked::chunk_end(out);
+}
+
+/// The value of a 101's `Upgrade` field (empty when it has none: the client sees no protocol
+/// and the tunnel still follows the backend's word).
+fn upgrade_value<'a>(buf: &'a [u8], fields: &[Field]) -> &'a [u8] {
+    fields
+        .iter()
+        .find(|f| f.kind == crate::h1::Name::Upgrade)
+        .map_or(&[][..], |f| f.value.of(buf))
 }
