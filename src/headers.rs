@@ -28,6 +28,8 @@ pub use forward::{
     write_forwarded_for,
 };
 pub use framing::{Framing, framing, valid_host};
+// The same rules on raw bytes, for the HTTP/1 engine's parser.
+pub(crate) use framing::{Codings, LENGTH_TWICE, LOOK_ALIKE, looks_like_framing};
 
 /// A header map from name/value pairs, for the tests of every part.
 #[cfg(test)]

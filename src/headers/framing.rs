@@ -1,7 +1,7 @@
 //! Refusals of requests two HTTP/1 parsers could read differently: framing headers
 //! ([`framing`]) and Host values ([`valid_host`]).
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 
 /// What a request's framing headers allow, judged before anything is forwarded. hyper already
 /// refuses what no parser could agree on (differing Content-Lengths, a Transfer-Encoding not
@@ -23,38 +23,77 @@ pub enum Framing {
     Unsupported(&'static str),
 }
 
-/// Judges a request's framing headers (RFC 9112 section 6, RFC 9110 section 8.6).
-pub fn framing(method: &http::Method, headers: &HeaderMap) -> Framing {
-    let mut te_lines = 0;
-    let mut chunked = 0;
-    let mut other = false;
-    for v in headers.get_all(header::TRANSFER_ENCODING) {
-        te_lines += 1;
-        for c in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+/// Why [`framing`] (and the HTTP/1 engine's parser, on raw bytes) refuses a request.
+pub(crate) const CHUNKED_TWICE: &str = "chunked applied more than once\n";
+pub(crate) const ONLY_CHUNKED: &str = "only the chunked transfer coding is supported\n";
+pub(crate) const LENGTH_TWICE: &str = "more than one Content-Length header\n";
+pub(crate) const LOOK_ALIKE: &str =
+    "a header name that reads as Content-Length or Transfer-Encoding\n";
+
+/// The codings of a request's `Transfer-Encoding` lines, fed one value at a time: the rules of
+/// [`framing`], shared with the HTTP/1 engine's parser, which feeds it raw bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Codings {
+    /// `Transfer-Encoding` lines seen.
+    pub lines: u32,
+    /// `chunked` codings seen, over every line.
+    pub chunked: u32,
+    /// A coding other than `chunked` was seen.
+    pub other: bool,
+    /// An empty list element was seen (an empty value, `chunked,`, `, chunked`): allowed here,
+    /// refused by the engine's parser (hyper refuses a list whose last element is not
+    /// `chunked`).
+    pub empty: bool,
+}
+
+impl Codings {
+    /// Adds one `Transfer-Encoding` value.
+    pub(crate) fn add(&mut self, value: &[u8]) {
+        self.lines += 1;
+        for c in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if c.eq_ignore_ascii_case(b"chunked") {
-                chunked += 1;
-            } else if !c.is_empty() {
-                other = true;
+                self.chunked += 1;
+            } else if c.is_empty() {
+                self.empty = true;
+            } else {
+                self.other = true;
             }
         }
     }
-    if chunked > 1 {
-        return Framing::Refuse("chunked applied more than once\n");
+
+    /// The refusal the codings call for, in [`framing`]'s order.
+    pub(crate) fn refusal(&self) -> Option<Framing> {
+        if self.chunked > 1 {
+            Some(Framing::Refuse(CHUNKED_TWICE))
+        } else if self.other {
+            Some(Framing::Unsupported(ONLY_CHUNKED))
+        } else {
+            None
+        }
     }
-    if other {
-        return Framing::Unsupported("only the chunked transfer coding is supported\n");
+}
+
+/// Judges a request's framing headers (RFC 9112 section 6, RFC 9110 section 8.6).
+pub fn framing(method: &http::Method, headers: &HeaderMap) -> Framing {
+    let mut codings = Codings::default();
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        codings.add(v.as_bytes());
+    }
+    if let Some(refused) = codings.refusal() {
+        return refused;
     }
     let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
     let length = cl.next();
     if cl.next().is_some() {
-        return Framing::Refuse("more than one Content-Length header\n");
+        return Framing::Refuse(LENGTH_TWICE);
     }
-    if headers.keys().any(looks_like_framing) {
-        return Framing::Refuse(
-            "a header name that reads as Content-Length or Transfer-Encoding\n",
-        );
+    if headers
+        .keys()
+        .any(|n| looks_like_framing(n.as_str().as_bytes()))
+    {
+        return Framing::Refuse(LOOK_ALIKE);
     }
-    let body = te_lines > 0 || length.is_some_and(|v| v.as_bytes().trim_ascii() != b"0");
+    let body = codings.lines > 0 || length.is_some_and(|v| v.as_bytes().trim_ascii() != b"0");
     let bodiless = matches!(
         *method,
         http::Method::GET
@@ -70,17 +109,24 @@ pub fn framing(method: &http::Method, headers: &HeaderMap) -> Framing {
     }
 }
 
-/// A name other than `content-length`/`transfer-encoding` that some server would map to one
-/// of them: the same letters with `_`, doubled or other separators (CGI-style servers turn
-/// `Content_Length` into `CONTENT_LENGTH`).
-fn looks_like_framing(name: &HeaderName) -> bool {
+/// A name other than `content-length`/`transfer-encoding` (ASCII case-insensitive) that some
+/// server would map to one of them: the same letters with `_`, doubled or other separators
+/// (CGI-style servers turn `Content_Length` into `CONTENT_LENGTH`).
+pub(crate) fn looks_like_framing(n: &[u8]) -> bool {
     const LETTERS: [&[u8]; 2] = [b"contentlength", b"transferencoding"];
-    let n = name.as_str().as_bytes();
-    if n.len() < 14 || *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+    if n.len() < 14
+        || n.eq_ignore_ascii_case(b"content-length")
+        || n.eq_ignore_ascii_case(b"transfer-encoding")
+    {
         return false;
     }
-    let letters = n.iter().filter(|b| b.is_ascii_alphanumeric());
-    LETTERS.iter().any(|want| letters.clone().eq(want.iter()))
+    let letters = n
+        .iter()
+        .filter(|b| b.is_ascii_alphanumeric())
+        .map(u8::to_ascii_lowercase);
+    LETTERS
+        .iter()
+        .any(|want| letters.clone().eq(want.iter().copied()))
 }
 
 /// The bytes of a reg-name or IPv4 host (RFC 3986: unreserved, pct-encoded, sub-delims).
@@ -153,6 +199,7 @@ pub fn valid_host(v: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::headers::test_map as map;
+    use http::HeaderName;
     use proptest::prelude::*;
 
     #[test]
@@ -269,7 +316,8 @@ mod tests {
                 let letters: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
                 let spells = letters == "contentlength" || letters == "transferencoding";
                 let exact = name == "content-length" || name == "transfer-encoding";
-                prop_assert_eq!(looks_like_framing(&n), spells && !exact);
+                prop_assert_eq!(looks_like_framing(n.as_str().as_bytes()), spells && !exact);
+                prop_assert_eq!(looks_like_framing(name.to_ascii_uppercase().as_bytes()), spells && !exact);
             }
         }
 
@@ -286,7 +334,7 @@ mod tests {
             }
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
             let canonical = name == "content-length" || name == "transfer-encoding";
-            prop_assert_eq!(looks_like_framing(&n), name.len() >= 14 && !canonical);
+            prop_assert_eq!(looks_like_framing(n.as_str().as_bytes()), name.len() >= 14 && !canonical);
         }
     }
 }
