@@ -82,8 +82,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot, taking live state from `live` by id and creating it for new ids.
-    fn build(config: Arc<Config>, live: &mut HashMap<Arc<str>, Arc<BackendLive>>) -> Snapshot {
+    /// Builds a snapshot, taking live state from `live` by id and creating it (with counters
+    /// for `workers` worker threads) for new ids.
+    fn build(
+        config: Arc<Config>,
+        live: &mut HashMap<Arc<str>, Arc<BackendLive>>,
+        workers: usize,
+    ) -> Snapshot {
         let h = &config.health;
         let up = !h.enabled || h.initial == Initial::Up;
         let backends: Vec<Backend> = config
@@ -93,7 +98,7 @@ impl Snapshot {
                 let id: Arc<str> = b.id.as_str().into();
                 let live = live
                     .entry(id.clone())
-                    .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall)))
+                    .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall, workers)))
                     .clone();
                 Backend {
                     authority: b.address.clone(),
@@ -244,7 +249,11 @@ impl PoolView for Snapshot {
 #[derive(Debug)]
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// Taken by reloads only, never by a request.
     live: Mutex<HashMap<Arc<str>, Arc<BackendLive>>>,
+    /// Worker threads the counters have slots for (`[server] worker_threads`, read at start:
+    /// changing it needs a restart).
+    workers: usize,
     /// Process-wide counters.
     pub metrics: Metrics,
     /// The access log, when on (set once at start).
@@ -252,14 +261,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State for a first config.
+    /// State for a first config, with counter slots for the worker threads it asks for.
     pub fn new(config: Config) -> Shared {
+        let workers = match config.server.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         let mut live = HashMap::new();
-        let snap = Snapshot::build(Arc::new(config), &mut live);
+        let snap = Snapshot::build(Arc::new(config), &mut live, workers);
         Shared {
             snapshot: ArcSwap::from_pointee(snap),
             live: Mutex::new(live),
-            metrics: Metrics::default(),
+            workers,
+            metrics: Metrics::new(workers),
             access: None,
         }
     }
@@ -278,7 +292,7 @@ impl Shared {
         let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let known: Vec<Arc<str>> = live.keys().cloned().collect();
-        let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
+        let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live, self.workers));
         // Added by this reload: slow start counts from now.
         let now_ms = crate::clock::epoch_ms();
         for b in &snap.backends {
