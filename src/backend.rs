@@ -37,6 +37,11 @@ pub use load::{LoadEstimate, PIN_HALF_LIFE};
 pub use sessions::Sessions;
 
 /// Live state of one backend: its parts, each with one job.
+///
+/// Aligned to 128 bytes so that, behind its `Arc`, the reference counts (bumped by every
+/// request's [`InFlight`], on every worker) sit on a cache line of their own, not on the one
+/// with the health flag and the counters' slots that every request reads.
+#[repr(align(128))]
 pub struct BackendLive {
     id: Arc<str>,
     /// Up or down, and why.
@@ -163,6 +168,13 @@ mod tests {
             "a request of a pinned session is not a new pin"
         );
         assert_eq!(b.sessions.pins(), 4);
+    }
+
+    #[test]
+    fn the_reference_counts_behind_the_arc_share_no_line_with_the_state() {
+        let b = Arc::new(BackendLive::new("a", true, 1, 1, 0));
+        // The counts come first in an Arc's allocation; the state starts a line-pair later.
+        assert_eq!(std::ptr::from_ref::<BackendLive>(&b) as usize % 128, 0);
     }
 
     #[test]
