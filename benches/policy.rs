@@ -4,7 +4,7 @@
 //!
 //! The routing benchmarks go through the real [`Snapshot`] (built from config text, as the
 //! server builds it), so they measure the production `PoolView`: tag lookup by hash map,
-//! round robin behind its mutex, health from the live state.
+//! round robin in the thread's own state, health from the live state.
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

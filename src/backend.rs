@@ -8,15 +8,18 @@
 //! |---|---|---|
 //! | [`Health`] | up or down, the rise/fall machine, connect failures, ejection and up-since times | checker; request path on connect failure |
 //! | [`AdminCell`] | the admin API's state override, the drain clock | admin API, start and reload |
-//! | [`Counters`] | in flight, requests, responses by class, failures | request path |
-//! | [`LoadEstimate`] | recent pins (decaying) and request rate, for least_loaded | request path (pins); maintenance task (decay, rate) |
+//! | [`Counters`] | in flight, requests, responses by class, failures (per worker) | request path |
+//! | [`LoadEstimate`] | recent pins (decaying) and request rate, for least_loaded | maintenance task (decay, rate), from the pins [`Sessions`] counts |
 //! | [`Sessions`] | pins since start, last request time, distinct sessions lately | request path; maintenance task (rotation) |
 //!
 //! The pure arithmetic that keeps the estimates current (rates, decay) is in [`rate`].
 //!
-//! The request path never takes a lock here nor allocates: each read or write is one relaxed
-//! atomic operation on a part (only health transitions take the health mutex). The parts read no
-//! clock: time comes in from `crate::clock`, passed by the callers.
+//! The request path never takes a lock here nor allocates, and writes no line another worker
+//! writes with a read-modify-write: its counters are per worker ([`crate::metrics::Shards`],
+//! each worker its own slot, a relaxed load and store), the other parts are read with relaxed
+//! loads and written only when they change (health on a transition, under the health mutex; the
+//! last request time once a second; a session sketch register when it grows). The parts read
+//! no clock: time comes in from `crate::clock`, passed by the callers.
 
 mod admin_cell;
 mod counters;
@@ -34,6 +37,11 @@ pub use load::{LoadEstimate, PIN_HALF_LIFE};
 pub use sessions::Sessions;
 
 /// Live state of one backend: its parts, each with one job.
+///
+/// Aligned to 128 bytes so that, behind its `Arc`, the reference counts (bumped by every
+/// request's [`InFlight`], on every worker) sit on a cache line of their own, not on the one
+/// with the health flag and the counters' slots that every request reads.
+#[repr(align(128))]
 pub struct BackendLive {
     id: Arc<str>,
     /// Up or down, and why.
@@ -61,15 +69,15 @@ impl std::fmt::Debug for BackendLive {
 
 impl BackendLive {
     /// New live state for backend `id`, starting healthy or not, with the health machine's
-    /// `rise` and `fall`.
-    pub fn new(id: &str, up: bool, rise: u32, fall: u32) -> BackendLive {
+    /// `rise` and `fall`, and counters for `workers` worker threads.
+    pub fn new(id: &str, up: bool, rise: u32, fall: u32, workers: usize) -> BackendLive {
         BackendLive {
             id: id.into(),
             health: Health::new(up, rise, fall),
             admin: AdminCell::default(),
-            counters: Counters::default(),
+            counters: Counters::new(workers),
             load: LoadEstimate::default(),
-            sessions: Sessions::default(),
+            sessions: Sessions::new(workers),
         }
     }
 
@@ -80,7 +88,18 @@ impl BackendLive {
 
     /// The load least_loaded weighs now (see [`LoadEstimate::load`]).
     pub fn load(&self) -> f64 {
-        self.load.load(self.counters.in_flight())
+        self.load
+            .load(self.counters.in_flight(), self.sessions.pins())
+    }
+
+    /// Sessions pinned here lately (see [`LoadEstimate::recent_pins`]).
+    pub fn recent_pins(&self) -> f64 {
+        self.load.recent_pins(self.sessions.pins())
+    }
+
+    /// At a maintenance tick: decays the recent pins over `elapsed`.
+    pub(crate) fn decay_pins(&self, elapsed: std::time::Duration) {
+        self.load.decay_pins(self.sessions.pins(), elapsed);
     }
 
     /// Records a request of session `nonce` served at unix time `now`; `pinned_here` when the
@@ -88,9 +107,6 @@ impl BackendLive {
     /// the load.
     pub(crate) fn record_session(&self, nonce: u64, now: u64, pinned_here: bool) {
         self.sessions.record(nonce, now, pinned_here);
-        if pinned_here {
-            self.load.add_pin();
-        }
     }
 
     /// Whether a draining backend has served nothing for `quiet` seconds up to unix time
@@ -102,7 +118,7 @@ impl BackendLive {
 }
 
 /// Holds one in-flight request on a backend; released on drop (when the response body is done
-/// or abandoned).
+/// or abandoned), on whatever thread that happens.
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<BackendLive>);
 
@@ -127,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_drained_backend_is_one_whose_sessions_stopped_after_the_drain_began() {
-        let b = BackendLive::new("a", true, 2, 3);
+        let b = BackendLive::new("a", true, 2, 3, 0);
         b.admin.note_state(AdminState::Draining, 1000);
         assert!(b.drained(1060, 60));
         b.record_session(7, 1070, false);
@@ -137,13 +153,13 @@ mod tests {
 
     #[test]
     fn load_is_in_flight_plus_a_quarter_of_new_pins_only() {
-        let b = Arc::new(BackendLive::new("a", true, 2, 3));
+        let b = Arc::new(BackendLive::new("a", true, 2, 3, 0));
         let _g = InFlight::start(&b);
         for n in 0..4 {
             b.record_session(n, 10, true);
         }
         assert_eq!(b.load(), 2.0);
-        b.load.decay_pins(PIN_HALF_LIFE);
+        b.decay_pins(PIN_HALF_LIFE);
         assert_eq!(b.load(), 1.5);
         b.record_session(9, 11, false);
         assert_eq!(
@@ -155,8 +171,15 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_counts_behind_the_arc_share_no_line_with_the_state() {
+        let b = Arc::new(BackendLive::new("a", true, 1, 1, 0));
+        // The counts come first in an Arc's allocation; the state starts a line-pair later.
+        assert_eq!(std::ptr::from_ref::<BackendLive>(&b) as usize % 128, 0);
+    }
+
+    #[test]
     fn in_flight_follows_the_guards() {
-        let b = Arc::new(BackendLive::new("a", true, 1, 1));
+        let b = Arc::new(BackendLive::new("a", true, 1, 1, 0));
         let g1 = InFlight::start(&b);
         let g2 = InFlight::start(&b);
         assert_eq!(b.counters.in_flight(), 2);

@@ -419,6 +419,32 @@ mod tests {
         }
 
         #[test]
+        fn workers_with_a_smooth_wrr_each_stay_within_two_picks_per_worker_of_the_weights(
+            weights in proptest::collection::vec(1u32..8, 1..12),
+            workers in 1usize..5,
+            schedule in proptest::collection::vec(any::<u8>(), 1..400),
+        ) {
+            // Each worker runs its own selector, in any interleaving: after every pick, each
+            // backend's process-wide count is within 2 * workers picks of its weighted share
+            // (one sequence strays by at most about one pick: 1.12 in a search over these
+            // weights), and within `workers` when the weights are equal.
+            let total = i64::from(weights.iter().sum::<u32>());
+            let mut sel: Vec<SmoothWrr> = (0..workers).map(|_| SmoothWrr::new(weights.len())).collect();
+            let mut counts = vec![0i64; weights.len()];
+            let equal = weights.iter().all(|&w| w == weights[0]);
+            let bound = if equal { workers } else { 2 * workers } as i64;
+            for (t, &who) in schedule.iter().enumerate() {
+                let i = sel[usize::from(who) % workers].next(&weights, |_| true).unwrap();
+                counts[i] += 1;
+                let picks = t as i64 + 1;
+                for (c, &w) in counts.iter().zip(&weights) {
+                    let off = (c * total - picks * i64::from(w)).abs();
+                    prop_assert!(off < bound * total, "{counts:?} after {picks} picks");
+                }
+            }
+        }
+
+        #[test]
         fn wrr_gives_each_backend_exactly_its_weight_per_cycle(
             weights in proptest::collection::vec(1u32..8, 1..12),
         ) {

@@ -38,7 +38,7 @@ impl Maintenance {
         self.usable.clear();
         for b in &snap.backends {
             let live = &b.live;
-            live.load.decay_pins(elapsed);
+            live.decay_pins(elapsed);
             let total = live.counters.requests();
             let rate = self
                 .rates
@@ -165,12 +165,12 @@ mod tests {
             m.tick(&snap, PIN_HALF_LIFE / steps);
         }
         assert!(
-            (live.load.recent_pins() - 4.0).abs() < 1e-9,
+            (live.recent_pins() - 4.0).abs() < 1e-9,
             "{}",
-            live.load.recent_pins()
+            live.recent_pins()
         );
         m.tick(&snap, PIN_HALF_LIFE);
-        assert!((live.load.recent_pins() - 2.0).abs() < 1e-9);
+        assert!((live.recent_pins() - 2.0).abs() < 1e-9);
     }
 
     #[test]

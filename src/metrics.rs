@@ -3,12 +3,14 @@
 //! imbalance ratio), and the exposition of every metric: each family's name, type and help text
 //! is declared here once ([`FAMILIES`]), and `Metrics::render` writes the Prometheus text.
 //!
-//! Plain atomics, bumped on the request path without locks. This module never reads live state
-//! itself: per-backend values and gauges owned elsewhere come in as plain values
+//! Per-worker counters ([`shard`]): each worker thread bumps its own slot with a plain load and
+//! store, no lock and no read-modify-write shared between workers; reading sums the slots.
+//! This module never reads live state itself: per-backend values and gauges owned elsewhere come in as plain values
 //! (`Readings`), read once by the caller, so the exposition is a pure function of its input.
 //! The names, labels and types are fixed interface (dashboards and alerts match on them).
 
 mod exposition;
+pub mod shard;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,20 +19,27 @@ use crate::affinity::Outcome;
 use crate::error::{ProxyError, UpstreamKind};
 
 pub(crate) use exposition::{BackendSample, Readings};
+pub use shard::{Counter, Shards};
 
-/// Counters shared by every request.
+/// Counters of every request, per worker ([`Shards`]); the accessors return sums.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    affinity: [AtomicU64; Outcome::ALL.len()],
-    repins: AtomicU64,
-    retries: AtomicU64,
-    upstream_errors: [AtomicU64; UpstreamKind::ALL.len()],
-    /// Responses to clients by status class (index 0 for 1xx .. 4 for 5xx), errors included.
-    responses: [AtomicU64; 5],
+    counts: Shards<Counts>,
     /// Time from a request's arrival to its response head.
     pub latency: Histogram,
     /// max/mean of the backends' recent request rates, as `f64` bits.
     imbalance: AtomicU64,
+}
+
+/// One worker's slot of [`Metrics`].
+#[derive(Debug, Default)]
+struct Counts {
+    affinity: [Counter; Outcome::ALL.len()],
+    repins: Counter,
+    retries: Counter,
+    upstream_errors: [Counter; UpstreamKind::ALL.len()],
+    /// Responses to clients by status class (index 0 for 1xx .. 4 for 5xx), errors included.
+    responses: [Counter; 5],
 }
 
 /// A metric type, as `# TYPE` names it.
@@ -220,14 +229,28 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A fixed-bucket histogram of durations (non-cumulative counts; rendered cumulative).
+/// A fixed-bucket histogram of durations (non-cumulative counts per worker; rendered
+/// cumulative over all of them).
 #[derive(Debug, Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
+    slots: Shards<Buckets>,
+}
+
+/// One worker's slot of a [`Histogram`].
+#[derive(Debug, Default)]
+struct Buckets {
+    counts: [Counter; LATENCY_BUCKETS.len() + 1],
+    sum_micros: Counter,
 }
 
 impl Histogram {
+    /// A histogram with slots for `workers` worker threads.
+    pub fn new(workers: usize) -> Histogram {
+        Histogram {
+            slots: Shards::new(workers),
+        }
+    }
+
     /// Records one duration.
     pub fn record(&self, d: Duration) {
         let secs = d.as_secs_f64();
@@ -235,23 +258,25 @@ impl Histogram {
             .iter()
             .position(|&le| secs <= le)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        let slot = self.slots.local();
+        // `i` is at most `LATENCY_BUCKETS.len()`, the last index of `counts`.
+        slot.add(|b| &b.counts[i], 1);
+        slot.add(|b| &b.sum_micros, micros);
     }
 
     /// Cumulative counts, one per bucket of [`LATENCY_BUCKETS`] and a last one for `+Inf`.
     pub fn cumulative(&self) -> [u64; LATENCY_BUCKETS.len() + 1] {
-        let mut acc = 0;
+        let mut acc = 0u64;
         std::array::from_fn(|i| {
-            acc += self.buckets[i].load(Ordering::Relaxed);
+            acc = acc.wrapping_add(self.slots.sum(|b| &b.counts[i]));
             acc
         })
     }
 
     /// Sum of the recorded durations in seconds.
     pub fn sum_secs(&self) -> f64 {
-        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        self.slots.sum(|b| &b.sum_micros) as f64 / 1e6
     }
 }
 
@@ -268,17 +293,27 @@ pub fn imbalance_ratio(rates: &[f64]) -> f64 {
 }
 
 impl Metrics {
+    /// Counters with slots for `workers` worker threads (see [`shard::enter_worker`]).
+    pub fn new(workers: usize) -> Metrics {
+        Metrics {
+            counts: Shards::new(workers),
+            latency: Histogram::new(workers),
+            imbalance: AtomicU64::default(),
+        }
+    }
+
     /// Counts a response to a client with `status`.
     pub fn response(&self, status: u16) {
         if let 100..=599 = status {
-            self.responses[usize::from(status / 100 - 1)].fetch_add(1, Ordering::Relaxed);
+            let class = usize::from(status / 100 - 1);
+            self.counts.local().add(|c| &c.responses[class], 1);
         }
     }
 
     /// Responses to clients with status class `class` (1 to 5).
     pub fn responses(&self, class: u16) -> u64 {
         match class {
-            1..=5 => self.responses[usize::from(class - 1)].load(Ordering::Relaxed),
+            1..=5 => self.counts.sum(|c| &c.responses[usize::from(class - 1)]),
             _ => 0,
         }
     }
@@ -295,44 +330,46 @@ impl Metrics {
 
     /// Counts one affinity outcome.
     pub fn outcome(&self, o: Outcome) {
-        self.affinity[o.index()].fetch_add(1, Ordering::Relaxed);
+        self.counts.local().add(|c| &c.affinity[o.index()], 1);
     }
 
     /// Requests with outcome `o` so far.
     pub fn outcomes(&self, o: Outcome) -> u64 {
-        self.affinity[o.index()].load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.affinity[o.index()])
     }
 
     /// Counts a session moved to a new backend (a new token naming the fallback).
     pub fn repin(&self) {
-        self.repins.fetch_add(1, Ordering::Relaxed);
+        self.counts.local().add(|c| &c.repins, 1);
     }
 
     /// Sessions re-pinned so far.
     pub fn repins(&self) -> u64 {
-        self.repins.load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.repins)
     }
 
     /// Counts a retry on another backend.
     pub fn retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.counts.local().add(|c| &c.retries, 1);
     }
 
     /// Retries so far.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.retries)
     }
 
     /// Counts an upstream error (errors that are not upstream are ignored).
     pub(crate) fn upstream_error(&self, e: &ProxyError) {
         if let Some(k) = e.upstream_kind() {
-            self.upstream_errors[k.index()].fetch_add(1, Ordering::Relaxed);
+            self.counts
+                .local()
+                .add(|c| &c.upstream_errors[k.index()], 1);
         }
     }
 
     /// Upstream errors of `kind` so far.
     pub fn upstream_errors(&self, kind: UpstreamKind) -> u64 {
-        self.upstream_errors[kind.index()].load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.upstream_errors[kind.index()])
     }
 }
 
@@ -397,6 +434,45 @@ mod tests {
             m.response(s);
         }
         assert_eq!((m.responses(2), m.responses(5), m.responses(1)), (2, 2, 0));
+    }
+
+    #[test]
+    fn every_counter_sums_the_slots_of_all_workers() {
+        use shard::enter_worker;
+        let m = Metrics::new(2);
+        // Workers 0 and 1 in their own slots, and two threads that are no worker, sharing one.
+        std::thread::scope(|t| {
+            for w in 0..4usize {
+                let m = &m;
+                t.spawn(move || {
+                    if w < 2 {
+                        enter_worker(w);
+                    }
+                    for n in 0..5_000u64 {
+                        m.response(200 + 300 * u16::from(n % 2 == 0));
+                        m.outcome(Outcome::ALL[(n % 14) as usize]);
+                        m.latency.record(Duration::from_micros(n % 3 * 1_000));
+                        if n % 5 == 0 {
+                            m.repin();
+                            m.retry();
+                            m.upstream_error(&ProxyError::Timeout);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!((m.responses(2), m.responses(5)), (10_000, 10_000));
+        let outcomes: u64 = Outcome::ALL.iter().map(|&o| m.outcomes(o)).sum();
+        assert_eq!(outcomes, 20_000);
+        assert_eq!(m.outcomes(Outcome::Valid), 4 * 358);
+        assert_eq!((m.repins(), m.retries()), (4_000, 4_000));
+        assert_eq!(m.upstream_errors(UpstreamKind::Timeout), 4_000);
+        let c = m.latency.cumulative();
+        assert_eq!(c[0], 4 * 1_667, "the 0 us ones");
+        assert_eq!(c[1], 4 * (1_667 + 1_667), "and the 1 ms ones");
+        assert_eq!(c[LATENCY_BUCKETS.len()], 20_000);
+        let micros = 4 * (1_667 + 2 * 1_666) * 1_000;
+        assert!((m.latency.sum_secs() - micros as f64 / 1e6).abs() < 1e-9);
     }
 
     #[test]

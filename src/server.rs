@@ -169,6 +169,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
         std::thread::Builder::new()
             .name(format!("stickyd-worker-{i}"))
             .spawn(move || {
+                // Its own slot of every per-worker counter.
+                crate::metrics::shard::enter_worker(i);
                 ctx.run(listeners, ready_tx);
                 let _ = exit_tx.send(());
             })?;

@@ -4,8 +4,16 @@
 //!
 //! A request loads the snapshot once and keeps that `Arc` for its whole life, so it sees one
 //! consistent config even if a reload lands mid-request.
+//!
+//! Nothing here is locked on the request path. Round robin for new sessions is per thread: each
+//! worker keeps its own smooth WRR state for the snapshot (in a thread-local keyed by the
+//! snapshot's generation), so each worker's sequence is exact smooth WRR and the process-wide
+//! one is the interleaving of the workers' sequences. The live state's counters are per worker
+//! too, with slots for the workers `[server] worker_threads` starts.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -22,6 +30,15 @@ use crate::token::KeyRing;
 
 /// The pseudo backend id whose tag marks an unpinned session (no configured id can have a NUL).
 const UNPINNED_ID: &str = "\0unpinned";
+
+/// The generation of the next snapshot built: distinct for every snapshot of the process, so a
+/// thread's round robin state is never taken for another snapshot's.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Round robin states a thread keeps, for its most recently used snapshots: a request that
+/// began before a reload may still place on the old snapshot (a retry) while new requests use
+/// the new one, and neither should restart the other's sequence.
+const RR_STATES: usize = 4;
 
 /// A backend as one snapshot sees it.
 #[derive(Debug)]
@@ -50,7 +67,12 @@ impl Backend {
 }
 
 /// Everything a request needs from the config, precomputed.
+///
+/// Aligned to 128 bytes so that, behind its `Arc`, the reference counts (bumped by every
+/// request that loads the snapshot, on every worker) sit on a cache line of their own, not on
+/// the one with the fields every request reads.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct Snapshot {
     /// The config this snapshot was built from.
     pub config: Arc<Config>,
@@ -74,7 +96,8 @@ pub struct Snapshot {
     unpinned: Vec<[u8; 8]>,
     /// (key index, tag) to backend index, for every key in the ring.
     by_tag: HashMap<(usize, [u8; 8]), usize>,
-    rr: Mutex<SmoothWrr>,
+    /// Distinct for every snapshot built (keys the per-thread round robin state).
+    generation: u64,
     /// `[balance] slow_start` in milliseconds (0: off).
     slow_start_ms: u64,
     /// `[balance] new_sessions = "least_loaded"`, with its load factor.
@@ -82,8 +105,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot, taking live state from `live` by id and creating it for new ids.
-    fn build(config: Arc<Config>, live: &mut HashMap<Arc<str>, Arc<BackendLive>>) -> Snapshot {
+    /// Builds a snapshot, taking live state from `live` by id and creating it (with counters
+    /// for `workers` worker threads) for new ids.
+    fn build(
+        config: Arc<Config>,
+        live: &mut HashMap<Arc<str>, Arc<BackendLive>>,
+        workers: usize,
+    ) -> Snapshot {
         let h = &config.health;
         let up = !h.enabled || h.initial == Initial::Up;
         let backends: Vec<Backend> = config
@@ -93,7 +121,7 @@ impl Snapshot {
                 let id: Arc<str> = b.id.as_str().into();
                 let live = live
                     .entry(id.clone())
-                    .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall)))
+                    .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall, workers)))
                     .clone();
                 Backend {
                     authority: b.address.clone(),
@@ -129,7 +157,7 @@ impl Snapshot {
             unpinned: (0..ring.len())
                 .map(|k| ring.backend_tag(k, UNPINNED_ID))
                 .collect(),
-            rr: Mutex::new(SmoothWrr::new(backends.len())),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             slow_start_ms: u64::try_from(config.balance.slow_start.as_millis()).unwrap_or(u64::MAX),
             least_loaded: (config.balance.new_sessions == crate::config::NewSessions::LeastLoaded)
                 .then_some(config.balance.load_factor),
@@ -203,39 +231,75 @@ impl PoolView for Snapshot {
         self.unpinned.get(k).copied().unwrap_or([0; 8])
     }
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-        if self.slow_start_ms == 0 && self.least_loaded.is_none() {
-            let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-            return rr.next(&self.weights, eligible);
-        }
-        // Weights scaled for the ramp (and loads), in per-thread buffers: no allocation per
-        // request.
-        thread_local! {
-            static RAMPED: std::cell::RefCell<(Vec<u32>, Vec<f64>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-        }
-        let now = crate::clock::epoch_ms();
-        RAMPED.with(|buf| {
-            let (w, loads) = &mut *buf.borrow_mut();
+        PER_THREAD.with_borrow_mut(|t| {
+            if self.slow_start_ms == 0 && self.least_loaded.is_none() {
+                return t.rr(self).next(&self.weights, eligible);
+            }
+            // Weights scaled for the ramp (and loads), in per-thread buffers: no allocation per
+            // request.
+            let now = crate::clock::epoch_ms();
+            let mut w = std::mem::take(&mut t.ramped);
             w.clear();
             w.extend(
                 self.backends.iter().map(|b| {
                     ramp_weight(b.weight, b.live.health.up_for_ms(now), self.slow_start_ms)
                 }),
             );
-            match self.least_loaded {
-                None => {
-                    let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-                    rr.next(w, eligible)
-                }
+            let picked = match self.least_loaded {
+                None => t.rr(self).next(&w, eligible),
                 Some(c) => {
-                    loads.clear();
-                    loads.extend(self.backends.iter().map(|b| b.live.load()));
+                    t.loads.clear();
+                    t.loads.extend(self.backends.iter().map(|b| b.live.load()));
                     // The two candidates' draw: fastrand's per-thread generator (no lock).
                     let rand = fastrand::u64(..);
-                    crate::balance::least_loaded(w, loads, eligible, rand, c)
+                    crate::balance::least_loaded(&w, &t.loads, eligible, rand, c)
                 }
-            }
+            };
+            t.ramped = w;
+            picked
         })
+    }
+}
+
+thread_local! {
+    /// What placing a new session needs per thread: its round robin states and buffers.
+    static PER_THREAD: RefCell<PerThread> = const {
+        RefCell::new(PerThread {
+            rr: Vec::new(),
+            ramped: Vec::new(),
+            loads: Vec::new(),
+        })
+    };
+}
+
+/// A thread's state for placing new sessions.
+struct PerThread {
+    /// Smooth WRR state by snapshot generation, most recently used first, at most
+    /// [`RR_STATES`].
+    rr: Vec<(u64, SmoothWrr)>,
+    /// Weights scaled for slow start.
+    ramped: Vec<u32>,
+    /// Backend loads, for least_loaded.
+    loads: Vec<f64>,
+}
+
+impl PerThread {
+    /// This thread's round robin state for `snap`: kept while the snapshot is among the last
+    /// [`RR_STATES`] this thread placed on, else started afresh (as a new snapshot's is).
+    fn rr(&mut self, snap: &Snapshot) -> &mut SmoothWrr {
+        match self.rr.iter().position(|(g, _)| *g == snap.generation) {
+            // The common case: the snapshot of the previous placement.
+            Some(0) => {}
+            Some(i) => self.rr[..=i].rotate_right(1),
+            None => {
+                if self.rr.len() == RR_STATES {
+                    self.rr.pop();
+                }
+                self.rr
+                    .insert(0, (snap.generation, SmoothWrr::new(snap.backends.len())));
+            }
+        }
+        &mut self.rr[0].1
     }
 }
 
@@ -244,7 +308,11 @@ impl PoolView for Snapshot {
 #[derive(Debug)]
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// Taken by reloads only, never by a request.
     live: Mutex<HashMap<Arc<str>, Arc<BackendLive>>>,
+    /// Worker threads the counters have slots for (`[server] worker_threads`, read at start:
+    /// changing it needs a restart).
+    workers: usize,
     /// Process-wide counters.
     pub metrics: Metrics,
     /// The access log, when on (set once at start).
@@ -252,14 +320,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State for a first config.
+    /// State for a first config, with counter slots for the worker threads it asks for.
     pub fn new(config: Config) -> Shared {
+        let workers = match config.server.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         let mut live = HashMap::new();
-        let snap = Snapshot::build(Arc::new(config), &mut live);
+        let snap = Snapshot::build(Arc::new(config), &mut live, workers);
         Shared {
             snapshot: ArcSwap::from_pointee(snap),
             live: Mutex::new(live),
-            metrics: Metrics::default(),
+            workers,
+            metrics: Metrics::new(workers),
             access: None,
         }
     }
@@ -278,7 +351,7 @@ impl Shared {
         let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let known: Vec<Arc<str>> = live.keys().cloned().collect();
-        let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live));
+        let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live, self.workers));
         // Added by this reload: slow start counts from now.
         let now_ms = crate::clock::epoch_ms();
         for b in &snap.backends {
@@ -351,6 +424,76 @@ mod tests {
         let s2 = b.load();
         assert_eq!(s2.resolve(0, &tag_b), Some(0));
         assert_eq!(&*s2.backends[0].id, "b");
+    }
+
+    fn weighted(weights: &[u32]) -> Config {
+        let mut text = String::from("[affinity]\nkeys = [\"env:K\"]\n");
+        for (i, w) in weights.iter().enumerate() {
+            text.push_str(&format!(
+                "[[backend]]\nid = \"b{i}\"\naddress = \"h:{}\"\nweight = {w}\n",
+                i + 1
+            ));
+        }
+        config::parse_for_tests(&text)
+    }
+
+    /// `n` placements on `snap` from this thread, with backend `skip` ineligible.
+    fn place(snap: &Snapshot, n: usize, skip: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| snap.next_new(&|i| i != skip).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn each_worker_places_new_sessions_in_the_exact_smooth_wrr_order_of_its_own() {
+        let weights = [3, 1, 2, 5];
+        let shared = Shared::new(weighted(&weights));
+        let snap = shared.load();
+        let mut alone = SmoothWrr::new(weights.len());
+        let want: Vec<usize> = (0..300)
+            .map(|_| alone.next(&weights, |i| i != 3).unwrap())
+            .collect();
+        let seqs: Vec<Vec<usize>> = std::thread::scope(|t| {
+            let workers: Vec<_> = (0..3)
+                .map(|w| {
+                    let snap = &snap;
+                    t.spawn(move || {
+                        crate::metrics::shard::enter_worker(w);
+                        place(snap, 300, 3)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for seq in &seqs {
+            assert_eq!(
+                seq, &want,
+                "each worker's sequence is a whole smooth WRR sequence"
+            );
+        }
+        // 50 whole cycles each: the process-wide split is exact too.
+        let mut counts = [0; 4];
+        for &i in seqs.iter().flatten() {
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [450, 150, 300, 0]);
+    }
+
+    #[test]
+    fn placements_on_the_old_snapshot_after_a_reload_do_not_restart_either_sequence() {
+        let shared = Shared::new(weighted(&[1, 1, 1]));
+        let old = shared.load();
+        assert_eq!(place(&old, 1, 9), [0]);
+        let new = shared.apply(weighted(&[1, 1, 1]));
+        assert_eq!(
+            place(&new, 1, 9),
+            [0],
+            "a new snapshot starts its own sequence"
+        );
+        // A retry still on the old snapshot, then new requests: both go on where they were.
+        assert_eq!(place(&old, 2, 9), [1, 2]);
+        assert_eq!(place(&new, 2, 9), [1, 2]);
+        assert_eq!(place(&old, 1, 9), [0]);
     }
 
     #[test]

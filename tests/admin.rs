@@ -122,6 +122,8 @@ async fn a_drained_backend_keeps_its_sessions_takes_no_new_ones_and_reports_drai
     let lb = stickyd(
         &Cfg {
             admin: Some("drain_quiet = \"1s\""),
+            // Round robin is exact per worker: one worker, so exact in all.
+            server: "worker_threads = 1",
             ..Cfg::default()
         },
         &pool(&[&a, &b]),

@@ -124,9 +124,14 @@ async fn a_backend_added_by_a_reload_ramps_up_under_slow_start() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     // An hour-long ramp: in the seconds this test lasts, b's weight is about 1/1000 of a's.
+    // Round robin is exact per worker: one worker, so exact in all.
+    let one = Cfg {
+        server: "worker_threads = 1",
+        ..Cfg::default()
+    };
     let slow = Cfg {
         balance: "slow_start = \"1h\"",
-        ..Cfg::default()
+        ..one
     };
     let mut lb = stickyd(&slow, &pool(&[&a])).await;
     let addr = lb.local_addrs()[0];
@@ -148,11 +153,8 @@ async fn a_backend_added_by_a_reload_ramps_up_under_slow_start() {
     };
     assert_eq!(on_b.get("/").await.backend(), "b");
     // Slow start off: b gets its full share at once.
-    lb.reload(parse_config(&config_text(
-        &Cfg::default(),
-        &pool(&[&a, &b]),
-    )))
-    .unwrap();
+    lb.reload(parse_config(&config_text(&one, &pool(&[&a, &b]))))
+        .unwrap();
     let mut names = Vec::new();
     for _ in 0..200 {
         names.push(Browser::new(addr).get("/").await.backend());

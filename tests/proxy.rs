@@ -34,7 +34,12 @@ async fn new_sessions_are_spread_round_robin() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     );
-    let lb = stickyd(&Cfg::default(), &pool(&[&a, &b, &c])).await;
+    // Round robin is exact per worker: one worker, so exact in all.
+    let cfg = Cfg {
+        server: "worker_threads = 1",
+        ..Cfg::default()
+    };
+    let lb = stickyd(&cfg, &pool(&[&a, &b, &c])).await;
     let mut names = Vec::new();
     for _ in 0..300 {
         let got = Browser::new(lb.local_addrs()[0]).get("/").await;
@@ -48,6 +53,40 @@ async fn new_sessions_are_spread_round_robin() {
     let t = tally(names.iter().map(String::as_str));
     assert_eq!((t["a"], t["b"], t["c"]), (100, 100, 100));
     assert_eq!(lb.shared().metrics.outcomes(Outcome::New), 300);
+}
+
+#[tokio::test]
+async fn with_two_workers_each_backend_is_within_one_of_an_even_split_and_the_counts_add_up() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let cfg = Cfg {
+        server: "worker_threads = 2",
+        ..Cfg::default()
+    };
+    let lb = stickyd(&cfg, &pool(&[&a, &b, &c])).await;
+    let mut names = Vec::new();
+    for _ in 0..300 {
+        names.push(Browser::new(lb.local_addrs()[0]).get("/").await.backend());
+    }
+    // Each worker's sequence is plain round robin, off by less than one from even at any
+    // point: two workers, off by less than two in all.
+    let t = tally(names.iter().map(String::as_str));
+    for id in ["a", "b", "c"] {
+        assert!(t[id].abs_diff(100) <= 1, "{t:?}");
+    }
+    // Each worker counted in its own slot; the sums are whole.
+    let m = &lb.shared().metrics;
+    assert_eq!((m.outcomes(Outcome::New), m.responses(2)), (300, 300));
+    let snap = lb.shared().load();
+    let requests: u64 = snap
+        .backends
+        .iter()
+        .map(|b| b.live.counters.requests())
+        .sum();
+    assert_eq!(requests, 300);
 }
 
 #[tokio::test]
@@ -168,6 +207,8 @@ async fn a_backend_comes_back_after_rise_good_checks() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let cfg = Cfg {
         health: "interval = \"20ms\"\ntimeout = \"500ms\"\nrise = 3\nfall = 2",
+        // Round robin is exact per worker: one worker, so exact in all.
+        server: "worker_threads = 1",
         ..Cfg::default()
     };
     let lb = stickyd(&cfg, &pool(&[&a, &b])).await;

@@ -7,11 +7,16 @@
 //! within the last `max_idle` is always counted and one idle longer is forgotten within
 //! `2 * max_idle`.
 //!
-//! Recording is a few relaxed atomic operations, cheap enough for every request. Rotation is
-//! driven from outside (the maintenance task, [`crate::maintain`]), so this module reads no
-//! clock.
+//! Recording is a few relaxed loads, cheap enough for every request: the pins are per-worker
+//! counters ([`Shards`]), the last request time is stored only when the second changes, and a
+//! sketch register is written only when it grows (rarely, once the sketch has seen a few
+//! sessions), so the request path does no read-modify-write on a line other workers write.
+//! Rotation is driven from outside (the maintenance task, [`crate::maintain`]), so this module
+//! reads no clock.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use crate::metrics::{Counter, Shards};
 
 const REGISTERS: usize = 64;
 
@@ -20,13 +25,21 @@ const REGISTERS: usize = 64;
 pub struct Sessions {
     /// Distinct sessions served lately.
     sketch: SessionSketch,
-    /// Sessions pinned here (new sessions and re-pins), since start.
-    pins: AtomicU64,
+    /// Sessions pinned here (new sessions and re-pins), since start, per worker.
+    pins: Shards<Counter>,
     /// Unix time of the last request of a session served here (0: none yet).
     last_request_at: AtomicU64,
 }
 
 impl Sessions {
+    /// Session state with pin counters for `workers` worker threads.
+    pub fn new(workers: usize) -> Sessions {
+        Sessions {
+            pins: Shards::new(workers),
+            ..Sessions::default()
+        }
+    }
+
     /// Records a request of session `nonce` served at unix time `now`; `pinned_here` when the
     /// response pins the session here (a new session or a re-pin).
     pub(crate) fn record(&self, nonce: u64, now: u64, pinned_here: bool) {
@@ -36,13 +49,13 @@ impl Sessions {
             self.last_request_at.store(now, Ordering::Relaxed);
         }
         if pinned_here {
-            self.pins.fetch_add(1, Ordering::Relaxed);
+            self.pins.local().add(|c| c, 1);
         }
     }
 
     /// Sessions pinned here since start.
     pub fn pins(&self) -> u64 {
-        self.pins.load(Ordering::Relaxed)
+        self.pins.sum(|c| c)
     }
 
     /// Unix time of the last request of a session served here (0: none yet).
@@ -89,7 +102,12 @@ impl SessionSketch {
         // Rank: position of the first set bit in the remaining 58 bits, 1-based.
         let rank = (rest.trailing_zeros().min(58) + 1) as u8;
         let g = self.current.load(Ordering::Relaxed) & 1;
-        self.gens[g][idx].fetch_max(rank, Ordering::Relaxed);
+        let reg = &self.gens[g][idx];
+        // Load first: a register only grows, and rarely once a few sessions were seen, so the
+        // common case writes nothing and the line stays shared between workers.
+        if reg.load(Ordering::Relaxed) < rank {
+            reg.fetch_max(rank, Ordering::Relaxed);
+        }
     }
 
     /// Starts a new generation: the oldest one is forgotten.
