@@ -217,9 +217,9 @@ impl Proxy {
                 }
             };
             c.first = false;
-            let keep = self
-                .exchange(&snap, &mut c, &head, info, *draining.borrow())
-                .await;
+            // Read apart from the await: a watch's borrow must not be held across it.
+            let drain_now = *draining.borrow();
+            let keep = self.exchange(&snap, &mut c, &head, info, drain_now).await;
             if !keep || *draining.borrow() {
                 let _ = c.io.shutdown().await;
                 return Ended::Closed;
