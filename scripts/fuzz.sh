@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target in fuzz/ for SECONDS_PER_TARGET (default 60), one after another,
 # and prints per target: runs executed, corpus size, crashes.
 #
-#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (targets: token cookie xff config)
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (targets: token cookie xff config h1_request)
 #
 # Needs the nightly toolchain (cargo-fuzz builds with -Zsanitizer=address); installs cargo-fuzz
 # if missing. Seeds are read from fuzz/corpus/<target>/ (committed, left untouched); what the
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 secs=${1:-60}
-targets=(token cookie xff config)
+targets=(token cookie xff config h1_request)
 if (($# > 1)); then targets=("${@:2}"); fi
 # Sanitizer builds are heavy; the machines here are small and shared.
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}

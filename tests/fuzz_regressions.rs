@@ -126,3 +126,24 @@ fn config_seeds_and_regressions() {
         .expect("config/example.toml");
     assert!(matches!(checks::config(&example), Some(Ok(_))));
 }
+
+#[test]
+fn h1_request_seeds_and_regressions() {
+    use checks::Framing;
+    let r = replay("h1_request", checks::h1_request);
+    let framing = |name: &str| seed(&r, name).as_ref().map(|h| h.framing);
+    assert_eq!(framing("get"), Some(Framing::None));
+    assert_eq!(framing("post-length"), Some(Framing::Length(11)));
+    assert_eq!(framing("post-chunked"), Some(Framing::Chunked));
+    assert_eq!(framing("upgrade"), Some(Framing::None));
+    assert_eq!(framing("http10"), Some(Framing::None));
+    // CVE-2026-2836: no body delimited by close.
+    assert_eq!(framing("http10-no-length"), Some(Framing::None));
+    let abs = seed(&r, "absolute").as_ref().unwrap();
+    assert_eq!(abs.target, b"http://example.com:8080/a/b?c=d");
+    assert_eq!(seed(&r, "asterisk").as_ref().unwrap().target, b"*");
+    // Refused by stickyd (CVE-2026-2835 and the other stricter rules).
+    for refused in ["cl-and-te", "cl-list", "look-alike", "bare-lf"] {
+        assert_eq!(*seed(&r, refused), None, "{refused}");
+    }
+}

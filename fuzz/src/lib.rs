@@ -3,7 +3,8 @@
 //! Shared by the cargo-fuzz binaries (nightly, `fuzz/fuzz_targets/*.rs`) and by the stable
 //! regression test `tests/fuzz_regressions.rs`, which includes this file with `#[path]` and
 //! feeds it every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`. So this file
-//! depends on nothing but `stickyd`, `http` and std. Each function panics when an invariant is
+//! depends on nothing but what stickyd itself depends on: `stickyd`, `http`, std, and for the
+//! differential `h1_request` target `hyper`, `hyper-util` and `tokio`. Each function panics when an invariant is
 //! broken and otherwise returns what it saw, for the regression test to assert on.
 //!
 //! Keep it that way for every new parser: one set of invariants, run by the fuzzer on nightly
@@ -359,4 +360,155 @@ pub fn config(data: &[u8]) -> Option<Result<Config, ConfigError>> {
         }
     }
     Some(got)
+}
+
+/// What an HTTP/1 parser made of a request head, in terms both parsers share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub method: Vec<u8>,
+    /// `scheme://authority/path?query` (absolute form) or `/path?query` or `*`.
+    pub target: Vec<u8>,
+    /// 0 or 1, as in `HTTP/1.x`.
+    pub minor: u8,
+    /// Every header line, the name lowercased, sorted.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub framing: Framing,
+}
+
+/// How the body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The limits the `h1_request` target parses with: hyper's default header count.
+pub const H1_LIMITS: stickyd::h1::parse::Limits = stickyd::h1::parse::Limits {
+    max_head: 64 * 1024,
+    max_headers: 100,
+};
+
+/// HTTP/1 request parser, differential against hyper. `data` is parsed by
+/// `stickyd::h1::parse::request`; when that accepts a head (every span inside it, the head one
+/// byte shorter incomplete), hyper's HTTP/1 server, fed the same bytes, must accept it and read
+/// the same method, target, version, header lines and framing. A head stickyd refuses may be
+/// anything to hyper. Returns stickyd's reading of an accepted head.
+pub fn h1_request(data: &[u8]) -> Option<Reading> {
+    use stickyd::h1::{Body, parse};
+    let mut fields = Vec::new();
+    let head = match parse::request(data, &H1_LIMITS, &mut fields) {
+        Ok(Some(head)) => head,
+        Ok(None) | Err(_) => return None,
+    };
+    assert!(head.len <= data.len());
+    let spans = [head.method_span, head.target, head.path]
+        .into_iter()
+        .chain(head.authority)
+        .chain(head.host)
+        .chain(head.upgrade)
+        .chain(fields.iter().flat_map(|f| [f.name, f.value]));
+    for s in spans {
+        assert!(
+            s.start <= s.end && s.end as usize <= head.len,
+            "span {s:?} outside the head"
+        );
+    }
+    assert_eq!(
+        parse::request(&data[..head.len - 1], &H1_LIMITS, &mut Vec::new()),
+        Ok(None),
+        "a strict prefix of an accepted head is not incomplete"
+    );
+
+    let target = match head.authority {
+        Some(a) => {
+            let t = head.target.of(data);
+            let scheme_end = t.iter().position(|&b| b == b':').expect("a scheme");
+            [&t[..scheme_end + 3], a.of(data), head.path.of(data)].concat()
+        }
+        None => head.path.of(data).to_vec(),
+    };
+    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = fields
+        .iter()
+        .map(|f| {
+            (
+                f.name.of(data).to_ascii_lowercase(),
+                f.value.of(data).to_vec(),
+            )
+        })
+        .collect();
+    headers.sort();
+    let ours = Reading {
+        method: head.method_span.of(data).to_vec(),
+        target,
+        minor: u8::from(head.version == stickyd::h1::Version::H11),
+        headers,
+        framing: match head.body {
+            Body::None => Framing::None,
+            Body::Length(n) => Framing::Length(n),
+            Body::Chunked => Framing::Chunked,
+            Body::Close => panic!("a request delimited by close"),
+        },
+    };
+    match hyper_reading(&data[..head.len]) {
+        Some(theirs) => assert_eq!(ours, theirs, "stickyd and hyper read the head differently"),
+        None => panic!("stickyd accepted a head hyper refuses: {ours:?}"),
+    }
+    Some(ours)
+}
+
+/// What hyper's HTTP/1 server reads from `head` (the request's head alone, then end of
+/// stream), or `None` when it refuses it.
+fn hyper_reading(head: &[u8]) -> Option<Reading> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use hyper::body::Body as _;
+    use tokio::io::AsyncWriteExt;
+
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    let seen: Rc<RefCell<Option<Reading>>> = Rc::default();
+    let record = seen.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        headers.sort();
+        let hint = req.body().size_hint();
+        let framing = match (hint.lower(), hint.upper()) {
+            (0, Some(0)) => Framing::None,
+            (n, Some(m)) if n == m => Framing::Length(n),
+            (_, None) => Framing::Chunked,
+            other => panic!("hyper's size hint {other:?}"),
+        };
+        record.borrow_mut().get_or_insert(Reading {
+            method: req.method().as_str().as_bytes().to_vec(),
+            target: req.uri().to_string().into_bytes(),
+            minor: u8::from(req.version() == http::Version::HTTP_11),
+            headers,
+            framing,
+        });
+        async { Ok::<_, std::convert::Infallible>(hyper::Response::new(String::new())) }
+    });
+    RT.with(|rt| {
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(head.len() + 64 * 1024);
+            client
+                .write_all(head)
+                .await
+                .expect("the pipe holds the head");
+            client.shutdown().await.expect("shutdown");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_headers(H1_LIMITS.max_headers)
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+            let _ = conn.await;
+        })
+    });
+    seen.take()
 }
