@@ -171,10 +171,10 @@ struct Answer {
     head: ResponseHead,
     fields: Vec<Field>,
     guard: InFlight,
-    /// Whether the request body was forwarded whole before the response came.
-    sent_whole: bool,
     /// Request body bytes consumed from the client buffer (beyond the head).
     body_used: usize,
+    /// The request body's rest, when the backend answered before it was sent whole.
+    rest: Option<RestOfBody>,
 }
 
 impl Proxy {
@@ -360,8 +360,8 @@ impl Proxy {
                     up,
                     head: resp,
                     fields,
-                    sent_whole,
                     body_used,
+                    rest,
                 }) => {
                     return Ok(Answer {
                         route,
@@ -369,8 +369,8 @@ impl Proxy {
                         head: resp,
                         fields,
                         guard,
-                        sent_whole,
                         body_used,
+                        rest,
                     });
                 }
                 Err(Failure::Client(e)) => return Err(e),
@@ -434,13 +434,13 @@ impl Proxy {
             };
             c.up.truncate(head_len);
             match exchange_on(&mut up, c, head, snap).await {
-                Ok((resp, fields, sent_whole, body_used)) => {
+                Ok((resp, fields, body_used, rest)) => {
                     return Ok(Sent {
                         up,
                         head: resp,
                         fields,
-                        sent_whole,
                         body_used,
+                        rest,
                     });
                 }
                 Err(Failure::Backend { error, replayable })
@@ -477,9 +477,11 @@ impl Proxy {
             head: resp,
             fields,
             guard,
-            sent_whole,
             body_used,
+            mut rest,
         } = a;
+        let sent_whole = rest.is_none();
+        let client_timeout = snap.config.server.client_timeout;
         let client_11 = head.version == Version::H11;
         let switching = resp.status == 101 && head.upgrade.is_some();
         // The client's framing: what the backend sent when the client can read it, else
@@ -607,50 +609,20 @@ impl Proxy {
             // What the relay did not take (a chunk size line cut short) is presented again
             // with the next bytes.
             c.down.drain(..body_at + first.consumed);
-            let mut done = first.done;
-            while ok && !done {
-                c.down.reserve(READ_BUF * 2);
-                let n = match up.read_buf(&mut c.down).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        ok = false;
-                        clean = false;
-                        break;
+            if !first.done && ok {
+                let relayed = match rest.take() {
+                    None => {
+                        relay_response(&mut up, &mut c.io, &mut c.down, &mut c.out, &mut relay)
+                            .await
+                    }
+                    Some(req) => {
+                        duplex(&mut up, c, head, req, &mut relay, client_timeout).await
                     }
                 };
-                let eof = n == 0;
-                c.out.clear();
-                let step = if eof {
-                    relay.finish(&mut c.out)
-                } else {
-                    relay.step_all(&c.down, &mut c.out)
-                };
-                let step = match step {
-                    Ok(s) => s,
-                    Err(_) => {
-                        ok = false;
-                        clean = false;
-                        break;
-                    }
-                };
-                if step.direct > 0 {
-                    ok = c.io.write_all(&c.down[..step.direct]).await.is_ok();
-                } else if !c.out.is_empty() {
-                    ok = c.io.write_all(&c.out).await.is_ok();
-                }
-                sent += step.body_bytes;
-                if step.done && step.consumed < c.down.len() {
-                    clean = false;
-                }
-                c.down.drain(..step.consumed);
-                done = step.done;
-                if eof && !done {
-                    // Cut short by the backend.
-                    ok = false;
-                    clean = false;
-                }
+                sent += relayed.bytes;
+                ok = relayed.ok;
+                clean &= relayed.clean;
             }
-            ok &= done;
         }
         let reuse = ok
             && clean
@@ -680,13 +652,169 @@ impl Proxy {
 
 }
 
+/// How relaying a response body went.
+struct Relayed {
+    /// Body bytes sent to the client.
+    bytes: u64,
+    /// The body was relayed to its end.
+    ok: bool,
+    /// Nothing came after the body's end (the connection may be reused).
+    clean: bool,
+}
+
+/// Relays the rest of a response body from `up` to `client` (`down` holds bytes already read
+/// and not yet taken by the relay).
+async fn relay_response<R, W>(
+    up: &mut R,
+    client: &mut W,
+    down: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    relay: &mut Relay,
+) -> Relayed
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut r = Relayed {
+        bytes: 0,
+        ok: false,
+        clean: true,
+    };
+    loop {
+        down.reserve(READ_BUF * 2);
+        let Ok(n) = up.read_buf(down).await else {
+            r.clean = false;
+            return r;
+        };
+        let eof = n == 0;
+        out.clear();
+        let step = if eof {
+            relay.finish(out)
+        } else {
+            relay.step_all(down, out)
+        };
+        let Ok(step) = step else {
+            r.clean = false;
+            return r;
+        };
+        let written = if step.direct > 0 {
+            client.write_all(&down[..step.direct]).await
+        } else if !out.is_empty() {
+            client.write_all(out).await
+        } else {
+            Ok(())
+        };
+        r.bytes += step.body_bytes;
+        if step.done && step.consumed < down.len() {
+            r.clean = false;
+        }
+        down.drain(..step.consumed);
+        if written.is_err() {
+            r.clean = false;
+            return r;
+        }
+        if step.done {
+            r.ok = true;
+            return r;
+        }
+        if eof {
+            // Cut short by the backend.
+            r.clean = false;
+            return r;
+        }
+    }
+}
+
+/// The rest of a request body the backend began to answer before it was sent whole.
+struct RestOfBody {
+    relay: Relay,
+    /// Bytes of the client buffer after the head already used.
+    used: usize,
+}
+
+/// Relays the response while the rest of the request body still goes to the backend (an echo,
+/// a backend streaming its answer as it reads). When the response ends first, the rest of the
+/// request body is left unread: the client connection closes after the response (it was
+/// announced), and the backend connection is not reused.
+async fn duplex<S: ClientIo>(
+    up: &mut Stream,
+    c: &mut Client<S>,
+    head: &RequestHead,
+    mut rest: RestOfBody,
+    relay: &mut Relay,
+    client_timeout: Duration,
+) -> Relayed {
+    let Client {
+        io,
+        buf,
+        up: up_buf,
+        down,
+        out,
+        ..
+    } = c;
+    let (mut ur, mut uw) = tokio::io::split(up);
+    let (mut cr, mut cw) = tokio::io::split(io);
+    let response = relay_response(&mut ur, &mut cw, down, out, relay);
+    let request = async {
+        let mut deadline = Deadline::new();
+        loop {
+            let keep = head.len;
+            if rest.used > 0 && buf.len() - keep >= READ_BUF {
+                buf.drain(keep..keep + rest.used);
+                rest.used = 0;
+            }
+            buf.reserve(READ_BUF * 2);
+            let mut wait = Wait::new(client_timeout);
+            match read_within(&mut cr, buf, &mut wait, &mut deadline).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            let from = keep + rest.used;
+            up_buf.clear();
+            let Ok(step) = rest.relay.step_all(&buf[from..], up_buf) else {
+                return false;
+            };
+            let w = if step.direct > 0 {
+                uw.write_all(&buf[from..from + step.direct]).await
+            } else {
+                uw.write_all(up_buf).await
+            };
+            if w.is_err() {
+                return false;
+            }
+            rest.used += step.consumed;
+            if step.done {
+                return true;
+            }
+        }
+    };
+    tokio::pin!(response, request);
+    let mut request_done = false;
+    loop {
+        tokio::select! {
+            r = &mut response => {
+                // The request's unread rest is never read as a next request.
+                return Relayed { clean: r.clean && request_done, ..r };
+            }
+            whole = &mut request, if !request_done => {
+                request_done = true;
+                if !whole {
+                    // The client's body failed: the exchange cannot complete.
+                    return Relayed { bytes: 0, ok: false, clean: false };
+                }
+            }
+        }
+    }
+}
+
 /// A sent attempt's result.
 struct Sent {
     up: Stream,
     head: ResponseHead,
     fields: Vec<Field>,
-    sent_whole: bool,
     body_used: usize,
+    /// The request body's rest, when the backend answered before it was sent whole.
+    rest: Option<RestOfBody>,
 }
 
 /// Why an attempt failed.
@@ -710,7 +838,7 @@ async fn exchange_on<S: ClientIo>(
     c: &mut Client<S>,
     head: &RequestHead,
     snap: &Snapshot,
-) -> Result<(ResponseHead, Vec<Field>, bool, usize), Failure> {
+) -> Result<(ResponseHead, Vec<Field>, usize, Option<RestOfBody>), Failure> {
     let ucfg = &snap.config.upstream;
     let scfg = &snap.config.server;
     let limits = Limits {
@@ -731,13 +859,13 @@ async fn exchange_on<S: ClientIo>(
         c.up.extend_from_slice(&have[..first.direct]);
     }
     let mut body_used = first.consumed;
-    let mut sent_whole = first.done;
+    let mut rest: Option<RestOfBody> = None;
     // Only a body received whole with the head can be sent again by a retry.
     let replayable = first.done;
     c.down.clear();
     c.down.resize(HEADROOM, 0);
     up.write_all(&c.up).await.map_err(reset)?;
-    if !sent_whole {
+    if !first.done {
         // The rest of the body streams from the client while the backend may already answer.
         if head.expect_continue && c.buf.len() == head.len {
             c.io.write_all(write::CONTINUE)
@@ -747,11 +875,14 @@ async fn exchange_on<S: ClientIo>(
         // From here on the body cannot be sent again.
         let streamed = stream_body(up, c, head, &mut body, body_used, scfg.client_timeout).await;
         match streamed {
-            Ok(Streamed::Whole(used)) => {
+            Ok(Streamed::Whole(used)) => body_used = used,
+            Ok(Streamed::Answered(used)) => {
                 body_used = used;
-                sent_whole = true;
+                rest = Some(RestOfBody {
+                    relay: std::mem::replace(&mut body, Relay::new(Body::None, Body::None)),
+                    used,
+                });
             }
-            Ok(Streamed::Answered(used)) => body_used = used,
             Err(StreamError::Client(e)) => return Err(Failure::Client(e)),
             Err(StreamError::Backend(e)) => {
                 return Err(Failure::Backend {
@@ -778,7 +909,7 @@ async fn exchange_on<S: ClientIo>(
                         replayable: false,
                     });
                 }
-                Ok(Some(h)) => return Ok((h, fields, sent_whole, body_used)),
+                Ok(Some(h)) => return Ok((h, fields, body_used, rest)),
                 Ok(None) if c.down.len() - HEADROOM >= limits.max_head => {
                     return Err(Failure::Backend {
                         error: ProxyError::Protocol("response head too large".into()),
