@@ -26,6 +26,8 @@ pub enum Framing {
 /// Why [`framing`] (and the HTTP/1 engine's parser, on raw bytes) refuses a request.
 pub(crate) const CHUNKED_TWICE: &str = "chunked applied more than once\n";
 pub(crate) const ONLY_CHUNKED: &str = "only the chunked transfer coding is supported\n";
+/// A Transfer-Encoding whose final coding is not chunked: the body's end cannot be known.
+pub(crate) const NOT_FINAL_CHUNKED: &str = "the final transfer coding is not chunked\n";
 pub(crate) const LENGTH_TWICE: &str = "more than one Content-Length header\n";
 pub(crate) const LOOK_ALIKE: &str =
     "a header name that reads as Content-Length or Transfer-Encoding\n";
@@ -44,6 +46,8 @@ pub(crate) struct Codings {
     /// refused by the engine's parser (hyper refuses a list whose last element is not
     /// `chunked`).
     pub empty: bool,
+    /// The last coding seen (over every line, in order) was `chunked`.
+    pub last_chunked: bool,
 }
 
 impl Codings {
@@ -53,10 +57,12 @@ impl Codings {
         for c in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if c.eq_ignore_ascii_case(b"chunked") {
                 self.chunked += 1;
+                self.last_chunked = true;
             } else if c.is_empty() {
                 self.empty = true;
             } else {
                 self.other = true;
+                self.last_chunked = false;
             }
         }
     }
@@ -65,6 +71,9 @@ impl Codings {
     pub(crate) fn refusal(&self) -> Option<Framing> {
         if self.chunked > 1 {
             Some(Framing::Refuse(CHUNKED_TWICE))
+        } else if self.lines > 0 && !self.last_chunked {
+            // RFC 9112 section 6.3: the length cannot be determined: 400 and close.
+            Some(Framing::Refuse(NOT_FINAL_CHUNKED))
         } else if self.other {
             Some(Framing::Unsupported(ONLY_CHUNKED))
         } else {
