@@ -243,7 +243,15 @@ impl Pending {
             http::Version::HTTP_3 => "HTTP/3.0",
             _ => "HTTP/1.1",
         };
-        Pending::start(log, req.method().clone(), target, version, client, start, time)
+        Pending::start(
+            log,
+            req.method().clone(),
+            target,
+            version,
+            client,
+            start,
+            time,
+        )
     }
 
     /// Starts the line of a request known by its parts (the HTTP/1 engine's, which has no

@@ -18,9 +18,6 @@
 //! differential fuzz target holds them against hyper: every input is refused by ours or framed
 //! identically by both.
 
-// Until the connection driver uses every part (the next step of the engine).
-#![allow(dead_code)]
-
 pub mod chunked;
 pub mod parse;
 pub mod write;

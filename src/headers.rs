@@ -29,7 +29,7 @@ pub use forward::{
 };
 pub use framing::{Framing, framing, valid_host};
 // The same rules on raw bytes, for the HTTP/1 engine's parser.
-pub(crate) use framing::{Codings, LENGTH_TWICE, LOOK_ALIKE, NOT_FINAL_CHUNKED, looks_like_framing};
+pub(crate) use framing::{Codings, LENGTH_TWICE, LOOK_ALIKE, looks_like_framing};
 
 /// A header map from name/value pairs, for the tests of every part.
 #[cfg(test)]

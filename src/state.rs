@@ -78,6 +78,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The pool, in config order.
     pub backends: Vec<Backend>,
+    /// Whether any backend speaks HTTP/2 (the HTTP/1 engine then hands its connections to
+    /// hyper, whose client speaks to those).
+    pub has_h2: bool,
     /// The key ring.
     pub ring: KeyRing,
     /// The affinity policy.
@@ -162,6 +165,7 @@ impl Snapshot {
             least_loaded: (config.balance.new_sessions == crate::config::NewSessions::LeastLoaded)
                 .then_some(config.balance.load_factor),
             by_tag,
+            has_h2: backends.iter().any(|b| b.h2),
             policy: config.policy(),
             source: source(&config),
             cookie: CookieAttrs {

@@ -90,7 +90,9 @@ async fn an_http10_request_without_content_length_has_no_body() {
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
     let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
     let a = got.find("post /a http/1.1\r\n").expect("the first request");
-    let b = got.find("get /b http/1.1\r\n").expect("the second, as a request");
+    let b = got
+        .find("get /b http/1.1\r\n")
+        .expect("the second, as a request");
     assert!(
         !got[a..b].contains("content-length") && !got[a..b].contains("transfer-encoding"),
         "no body framing on the first: {got}"
@@ -116,7 +118,10 @@ async fn content_length_with_transfer_encoding_or_twice_is_refused_before_any_ba
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
     }
-    assert!(seen.lock().unwrap().is_empty(), "nothing reached the backend");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the backend"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +158,11 @@ async fn a_response_to_head_and_a_304_carry_no_body_and_keep_the_connection() {
         .unwrap();
     let out = read_all(&mut s).await.to_ascii_lowercase();
     assert!(out.starts_with("http/1.1 200"), "{out}");
-    assert_eq!(out.matches("http/1.1 ").count(), 3, "three heads, no body: {out}");
+    assert_eq!(
+        out.matches("http/1.1 ").count(),
+        3,
+        "three heads, no body: {out}"
+    );
     assert_eq!(out.matches("content-length: 1234").count(), 3, "{out}");
     assert!(out.ends_with("\r\n\r\n"), "{out}");
 }

@@ -149,9 +149,10 @@ async fn severe_framing_cases_are_400_closed_and_reach_no_backend() {
 }
 
 #[tokio::test]
-async fn content_length_with_chunked_is_forwarded_with_one_framing_and_the_connection_closed() {
-    // RFC 9112 section 6.1: Transfer-Encoding wins, Content-Length is dropped, and the
-    // connection is closed after the response, so nothing pipelined behind it is read.
+async fn content_length_with_chunked_is_400_closed_and_reaches_no_backend() {
+    // RFC 9112 section 6.1 lets a server drop Content-Length and read the chunks; stickyd
+    // refuses the message instead (as Pingora's CVE-2026-2835 fix does), so no backend is left
+    // to choose between the two, and nothing pipelined behind it is read.
     let (backend, seen) = recorder().await;
     let lb = stickyd(&Cfg::default(), &[("r", backend)]).await;
     let out = exchange(
@@ -159,15 +160,16 @@ async fn content_length_with_chunked_is_forwarded_with_one_framing_and_the_conne
         b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
     )
     .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(
         out.matches("HTTP/1.1 ").count(),
         1,
         "one response, then closed: {out}"
     );
-    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
-    assert!(got.starts_with("post /a http/1.1"), "{got}");
-    assert!(!got.contains("content-length"), "one framing only: {got}");
-    assert!(!got.contains("/smuggled"), "nothing behind it: {got}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the backend"
+    );
 }
 
 #[tokio::test]

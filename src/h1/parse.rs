@@ -1767,7 +1767,7 @@ mod tests {
                             || [
                                 BAD_TARGET.reason,
                                 "invalid method or request target\n",
-                                crate::headers::NOT_FINAL_CHUNKED,
+                                "the final transfer coding is not chunked\n",
                             ]
                             .contains(&e.reason);
                         if c.expected.tier == "Compliant" && !hyper_too {

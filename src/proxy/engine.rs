@@ -118,6 +118,18 @@ impl Deadline {
     }
 }
 
+/// The bounds of a request head and of the wait for it, from `[server]`.
+fn bounds(snap: &Snapshot) -> (Limits, Duration) {
+    let cfg = &snap.config.server;
+    (
+        Limits {
+            max_head: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
+        },
+        cfg.header_read_timeout,
+    )
+}
+
 /// A wait with a timeout that starts when the wait first has to wait: no clock read while the
 /// bytes are already there.
 struct Wait {
@@ -131,9 +143,7 @@ impl Wait {
     }
 
     fn poll_expired(&mut self, cx: &mut Context<'_>, d: &mut Deadline) -> Poll<()> {
-        let at = *self
-            .at
-            .get_or_insert_with(|| Instant::now() + self.timeout);
+        let at = *self.at.get_or_insert_with(|| Instant::now() + self.timeout);
         d.poll_at(cx, at)
     }
 }
@@ -195,27 +205,27 @@ impl Proxy {
             deadline: Deadline::new(),
             first: true,
         };
+        // The head's bounds come from the snapshot of the request before (a reload applies
+        // to them from the next request on); each request is served with the snapshot loaded
+        // once its head is in.
+        let (mut limits, mut header_timeout) = bounds(&self.shared.load());
         loop {
-            let snap = self.shared.load();
-            if snap.backends.iter().any(|b| b.h2) {
-                return Ended::Handoff(std::mem::take(&mut c.buf), c.io);
-            }
-            let cfg = &snap.config.server;
-            let limits = Limits {
-                max_head: cfg.max_header_bytes,
-                max_headers: cfg.max_headers,
-            };
-            let head = match read_head(&mut c, &limits, cfg.header_read_timeout, &mut draining)
-                .await
-            {
+            let head = match read_head(&mut c, &limits, header_timeout, &mut draining).await {
                 Head::Parsed(h) => h,
                 Head::Closed => return Ended::Closed,
                 Head::Handoff => return Ended::Handoff(std::mem::take(&mut c.buf), c.io),
                 Head::Refused(status, why) => {
-                    self.refuse(&mut c, &snap, status, why).await;
+                    self.refuse(&mut c, status, why).await;
                     return Ended::Closed;
                 }
             };
+            let snap = self.shared.load();
+            if snap.has_h2 {
+                // hyper's client speaks to HTTP/2 backends: hyper serves this connection from
+                // this request on (its bytes are all still in the buffer).
+                return Ended::Handoff(std::mem::take(&mut c.buf), c.io);
+            }
+            (limits, header_timeout) = bounds(&snap);
             c.first = false;
             // Read apart from the await: a watch's borrow must not be held across it.
             let drain_now = *draining.borrow();
@@ -228,14 +238,7 @@ impl Proxy {
     }
 
     /// A refused head: its 4xx, counted, and the connection closes.
-    async fn refuse<S: ClientIo>(
-        &self,
-        c: &mut Client<S>,
-        snap: &Snapshot,
-        status: u16,
-        why: &'static str,
-    ) {
-        let _ = snap;
+    async fn refuse<S: ClientIo>(&self, c: &mut Client<S>, status: u16, why: &'static str) {
         c.out.clear();
         write::error_response(&mut c.out, status, why, None, true);
         let _ = c.io.write_all(&c.out).await;
@@ -316,9 +319,11 @@ impl Proxy {
                     e.retry_after(snap.config.balance.retry_after),
                     close,
                 );
-                let ok = c.io.write_all(&c.out).await.is_ok();
+                // Counted before the write, as the hyper path does: a client that has the
+                // response sees it counted.
                 self.shared.metrics.response(status);
                 self.shared.metrics.latency.record(now.mono.elapsed());
+                let ok = c.io.write_all(&c.out).await.is_ok();
                 if let Some(p) = log {
                     p.finish(status, e.body().len() as u64);
                 }
@@ -541,7 +546,10 @@ impl Proxy {
         );
         let status = resp.status;
         let m = &self.shared.metrics;
+        // Counted when the head is ready, as the hyper path does (the latency is the time to
+        // the response head): a client that has the response sees it counted.
         m.response(status);
+        m.latency.record(now.mono.elapsed());
         // The body bytes that came with the head, and the relay of the rest.
         let mut relay = Relay::new(resp.body, to_client);
         let mut sent: u64 = 0;
@@ -570,7 +578,6 @@ impl Proxy {
             if let Some(p) = log.take() {
                 p.finish(101, 0);
             }
-            m.latency.record(now.mono.elapsed());
             if tunnel {
                 c.buf = Vec::new();
                 c.down = Vec::new();
@@ -595,8 +602,7 @@ impl Proxy {
                 c.io.write_all(&c.down[start..body_at + direct]).await
             } else {
                 if direct > 0 {
-                    c.out
-                        .extend_from_slice(&c.down[body_at..body_at + direct]);
+                    c.out.extend_from_slice(&c.down[body_at..body_at + direct]);
                 }
                 c.io.write_all(&c.out).await
             };
@@ -615,9 +621,7 @@ impl Proxy {
                         relay_response(&mut up, &mut c.io, &mut c.down, &mut c.out, &mut relay)
                             .await
                     }
-                    Some(req) => {
-                        duplex(&mut up, c, head, req, &mut relay, client_timeout).await
-                    }
+                    Some(req) => duplex(&mut up, c, head, req, &mut relay, client_timeout).await,
                 };
                 sent += relayed.bytes;
                 ok = relayed.ok;
@@ -640,7 +644,6 @@ impl Proxy {
             );
         }
         drop(guard);
-        m.latency.record(now.mono.elapsed());
         if let Some(p) = log {
             p.finish(status, sent);
         }
@@ -649,7 +652,6 @@ impl Proxy {
         c.buf.drain(..used);
         ok && client_keeps
     }
-
 }
 
 /// How relaying a response body went.
@@ -823,10 +825,7 @@ enum Failure {
     /// the backend.
     Client(ProxyError),
     /// The backend's: counted; `replayable` when the request can be sent again.
-    Backend {
-        error: ProxyError,
-        replayable: bool,
-    },
+    Backend { error: ProxyError, replayable: bool },
 }
 
 /// Sends the request (head in `c.up`, body from `c.buf` and then the client) on `up` and reads
@@ -1020,9 +1019,9 @@ async fn stream_body<S: ClientIo>(
         }
         let from = head.len + used;
         c.up.clear();
-        let step = body.step_all(&c.buf[from..], &mut c.up).map_err(|_| {
-            StreamError::Client(ProxyError::BadRequest("invalid request body\n"))
-        })?;
+        let step = body
+            .step_all(&c.buf[from..], &mut c.up)
+            .map_err(|_| StreamError::Client(ProxyError::BadRequest("invalid request body\n")))?;
         let w = if step.direct > 0 {
             up.write_all(&c.buf[from..from + step.direct]).await
         } else {
@@ -1228,10 +1227,8 @@ impl Relay {
                     }
                     if s.done {
                         if reencode {
-                            let trailers = s
-                                .trailers
-                                .clone()
-                                .map(|r| &input[at + r.start..at + r.end]);
+                            let trailers =
+                                s.trailers.clone().map(|r| &input[at + r.start..at + r.end]);
                             chunked::last_chunk(out, trailers.unwrap_or_default());
                         }
                         at += s.consumed;
@@ -1288,8 +1285,7 @@ fn pending(
     info: &ConnInfo,
     now: &Now,
 ) -> Pending {
-    let method =
-        http::Method::from_bytes(head.method_span.of(buf)).unwrap_or(http::Method::GET);
+    let method = http::Method::from_bytes(head.method_span.of(buf)).unwrap_or(http::Method::GET);
     let target = String::from_utf8_lossy(head.target.of(buf)).into_owned();
     let version = match head.version {
         Version::H10 => "HTTP/1.0",

@@ -129,7 +129,10 @@ mod tests {
             pool.put(3, &a, s, now);
         }
         assert_eq!(pool.idle_count(), 2, "at most max_idle per backend");
-        assert!(pool.take(3, &other, now).is_none(), "another address: dropped");
+        assert!(
+            pool.take(3, &other, now).is_none(),
+            "another address: dropped"
+        );
         assert_eq!(pool.idle_count(), 0);
         let s = stream(&l).await;
         pool.put(3, &a, s, now);
