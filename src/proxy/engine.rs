@@ -25,11 +25,11 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
@@ -45,6 +45,7 @@ use crate::h1::chunked::{self, Decoder};
 use crate::h1::parse::{self, Limits};
 use crate::h1::write::{self, Connection, Forward, Reply};
 use crate::h1::{Body, Field, RequestHead, ResponseHead, Version};
+use crate::rt::{Signal, Waiting, spare};
 use crate::state::{Backend, Snapshot};
 
 /// What the client connection's buffer starts with; grown up to `max_header_bytes` for a head.
@@ -155,6 +156,8 @@ struct Client<S> {
     buf: Vec<u8>,
     /// The parsed head's header lines.
     fields: Vec<Field>,
+    /// The backend's response head's lines.
+    rfields: Vec<Field>,
     /// Bytes on their way to the backend: the upstream head, re-framed body.
     up: Vec<u8>,
     /// The backend's bytes: a response head (after [`HEADROOM`]), then its body.
@@ -164,6 +167,31 @@ struct Client<S> {
     deadline: Deadline,
     /// Whether the connection may serve another request after this one.
     first: bool,
+}
+
+impl<S> Client<S> {
+    /// Gives the buffers back to the worker (the connection is idle).
+    fn release(&mut self) {
+        for b in [&mut self.buf, &mut self.up, &mut self.down, &mut self.out] {
+            spare::give(std::mem::take(b));
+        }
+        self.fields = Vec::new();
+        self.rfields = Vec::new();
+    }
+
+    /// The connection for hyper, with the bytes read and not yet served.
+    fn handoff(mut self) -> Ended<S> {
+        let read = std::mem::take(&mut self.buf);
+        self.release();
+        Ended::Handoff(read, self.io)
+    }
+}
+
+/// `b`, with room for `cap` bytes: a spare buffer of the worker's when it has none.
+fn ready(b: &mut Vec<u8>, cap: usize) {
+    if b.capacity() == 0 {
+        *b = spare::take(cap);
+    }
 }
 
 /// What reading a head gave.
@@ -193,12 +221,14 @@ impl Proxy {
         &self,
         io: S,
         info: &ConnInfo,
-        mut draining: watch::Receiver<bool>,
+        draining: &Rc<Signal>,
     ) -> Ended<S> {
+        let mut drained = Signal::waiter(draining);
         let mut c = Client {
             io,
             buf: Vec::new(),
             fields: Vec::new(),
+            rfields: Vec::new(),
             up: Vec::new(),
             down: Vec::new(),
             out: Vec::new(),
@@ -210,12 +240,16 @@ impl Proxy {
         // once its head is in.
         let (mut limits, mut header_timeout) = bounds(&self.shared.load());
         loop {
-            let head = match read_head(&mut c, &limits, header_timeout, &mut draining).await {
+            let head = match read_head(&mut c, &limits, header_timeout, &mut drained).await {
                 Head::Parsed(h) => h,
-                Head::Closed => return Ended::Closed,
-                Head::Handoff => return Ended::Handoff(std::mem::take(&mut c.buf), c.io),
+                Head::Closed => {
+                    c.release();
+                    return Ended::Closed;
+                }
+                Head::Handoff => return c.handoff(),
                 Head::Refused(status, why) => {
                     self.refuse(&mut c, status, why).await;
+                    c.release();
                     return Ended::Closed;
                 }
             };
@@ -223,15 +257,16 @@ impl Proxy {
             if snap.has_h2 {
                 // hyper's client speaks to HTTP/2 backends: hyper serves this connection from
                 // this request on (its bytes are all still in the buffer).
-                return Ended::Handoff(std::mem::take(&mut c.buf), c.io);
+                return c.handoff();
             }
             (limits, header_timeout) = bounds(&snap);
             c.first = false;
-            // Read apart from the await: a watch's borrow must not be held across it.
-            let drain_now = *draining.borrow();
-            let keep = self.exchange(&snap, &mut c, &head, info, drain_now).await;
-            if !keep || *draining.borrow() {
+            let keep = self
+                .exchange(&snap, &mut c, &head, info, draining.fired())
+                .await;
+            if !keep || draining.fired() {
                 let _ = c.io.shutdown().await;
+                c.release();
                 return Ended::Closed;
             }
         }
@@ -272,6 +307,7 @@ impl Proxy {
             |ip| snap.is_trusted(ip),
         );
         c.up.clear();
+        ready(&mut c.up, READ_BUF);
         let (cookie, token_header) = match &snap.source {
             Source::Cookie(name) => (Some(name.as_bytes()), None),
             Source::Header { name, .. } => (None, Some(name.as_str().as_bytes())),
@@ -359,7 +395,9 @@ impl Proxy {
             let backend = &snap.backends[route.backend];
             let guard = InFlight::start(&backend.live);
             c.up.truncate(head_len);
-            let sent = self.send_h1(snap, c, head, route.backend, backend).await;
+            let sent = self
+                .send_h1(snap, c, head, route.backend, backend, now.mono)
+                .await;
             let e = match sent {
                 Ok(Sent {
                     up,
@@ -405,6 +443,7 @@ impl Proxy {
         head: &RequestHead,
         index: usize,
         backend: &Backend,
+        now: std::time::Instant,
     ) -> Result<Sent, Failure> {
         let ucfg = &snap.config.upstream;
         let upgrade = head.upgrade.is_some();
@@ -412,8 +451,7 @@ impl Proxy {
         let mut reused = if upgrade {
             None
         } else {
-            self.pool
-                .take(index, &backend.authority, std::time::Instant::now())
+            self.pool.take(index, &backend.authority, now)
         };
         if careful
             && let Some(s) = &reused
@@ -530,6 +568,7 @@ impl Proxy {
             }
         }
         c.out.clear();
+        ready(&mut c.out, READ_BUF);
         let body_at = HEADROOM + resp.len;
         write::response_head(
             &mut c.out,
@@ -636,11 +675,12 @@ impl Proxy {
             && !switching
             && head.upgrade.is_none();
         if reuse {
+            // Parked as of the request's start: at worst it ages out a request's length early.
             self.pool.put(
                 route.backend,
                 &snap.backends[route.backend].authority,
                 up,
-                std::time::Instant::now(),
+                now.mono,
             );
         }
         drop(guard);
@@ -650,6 +690,7 @@ impl Proxy {
         // The request's bytes leave the buffer; a pipelined request behind them stays.
         let used = (head.len + body_used).min(c.buf.len());
         c.buf.drain(..used);
+        c.rfields = fields;
         ok && client_keeps
     }
 }
@@ -862,6 +903,7 @@ async fn exchange_on<S: ClientIo>(
     // Only a body received whole with the head can be sent again by a retry.
     let replayable = first.done;
     c.down.clear();
+    ready(&mut c.down, HEADROOM + READ_BUF);
     c.down.resize(HEADROOM, 0);
     up.write_all(&c.up).await.map_err(reset)?;
     if !first.done {
@@ -893,7 +935,7 @@ async fn exchange_on<S: ClientIo>(
     }
     // The response head, within the response timeout.
     let mut wait = Wait::new(ucfg.response_timeout);
-    let mut fields = Vec::new();
+    let mut fields = std::mem::take(&mut c.rfields);
     loop {
         if c.down.len() > HEADROOM {
             match parse::response(&c.down[HEADROOM..], &limits, head.method, &mut fields) {
@@ -1074,7 +1116,7 @@ async fn read_head<S: ClientIo>(
     c: &mut Client<S>,
     limits: &Limits,
     timeout: Duration,
-    draining: &mut watch::Receiver<bool>,
+    drained: &mut Waiting,
 ) -> Head {
     let mut wait = Wait::new(timeout);
     loop {
@@ -1094,20 +1136,16 @@ async fn read_head<S: ClientIo>(
                 }
             }
         } else {
-            let mut drained = std::pin::pin!(draining.wait_for(|d| *d));
             let ready = poll_fn(|cx| {
                 if let Poll::Ready(r) = c.io.poll_readable(cx) {
                     return Poll::Ready(r.is_ok());
                 }
-                // Idle: no buffer held while waiting (memory per idle connection).
+                // Idle: no buffer held while waiting (memory per idle connection); the
+                // worker keeps them for the next request, of this connection or another.
                 if c.buf.capacity() > 0 {
-                    c.buf = Vec::new();
-                    c.down = Vec::new();
-                    c.up = Vec::new();
-                    c.out = Vec::new();
-                    c.fields = Vec::new();
+                    c.release();
                 }
-                if drained.as_mut().poll(cx).is_ready() {
+                if drained.poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
                 ready!(wait.poll_expired(cx, &mut c.deadline));
@@ -1118,7 +1156,9 @@ async fn read_head<S: ClientIo>(
                 return Head::Closed;
             }
         }
-        if c.buf.capacity() - c.buf.len() < 1024 {
+        if c.buf.capacity() == 0 {
+            c.buf = spare::take(READ_BUF);
+        } else if c.buf.capacity() - c.buf.len() < 1024 {
             c.buf.reserve(READ_BUF.max(c.buf.len()));
         }
         match read_within(&mut c.io, &mut c.buf, &mut wait, &mut c.deadline).await {

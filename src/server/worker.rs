@@ -30,7 +30,7 @@ use super::listen::ListenKey;
 use crate::config::Config;
 use crate::io::{Prefixed, SendTimeout};
 use crate::proxy::{ClientIo, ConnInfo, Ended, Proxy};
-use crate::rt::LocalExec;
+use crate::rt::{LocalExec, Signal};
 use crate::state::Shared;
 use crate::tunnel::Hold;
 use crate::upstream::Upstream;
@@ -104,12 +104,15 @@ impl Worker {
             let _ = closing.wait_for(|p| *p >= Phase::Closing).await;
             let _ = cut.send(true);
         });
-        // The HTTP/1 engine's connections finish their request and close when draining starts.
-        let (drain, draining) = watch::channel(false);
-        let mut phase_d = self.phase.clone();
+        // The HTTP/1 engine's connections finish their request and close when draining starts,
+        // and are dropped when the grace period is over.
+        let (draining, closing) = (Rc::new(Signal::default()), Rc::new(Signal::default()));
+        let (drain, close, mut phase_d) = (draining.clone(), closing.clone(), self.phase.clone());
         tokio::task::spawn_local(async move {
             let _ = phase_d.wait_for(|p| *p >= Phase::Draining).await;
-            let _ = drain.send(true);
+            drain.fire();
+            let _ = phase_d.wait_for(|p| *p >= Phase::Closing).await;
+            close.fire();
         });
         let proxy = Proxy::new(
             self.shared.clone(),
@@ -125,6 +128,7 @@ impl Worker {
             proxy: Rc::new(proxy),
             phase: self.phase.clone(),
             draining,
+            closing,
             alive,
         });
         let mut stops: HashMap<ListenKey, watch::Sender<bool>> = HashMap::new();
@@ -217,8 +221,10 @@ struct Serving {
     proxy: Rc<Proxy>,
     /// The lifecycle phase.
     phase: watch::Receiver<Phase>,
-    /// Turns true when draining starts (the HTTP/1 engine's view of the phase).
-    draining: watch::Receiver<bool>,
+    /// Fired when draining starts (the HTTP/1 engine's view of the phase).
+    draining: Rc<Signal>,
+    /// Fired when the grace period is over: the engine's connections are dropped.
+    closing: Rc<Signal>,
     /// The worker's liveness: held by every loop, connection and tunnel (see `Worker::serve`).
     alive: mpsc::Sender<()>,
 }
@@ -349,10 +355,21 @@ where
 {
     let send_timeout = serving.proxy.shared().load().config.server.client_timeout;
     let io = SendTimeout::new(stream, send_timeout);
-    let mut phase = serving.phase.clone();
-    let ended = tokio::select! {
-        e = serving.proxy.serve_h1(io, &info, serving.draining.clone()) => e,
-        _ = phase.wait_for(|p| *p >= Phase::Closing) => return,
+    // The closing signal is polled only when the connection waits (no lock, no atomic).
+    let mut closing = Signal::waiter(&serving.closing);
+    let ended = {
+        let served = serving.proxy.serve_h1(io, &info, &serving.draining);
+        tokio::pin!(served);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(e) = served.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(e));
+            }
+            closing.poll(cx).map(|()| None)
+        })
+        .await
+    };
+    let Some(ended) = ended else {
+        return;
     };
     if let Ended::Handoff(read, io) = ended {
         serve(Prefixed::new(read, io), info, serving).await;

@@ -54,7 +54,11 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(index)?;
         while let Some(c) = list.pop() {
-            if c.addr == *addr && now.saturating_duration_since(c.since) < self.idle_timeout {
+            // The address's bytes, not `Authority`'s case-insensitive comparison: the same
+            // snapshot's value, or one a reload made; a miss only costs a connection.
+            if c.addr.as_str() == addr.as_str()
+                && now.saturating_duration_since(c.since) < self.idle_timeout
+            {
                 return Some(c.stream);
             }
         }
