@@ -464,11 +464,14 @@ impl Proxy {
             let was_reused = reused.is_some();
             let mut up = match reused.take() {
                 Some(s) => s,
-                None => connect::open(
+                // Boxed, like every rare or large step below: a connection's task is as large
+                // as its largest await, and it lives as long as the connection (memory per
+                // idle connection).
+                None => Box::pin(connect::open(
                     backend.authority.as_str(),
                     backend.origin.as_ref(),
                     ucfg.connect_timeout,
-                )
+                ))
                 .await
                 .map_err(|e| Failure::Backend {
                     error: ProxyError::Connect(e.to_string()),
@@ -620,12 +623,12 @@ impl Proxy {
             if tunnel {
                 c.buf = Vec::new();
                 c.down = Vec::new();
-                let end = crate::tunnel::copy(
+                let end = Box::pin(crate::tunnel::copy(
                     &mut c.io,
                     &mut up,
                     snap.config.upstream.tunnel_idle_timeout,
                     self.cut.clone(),
-                )
+                ))
                 .await;
                 debug!(end = ?end, "tunnel closed");
             }
@@ -660,7 +663,9 @@ impl Proxy {
                         relay_response(&mut up, &mut c.io, &mut c.down, &mut c.out, &mut relay)
                             .await
                     }
-                    Some(req) => duplex(&mut up, c, head, req, &mut relay, client_timeout).await,
+                    Some(req) => {
+                        Box::pin(duplex(&mut up, c, head, req, &mut relay, client_timeout)).await
+                    }
                 };
                 sent += relayed.bytes;
                 ok = relayed.ok;
@@ -914,7 +919,15 @@ async fn exchange_on<S: ClientIo>(
                 .map_err(|_| Failure::Client(ProxyError::ClientTimeout))?;
         }
         // From here on the body cannot be sent again.
-        let streamed = stream_body(up, c, head, &mut body, body_used, scfg.client_timeout).await;
+        let streamed = Box::pin(stream_body(
+            up,
+            c,
+            head,
+            &mut body,
+            body_used,
+            scfg.client_timeout,
+        ))
+        .await;
         match streamed {
             Ok(Streamed::Whole(used)) => body_used = used,
             Ok(Streamed::Answered(used)) => {
@@ -1356,4 +1369,31 @@ fn upgrade_value<'a>(buf: &'a [u8], fields: &[Field]) -> &'a [u8] {
         .iter()
         .find(|f| f.kind == crate::h1::Name::Upgrade)
         .map_or(&[][..], |f| f.value.of(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's task is as large as its largest await and lives as long as the
+    /// connection, idle or not: what it holds is memory per idle connection (the rare and
+    /// large steps are boxed). The bound catches a step that grows it by accident.
+    #[tokio::test]
+    async fn a_connections_state_stays_small() {
+        let cfg = crate::config::parse_for_tests(
+            "[server]\nlisten=[\"127.0.0.1:0\"]\n[[backend]]\nid=\"a\"\naddress=\"127.0.0.1:1\"\n",
+        );
+        let shared = std::sync::Arc::new(crate::state::Shared::new(cfg));
+        let (_cut, cut) = tokio::sync::watch::channel(false);
+        let up = crate::upstream::Upstream::new(&shared.load().config.upstream);
+        let proxy = super::Proxy::new(shared, up, cut);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let info = super::ConnInfo::new("127.0.0.1:1".parse().unwrap(), false);
+        let draining = std::rc::Rc::new(crate::rt::Signal::default());
+        let io = crate::io::SendTimeout::new(s, std::time::Duration::from_secs(1));
+        let served = proxy.serve_h1(io, &info, &draining);
+        let size = std::mem::size_of_val(&served);
+        assert!(size <= 3 * 1024, "{size} bytes");
+    }
 }

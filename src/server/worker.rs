@@ -289,15 +289,21 @@ impl Accept {
                 // clone: the connection, and a tunnel made from it.
                 let mut info = ConnInfo::new(peer, tls);
                 info.hold = Some(Hold::new((permit, serving.alive.clone())));
+                // A connection's task is as large as its largest branch and lives as long as
+                // the connection: the TLS branch (handshake, TLS state) is boxed, so a plain
+                // connection's task holds only the engine's state.
                 if tls {
-                    if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
-                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            let t = serving.proxy.shared().load().config.server.client_timeout;
-                            serve(SendTimeout::new(stream, t), info, &serving).await;
-                        } else {
-                            serve_h1(stream, info, &serving).await;
+                    Box::pin(async move {
+                        if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let t = serving.proxy.shared().load().config.server.client_timeout;
+                                serve(SendTimeout::new(stream, t), info, &serving).await;
+                            } else {
+                                serve_h1(stream, info, &serving).await;
+                            }
                         }
-                    }
+                    })
+                    .await;
                 } else {
                     serve_h1(stream, info, &serving).await;
                 }
@@ -372,7 +378,8 @@ where
         return;
     };
     if let Ended::Handoff(read, io) = ended {
-        serve(Prefixed::new(read, io), info, serving).await;
+        // Boxed: hyper's connection state is large and this path is rare.
+        Box::pin(serve(Prefixed::new(read, io), info, serving)).await;
     }
 }
 
