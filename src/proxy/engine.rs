@@ -34,6 +34,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::attempt::next_route;
+use super::response::{Issued, issue};
 use super::{ConnInfo, Proxy};
 use crate::access::Pending;
 use crate::affinity::{self, Route, Source};
@@ -552,24 +553,18 @@ impl Proxy {
         } else {
             Connection::Default
         };
-        let token;
-        let cookie;
-        let mut set_cookie: Option<&[u8]> = None;
-        let mut token_header: Option<(&[u8], &[u8])> = None;
-        if let Some(claims) = &route.issue {
-            token = snap.ring.sign(claims);
-            match &snap.source {
-                Source::Header { name, .. } => {
-                    token_header = Some((name.as_str().as_bytes(), token.as_str().as_bytes()));
-                }
-                _ => {
-                    let max_age = affinity::cookie_max_age(&snap.policy, claims, now.unix_u32());
-                    cookie =
-                        crate::headers::set_cookie(&snap.cookie, token.as_str(), max_age, info.tls);
-                    set_cookie = Some(cookie.as_bytes());
-                }
-            }
-        }
+        let issued = route
+            .issue
+            .as_ref()
+            .map(|claims| issue(snap, claims, now.unix_u32(), info.tls));
+        let (set_cookie, token_header) = match &issued {
+            Some(Issued::Cookie(v)) => (Some(v.as_bytes()), None),
+            Some(Issued::Header(name, token)) => (
+                None,
+                Some((name.as_str().as_bytes(), token.as_str().as_bytes())),
+            ),
+            None => (None, None),
+        };
         c.out.clear();
         ready(&mut c.out, READ_BUF);
         let body_at = HEADROOM + resp.len;

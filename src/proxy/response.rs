@@ -1,6 +1,6 @@
 //! Step 4 of the request path: the response to the client. The backend's response is shaped
-//! here (hop-by-hop headers out, the token in when one is issued: [`set_token`] is the only
-//! place that signs one), errors become responses here ([`error_response`], from the one
+//! here (hop-by-hop headers out, the token in when one is issued: [`issue`] is the only place
+//! that signs one, for the HTTP/1 engine too), errors become responses here ([`error_response`], from the one
 //! mapping in [`crate::error`]), and [`ProxyBody`] is the body type of both.
 
 use std::pin::Pin;
@@ -38,14 +38,37 @@ pub(super) fn respond(
     resp
 }
 
-/// Issues a token: the only place one is signed and set. In the cookie (`Set-Cookie` with the
-/// configured attributes, `Max-Age` the rest of `max_life`), or in `header` mode in the
-/// response header. Either way `Cache-Control: private` is added when the response has none,
+/// An issued token, as the response carries it.
+pub(super) enum Issued<'a> {
+    /// `Set-Cookie` with the configured attributes, `Max-Age` the rest of `max_life`.
+    Cookie(HeaderValue),
+    /// `header` mode: the token in this response header.
+    Header(&'a http::HeaderName, crate::token::Encoded),
+}
+
+/// Issues a token: the only place one is signed, for both paths (hyper's, below, and the
+/// HTTP/1 engine's). Either way the response gets `Cache-Control: private` when it has none,
 /// so no shared cache keeps one client's token for others.
-fn set_token(snap: &Snapshot, headers: &mut HeaderMap, claims: &Claims, now: u32, tls: bool) {
+pub(super) fn issue<'a>(snap: &'a Snapshot, claims: &Claims, now: u32, tls: bool) -> Issued<'a> {
     let token = snap.ring.sign(claims);
     match &snap.source {
-        Source::Header { name, .. } => {
+        Source::Header { name, .. } => Issued::Header(name, token),
+        _ => {
+            let max_age = affinity::cookie_max_age(&snap.policy, claims, now);
+            Issued::Cookie(headers::set_cookie(
+                &snap.cookie,
+                token.as_str(),
+                max_age,
+                tls,
+            ))
+        }
+    }
+}
+
+/// Sets an issued token on a hyper response's headers.
+fn set_token(snap: &Snapshot, headers: &mut HeaderMap, claims: &Claims, now: u32, tls: bool) {
+    match issue(snap, claims, now, tls) {
+        Issued::Header(name, token) => {
             if let Ok(v) = HeaderValue::from_str(token.as_str()) {
                 headers.insert(name.clone(), v);
             }
@@ -53,11 +76,7 @@ fn set_token(snap: &Snapshot, headers: &mut HeaderMap, claims: &Claims, now: u32
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
             }
         }
-        _ => {
-            let max_age = affinity::cookie_max_age(&snap.policy, claims, now);
-            let cookie = headers::set_cookie(&snap.cookie, token.as_str(), max_age, tls);
-            headers::add_set_cookie(headers, cookie);
-        }
+        Issued::Cookie(cookie) => headers::add_set_cookie(headers, cookie),
     }
 }
 
