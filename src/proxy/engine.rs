@@ -176,8 +176,13 @@ impl<S> Client<S> {
         for b in [&mut self.buf, &mut self.up, &mut self.down, &mut self.out] {
             spare::give(std::mem::take(b));
         }
-        self.fields = Vec::new();
-        self.rfields = Vec::new();
+        // The field lists stay (a few hundred bytes): grown again per request they cost
+        // more than they weigh; an unusually long one is dropped.
+        for f in [&mut self.fields, &mut self.rfields] {
+            if f.capacity() > 64 {
+                *f = Vec::new();
+            }
+        }
     }
 
     /// The connection for hyper, with the bytes read and not yet served.
