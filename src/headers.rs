@@ -19,8 +19,8 @@ mod forward;
 mod framing;
 
 pub use cookie::{
-    CookieAttrs, Found, MAX_COOKIE_VALUE, add_set_cookie, find_cookie, holds_cookie,
-    is_cookie_name, set_cookie, take_cookie, write_without_cookie,
+    CookieAttrs, Found, MAX_COOKIE_VALUE, Strip, add_set_cookie, find_cookie, holds_cookie,
+    is_cookie_name, set_cookie, strip_cookie, take_cookie, write_without_cookie,
 };
 pub(crate) use forward::X_FORWARDED_FOR;
 pub use forward::{

@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -98,7 +99,7 @@ pub struct Snapshot {
     /// The unpinned-session tag under each key of the ring.
     unpinned: Vec<[u8; 8]>,
     /// (key index, tag) to backend index, for every key in the ring.
-    by_tag: HashMap<(usize, [u8; 8]), usize>,
+    by_tag: HashMap<(usize, [u8; 8]), usize, BuildHasherDefault<TagHasher>>,
     /// Distinct for every snapshot built (keys the per-thread round robin state).
     generation: u64,
     /// `[balance] slow_start` in milliseconds (0: off).
@@ -144,7 +145,8 @@ impl Snapshot {
             .map(|s| s.0.as_slice())
             .collect();
         let ring = KeyRing::new(&secrets, &config.affinity.cookie);
-        let mut by_tag = HashMap::with_capacity(backends.len() * ring.len());
+        let mut by_tag =
+            HashMap::with_capacity_and_hasher(backends.len() * ring.len(), Default::default());
         for k in 0..ring.len() {
             for (i, b) in backends.iter().enumerate() {
                 by_tag.insert((k, ring.backend_tag(k, &b.id)), i);
@@ -195,6 +197,31 @@ impl Snapshot {
             http::Version::HTTP_2 => &V2,
             _ => &V11,
         })
+    }
+}
+
+/// The hasher of `by_tag`'s keys, (key index, tag): the tag's 8 bytes, the index folded in.
+/// Tags are HMAC outputs under the server's keys, uniformly random, so hashing them again
+/// (SipHash, per pinned request) buys nothing; and no client chooses a key: the map is built
+/// by the server, and only tags of tokens whose HMAC verified are looked up.
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(w);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = self.0.rotate_left(5) ^ n as u64;
     }
 }
 
@@ -428,6 +455,24 @@ mod tests {
         let s2 = b.load();
         assert_eq!(s2.resolve(0, &tag_b), Some(0));
         assert_eq!(&*s2.backends[0].id, "b");
+    }
+
+    #[test]
+    fn every_tag_resolves_to_its_backend_under_its_key_only() {
+        let ids: Vec<(String, String)> = (0..300)
+            .map(|i| (format!("app-{i}"), format!("h:{}", i + 1)))
+            .collect();
+        let refs: Vec<(&str, &str)> = ids.iter().map(|(i, a)| (&i[..], &a[..])).collect();
+        let snap = Shared::new(cfg(&refs)).load();
+        for i in 0..refs.len() {
+            let tag = snap.tag(i);
+            assert_eq!(snap.resolve(0, &tag), Some(i));
+            assert_eq!(snap.resolve(1, &tag), None, "no second key in the ring");
+            let mut other = tag;
+            other[7] ^= 1;
+            assert_ne!(snap.resolve(0, &other), Some(i));
+        }
+        assert_eq!(snap.resolve(0, &[0; 8]), None);
     }
 
     fn weighted(weights: &[u32]) -> Config {

@@ -9,8 +9,8 @@
 //! Transfer-Encoding element, a line ended by a bare LF, a `#` or a `%`-encoded host in the
 //! target, the asterisk form on anything but OPTIONS, and a scheme other than `http`/`https`.
 //!
-//! Never: allocate per head (the caller's `Vec<Field>` is reused, httparse's header array is a
-//! per-thread scratch), panic on input, or read past the head.
+//! Never: allocate per head (the caller's `Vec<Field>` is reused, httparse's header array is on
+//! the stack or a per-thread scratch), panic on input, or read past the head.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -134,30 +134,52 @@ pub fn response(
     })
 }
 
-/// Recognises a header name the engine acts on (ASCII case-insensitive): one length switch,
-/// then at most two comparisons.
+/// Recognises a header name the engine acts on (ASCII case-insensitive): one switch on the
+/// length and the first byte picks the one name it can be, then one comparison.
 pub fn name_kind(n: &[u8]) -> Name {
-    let is = |w: &[u8]| n.eq_ignore_ascii_case(w);
-    match n.len() {
-        2 if is(b"te") => Name::Te,
-        3 if is(b"via") => Name::Via,
-        4 if is(b"host") => Name::Host,
-        6 if is(b"cookie") => Name::Cookie,
-        6 if is(b"expect") => Name::Expect,
-        7 if is(b"upgrade") => Name::Upgrade,
-        7 if is(b"trailer") => Name::Trailer,
-        10 if is(b"connection") => Name::Connection,
-        10 if is(b"set-cookie") => Name::SetCookie,
-        10 if is(b"keep-alive") => Name::KeepAlive,
-        13 if is(b"cache-control") => Name::CacheControl,
-        14 if is(b"content-length") => Name::ContentLength,
-        15 if is(b"x-forwarded-for") => Name::XForwardedFor,
-        16 if is(b"proxy-connection") => Name::ProxyConnection,
-        16 if is(b"x-forwarded-host") => Name::XForwardedHost,
-        17 if is(b"transfer-encoding") => Name::TransferEncoding,
-        17 if is(b"x-forwarded-proto") => Name::XForwardedProto,
+    // A first byte that is not a letter folds to no letter a name below starts with.
+    let first = n.first().map_or(0, |&b| b | 0x20);
+    match (n.len(), first) {
+        (2, b't') if is(n, b"te") => Name::Te,
+        (3, b'v') if is(n, b"via") => Name::Via,
+        (4, b'h') if is(n, b"host") => Name::Host,
+        (6, b'c') if is(n, b"cookie") => Name::Cookie,
+        (6, b'e') if is(n, b"expect") => Name::Expect,
+        (7, b'u') if is(n, b"upgrade") => Name::Upgrade,
+        (7, b't') if is(n, b"trailer") => Name::Trailer,
+        (10, b'c') if is(n, b"connection") => Name::Connection,
+        (10, b's') if is(n, b"set-cookie") => Name::SetCookie,
+        (10, b'k') if is(n, b"keep-alive") => Name::KeepAlive,
+        (13, b'c') if is(n, b"cache-control") => Name::CacheControl,
+        (14, b'c') if is(n, b"content-length") => Name::ContentLength,
+        (15, b'x') if is(n, b"x-forwarded-for") => Name::XForwardedFor,
+        (16, b'p') if is(n, b"proxy-connection") => Name::ProxyConnection,
+        (16, b'x') if is(n, b"x-forwarded-host") => Name::XForwardedHost,
+        (17, b't') if is(n, b"transfer-encoding") => Name::TransferEncoding,
+        (17, b'x') if is(n, b"x-forwarded-proto") => Name::XForwardedProto,
         _ => Name::Other,
     }
+}
+
+/// `n` is `lower` (lowercase letters and `-`), ASCII case-insensitive: `n.eq_ignore_ascii_case
+/// (lower)`, without a branch per byte. A letter of `lower` matches `n`'s byte with its 0x20
+/// bit set (the byte is that letter in either case, and nothing else); any other byte matches
+/// only itself.
+#[inline(always)]
+fn is<const L: usize>(n: &[u8], lower: &[u8; L]) -> bool {
+    let Ok(n) = <&[u8; L]>::try_from(n) else {
+        return false;
+    };
+    let mut diff = 0u8;
+    for i in 0..L {
+        let fold = if lower[i].is_ascii_lowercase() {
+            0x20
+        } else {
+            0
+        };
+        diff |= (n[i] | fold) ^ lower[i];
+    }
+    diff == 0
 }
 
 /// On the fixed hop-by-hop list (`headers::strip_hop_by_hop`'s).
@@ -195,11 +217,20 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with `n` uninitialised httparse headers borrowed from the thread's scratch.
+/// Header lines up to which httparse's array is on the stack (4 KiB, never initialised):
+/// `[server] max_headers` is 100 by default.
+const ON_STACK: usize = 128;
+
+/// Runs `f` with `n` uninitialised httparse headers: on the stack up to [`ON_STACK`], else
+/// borrowed from the thread's scratch.
 fn with_scratch<'b, R>(
     n: usize,
     f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
 ) -> R {
+    if n <= ON_STACK {
+        let mut a = [const { MaybeUninit::uninit() }; ON_STACK];
+        return f(&mut a[..n]);
+    }
     SCRATCH.with(|cell| {
         let mut v = cell.take();
         v.clear();
@@ -305,6 +336,7 @@ struct Lines {
 /// not inside `buf` (never, with httparse).
 fn lines(buf: &[u8], headers: &[httparse::Header<'_>], fields: &mut Vec<Field>) -> Option<Lines> {
     let mut l = Lines::default();
+    fields.reserve(headers.len());
     for h in headers {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -312,12 +344,7 @@ fn lines(buf: &[u8], headers: &[httparse::Header<'_>], fields: &mut Vec<Field>) 
         let value_span = span(buf, value)?;
         // hyper refuses names of 64 KiB and more (431).
         l.long_name |= name.len() >= 1 << 16;
-        // httparse ends a line at a bare LF too; a backend that does not would read the next
-        // line as part of this one. After the (trimmed) value: blanks, then CR.
-        let after = buf
-            .get(value_span.end as usize..)
-            .and_then(|rest| rest.iter().find(|&&b| b != b' ' && b != b'\t'));
-        l.bare_lf |= after != Some(&b'\r');
+        l.bare_lf |= !cr_after(buf, value_span.end as usize);
         let kind = name_kind(name);
         match kind {
             Name::Host => {
@@ -376,6 +403,20 @@ fn lines(buf: &[u8], headers: &[httparse::Header<'_>], fields: &mut Vec<Field>) 
         }
     }
     Some(l)
+}
+
+/// Whether the first byte after a (trimmed) value at `end` that is not a blank is CR: httparse
+/// ends a line at a bare LF too, and a backend that does not would read the next line as part
+/// of this one.
+fn cr_after(buf: &[u8], end: usize) -> bool {
+    match buf.get(end) {
+        Some(b'\r') => true,
+        _ => {
+            buf.get(end..)
+                .and_then(|rest| rest.iter().find(|&&b| b != b' ' && b != b'\t'))
+                == Some(&b'\r')
+        }
+    }
 }
 
 /// Whether a Connection line of `fields` lists `name`.
@@ -1299,12 +1340,47 @@ mod tests {
 
     #[test]
     fn the_header_scratch_keeps_its_allocation() {
-        ok("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let many = Limits {
+            max_headers: ON_STACK + 1,
+            ..LIMITS
+        };
+        let mut f = Vec::new();
+        let parse = |raw: &str, f: &mut Vec<Field>| request(raw.as_bytes(), &many, f);
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut f),
+            Ok(Some(_))
+        ));
         let before = SCRATCH.with(|s| (s.borrow().as_ptr(), s.borrow().capacity()));
-        assert!(before.1 >= LIMITS.max_headers);
-        ok("GET / HTTP/1.1\r\nHost: y\r\n\r\n");
+        assert!(before.1 >= many.max_headers);
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: y\r\n\r\n", &mut f),
+            Ok(Some(_))
+        ));
         let after = SCRATCH.with(|s| (s.borrow().as_ptr(), s.borrow().capacity()));
         assert_eq!(before, after);
+        // Either side of the bound, the same verdicts on too many lines.
+        let lines = |n: usize| -> String {
+            let mut raw = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+            for i in 1..n {
+                raw.push_str(&format!("X-{i}: 1\r\n"));
+            }
+            raw + "\r\n"
+        };
+        for max in [ON_STACK - 1, ON_STACK, ON_STACK + 1] {
+            let l = Limits {
+                max_headers: max,
+                ..LIMITS
+            };
+            assert!(matches!(
+                request(lines(max).as_bytes(), &l, &mut f),
+                Ok(Some(_))
+            ));
+            assert_eq!(f.len(), max);
+            assert_eq!(
+                request(lines(max + 1).as_bytes(), &l, &mut f),
+                Err(TOO_LARGE)
+            );
+        }
     }
 
     fn resp(raw: &str, method: Method) -> Result<Option<ResponseHead>, BadResponse> {
@@ -1597,8 +1673,69 @@ mod tests {
     /// The refusals `framing` does not make (hyper made some of them before it ran).
     const STRICTER: [Refusal; 5] = [TE_ON_10, TE_EMPTY, CL_AND_TE, CL_INVALID, CL_LIST];
 
+    /// The names the engine knows, and near misses of each length.
+    const NAMES: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "cookie",
+        "set-cookie",
+        "expect",
+        "cache-control",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "via",
+        "accept",
+        "user-agent",
+        "date",
+        "server",
+        "content-type",
+        "x-forwarded-by",
+        "tf",
+    ];
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_name_is_classified_as_the_case_insensitive_list_says(
+            which in 0..NAMES.len(),
+            flips in prop::collection::vec(any::<bool>(), 17),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            change in any::<bool>(),
+        ) {
+            let mut n: Vec<u8> = NAMES[which]
+                .bytes()
+                .zip(flips.iter().chain(std::iter::repeat(&false)))
+                .map(|(b, &f)| if f { b.to_ascii_uppercase() } else { b })
+                .collect();
+            prop_assert_eq!(name_kind(&n), crate::h1::write::testing::classify(&n));
+            if change {
+                let i = at.index(n.len());
+                n[i] = byte;
+                prop_assert_eq!(
+                    name_kind(&n),
+                    crate::h1::write::testing::classify(&n),
+                    "{:?}",
+                    String::from_utf8_lossy(&n)
+                );
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_classified_as_the_case_insensitive_list_says(
+            n in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            prop_assert_eq!(name_kind(&n), crate::h1::write::testing::classify(&n));
+        }
 
         #[test]
         fn no_input_panics_and_every_span_is_inside_the_head(

@@ -71,6 +71,7 @@ pub fn request_head(
     }
     let mut host = authority;
     let (mut xff, mut xfp, mut xfh) = (false, false, false);
+    let mut copy = Runs::new(buf);
     for fl in fields {
         if fl.hop {
             continue;
@@ -88,18 +89,23 @@ pub fn request_head(
                 host.get_or_insert(value);
             }
             Name::Cookie => {
-                if let Some(c) = f.cookie
-                    && headers::holds_cookie(value, c)
-                {
-                    let mark = out.len();
-                    out.extend_from_slice(name);
-                    out.extend_from_slice(b": ");
-                    if headers::write_without_cookie(out, value, c) {
-                        out.extend_from_slice(b"\r\n");
-                    } else {
-                        out.truncate(mark);
+                if let Some(c) = f.cookie {
+                    match headers::strip_cookie(value, c) {
+                        headers::Strip::Keep => {}
+                        headers::Strip::Drop => continue,
+                        headers::Strip::Rewrite => {
+                            copy.flush(out);
+                            let mark = out.len();
+                            out.extend_from_slice(name);
+                            out.extend_from_slice(b": ");
+                            if headers::write_without_cookie(out, value, c) {
+                                out.extend_from_slice(b"\r\n");
+                            } else {
+                                out.truncate(mark);
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
             }
             // Written from the number below: a `Connection` naming it cannot unframe the body.
@@ -123,8 +129,9 @@ pub fn request_head(
             }
             _ => {}
         }
-        field(out, name, value);
+        copy.field(out, fl);
     }
+    copy.flush(out);
 
     out.extend_from_slice(b"X-Forwarded-For: ");
     let received = fields
@@ -205,21 +212,24 @@ pub fn response_head(
     out.extend_from_slice(b"\r\n");
     let drop_length = matches!(r.body, Body::Length(_) | Body::Chunked | Body::Close);
     let mut cache_control = false;
+    let mut copy = Runs::new(buf);
     for fl in fields {
         if fl.hop {
             continue;
         }
-        let name = fl.name.of(buf);
         match fl.kind {
             Name::ContentLength if drop_length => continue,
             Name::CacheControl => cache_control = true,
             _ => {}
         }
-        if r.token.is_some_and(|(t, _)| name.eq_ignore_ascii_case(t)) {
+        if r.token
+            .is_some_and(|(t, _)| fl.name.of(buf).eq_ignore_ascii_case(t))
+        {
             continue;
         }
-        field(out, name, fl.value.of(buf));
+        copy.field(out, fl);
     }
+    copy.flush(out);
     if let Some((name, value)) = r.token {
         field(out, name, value);
     }
@@ -305,6 +315,61 @@ fn framing(out: &mut Vec<u8>, body: Body) {
         }
         Body::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Body::None | Body::Close => {}
+    }
+}
+
+/// Received fields passed on unchanged, copied as the ranges of the received buffer they are:
+/// a line received as exactly `name: value` CRLF is those bytes, and consecutive such lines
+/// are one range, copied with one call. Any other line is written in parts ([`field`]); the
+/// bytes sent are the same either way (a property test holds that).
+///
+/// Whatever else is written to `out` goes after a [`Runs::flush`].
+struct Runs<'b> {
+    buf: &'b [u8],
+    /// The pending range (empty: none).
+    start: usize,
+    end: usize,
+}
+
+impl<'b> Runs<'b> {
+    fn new(buf: &'b [u8]) -> Runs<'b> {
+        Runs {
+            buf,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Writes `fl` as received (`name: value` CRLF), now or with the lines after it.
+    fn field(&mut self, out: &mut Vec<u8>, fl: &Field) {
+        let buf = self.buf;
+        let (ns, ne) = (fl.name.start as usize, fl.name.end as usize);
+        let (vs, ve) = (fl.value.start as usize, fl.value.end as usize);
+        if ns < ne && buf.get(ne..vs) == Some(b": ".as_slice()) {
+            if self.start == self.end || ns != self.end {
+                self.flush(out);
+                self.start = ns;
+            }
+            if buf.get(ve..ve + 2) == Some(b"\r\n".as_slice()) {
+                self.end = ve + 2;
+            } else {
+                self.end = ve;
+                self.flush(out);
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            self.flush(out);
+            field(out, fl.name.of(buf), fl.value.of(buf));
+        }
+    }
+
+    /// Writes the pending range.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(run) = self.buf.get(self.start..self.end) {
+            out.extend_from_slice(run);
+        }
+        self.start = 0;
+        self.end = 0;
     }
 }
 

@@ -47,6 +47,41 @@ pub fn holds_cookie(raw: &[u8], name: &[u8]) -> bool {
     pairs(raw).any(|(n, _)| n == name)
 }
 
+/// What becomes of one Cookie field value when the cookies named `name` are left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strip {
+    /// It holds none: it passes as received.
+    Keep,
+    /// It holds nothing else: the field is dropped whole.
+    Drop,
+    /// It holds that cookie and others: [`write_without_cookie`] writes what is left (which
+    /// may still be nothing, when every pair is named `name`).
+    Rewrite,
+}
+
+/// [`holds_cookie`] and what it means for the field, with the usual case answered without
+/// splitting: a value without `;` is one pair, dropped whole when it is the affinity cookie.
+pub fn strip_cookie(raw: &[u8], name: &[u8]) -> Strip {
+    if !raw.contains(&b';') {
+        // `pairs` on one piece: trimmed, the name before the first `=` (trimmed), or all of it.
+        let p = raw.trim_ascii();
+        let n = match p.iter().position(|&b| b == b'=') {
+            Some(eq) => p[..eq].trim_ascii(),
+            None => p,
+        };
+        return if !p.is_empty() && n == name {
+            Strip::Drop
+        } else {
+            Strip::Keep
+        };
+    }
+    if holds_cookie(raw, name) {
+        Strip::Rewrite
+    } else {
+        Strip::Keep
+    }
+}
+
 /// The value of the first cookie named `name` across `values` (the Cookie header values, in
 /// order), unquoted (`"..."`); a bare name without `=` has the empty value. `None` when absent.
 /// The finder of both request paths (the header map's and the engine's).
@@ -345,6 +380,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn strip_cookie_says_what_holds_cookie_and_the_rewrite_say(
+            parts in prop::collection::vec(
+                prop::sample::select(&["sid", "sid=T", " sid = T ", "sid=", "sidx=1", "a=1", "a",
+                    "=sid", "", " ", "sid=\"Q\"", "x=sid"][..]), 1..4),
+            seps in prop::collection::vec(prop::sample::select(&[";", "; ", " ;", ";;"][..]), 3),
+        ) {
+            let mut raw = String::new();
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    raw.push_str(seps[i - 1]);
+                }
+                raw.push_str(p);
+            }
+            let raw = raw.as_bytes();
+            let mut out = Vec::new();
+            let want = if !holds_cookie(raw, b"sid") {
+                Strip::Keep
+            } else if write_without_cookie(&mut out, raw, b"sid") {
+                Strip::Rewrite
+            } else {
+                Strip::Drop
+            };
+            let got = strip_cookie(raw, b"sid");
+            // `Rewrite` may still write nothing: the field is then dropped all the same.
+            prop_assert!(got == want || (got == Strip::Rewrite && want == Strip::Drop), "{:?}: {:?} {:?}", String::from_utf8_lossy(raw), got, want);
+        }
+
         #[test]
         fn take_cookie_never_panics_and_always_removes_the_name(raw in "[ -~]{0,200}") {
             if let Ok(v) = HeaderValue::from_str(&raw) {

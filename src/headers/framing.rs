@@ -123,7 +123,11 @@ pub fn framing(method: &http::Method, headers: &HeaderMap) -> Framing {
 /// (CGI-style servers turn `Content_Length` into `CONTENT_LENGTH`).
 pub(crate) fn looks_like_framing(n: &[u8]) -> bool {
     const LETTERS: [&[u8]; 2] = [b"contentlength", b"transferencoding"];
+    // The letters of a look-alike start with `c` or `t`: a name starting with another letter
+    // or digit is none (most names, and this runs on every name the engine does not know).
+    let first = n.first().copied().unwrap_or_default();
     if n.len() < 14
+        || (first.is_ascii_alphanumeric() && !matches!(first | 0x20, b'c' | b't'))
         || n.eq_ignore_ascii_case(b"content-length")
         || n.eq_ignore_ascii_case(b"transfer-encoding")
     {
@@ -172,36 +176,44 @@ static REG_NAME: [bool; 256] = {
 /// 7.2, RFC 3986 section 3.2.2): a reg-name, IPv4 or `[IPv6]` host and an optional numeric port
 /// up to 65535; no userinfo, path, spaces or second colon. Empty is allowed (RFC 9112 3.2).
 pub fn valid_host(v: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
-        let Some(close) = rest.iter().position(|&b| b == b']') else {
-            return false;
+    let Some(rest) = v.strip_prefix(b"[") else {
+        // A reg-name or IPv4 host, in one pass: its bytes up to the end, or a colon and a port.
+        return match v.iter().position(|&b| !REG_NAME[usize::from(b)]) {
+            None => true,
+            Some(i) => v.get(i) == Some(&b':') && valid_port(v.get(i + 1..).unwrap_or_default()),
         };
-        let (inside, after) = (&rest[..close], &rest[close + 1..]);
-        if inside.is_empty()
-            || !inside
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
+    };
+    let Some(close) = rest.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    let (inside, after) = (&rest[..close], &rest[close + 1..]);
+    if inside.is_empty()
+        || !inside
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+    {
+        return false;
+    }
+    match after {
+        [] => true,
+        [b':', port @ ..] => valid_port(port),
+        _ => false,
+    }
+}
+
+/// A port of at most 5 digits, up to 65535 (empty is allowed, as RFC 3986 allows it).
+fn valid_port(p: &[u8]) -> bool {
+    if p.len() > 5 {
+        return false;
+    }
+    let mut n = 0u32;
+    for &d in p {
+        if !d.is_ascii_digit() {
             return false;
         }
-        match after {
-            [] => (&[][..], None),
-            [b':', port @ ..] => (&[][..], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(i) => (&v[..i], Some(&v[i + 1..])),
-            None => (v, None),
-        }
-    };
-    let host_ok = host.iter().all(|&b| REG_NAME[usize::from(b)]);
-    let port_ok = port.is_none_or(|p| {
-        p.len() <= 5
-            && p.iter().all(u8::is_ascii_digit)
-            && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
-    });
-    host_ok && port_ok
+        n = n * 10 + u32::from(d - b'0');
+    }
+    n <= 65_535
 }
 
 #[cfg(test)]
@@ -316,7 +328,94 @@ mod tests {
         }
     }
 
+    /// The plain reading of [`valid_host`]'s rule, for the property below.
+    fn valid_host_reference(v: &[u8]) -> bool {
+        let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+            let Some(close) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (inside, after) = (&rest[..close], &rest[close + 1..]);
+            if inside.is_empty()
+                || !inside
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            {
+                return false;
+            }
+            match after {
+                [] => (&[][..], None),
+                [b':', port @ ..] => (&[][..], Some(port)),
+                _ => return false,
+            }
+        } else {
+            match v.iter().position(|&b| b == b':') {
+                Some(i) => (&v[..i], Some(&v[i + 1..])),
+                None => (v, None),
+            }
+        };
+        let host_ok = host.iter().all(|&b| REG_NAME[usize::from(b)]);
+        let port_ok = port.is_none_or(|p| {
+            p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
+        });
+        host_ok && port_ok
+    }
+
+    /// The plain reading of [`looks_like_framing`]'s rule.
+    fn looks_like_framing_reference(n: &[u8]) -> bool {
+        let letters: Vec<u8> = n
+            .iter()
+            .filter(|b| b.is_ascii_alphanumeric())
+            .map(u8::to_ascii_lowercase)
+            .collect();
+        n.len() >= 14
+            && !n.eq_ignore_ascii_case(b"content-length")
+            && !n.eq_ignore_ascii_case(b"transfer-encoding")
+            && (letters == b"contentlength" || letters == b"transferencoding")
+    }
+
     proptest! {
+        #[test]
+        fn valid_host_reads_as_its_plain_rule(
+            v in prop::collection::vec(
+                prop::sample::select(&b"aZ09-._~%!;=:[]/@ \t\x80"[..]), 0..24),
+            port in prop::option::of(0..200_000u32),
+        ) {
+            let mut v = v;
+            if let Some(p) = port {
+                v.extend_from_slice(format!(":{p}").as_bytes());
+            }
+            prop_assert_eq!(valid_host(&v), valid_host_reference(&v), "{:?}", String::from_utf8_lossy(&v));
+            let mut bracketed = b"[".to_vec();
+            bracketed.extend_from_slice(&v);
+            prop_assert_eq!(valid_host(&bracketed), valid_host_reference(&bracketed));
+        }
+
+        #[test]
+        fn the_look_alike_filter_reads_as_its_plain_rule(
+            which in 0..4usize,
+            flips in prop::collection::vec(any::<bool>(), 20),
+            at in any::<prop::sample::Index>(),
+            byte in prop::sample::select(&b"_-.0aAcCtTxX"[..]),
+            insert in any::<bool>(),
+        ) {
+            let word = ["content-length", "transfer-encoding", "contentlength", "accept-encoding"][which];
+            let mut n: Vec<u8> = word
+                .bytes()
+                .zip(&flips)
+                .map(|(b, &f)| if f { b.to_ascii_uppercase() } else { b })
+                .collect();
+            prop_assert_eq!(looks_like_framing(&n), looks_like_framing_reference(&n));
+            let i = at.index(n.len() + 1);
+            if insert {
+                n.insert(i, byte);
+            } else if i < n.len() {
+                n[i] = byte;
+            }
+            prop_assert_eq!(looks_like_framing(&n), looks_like_framing_reference(&n), "{:?}", String::from_utf8_lossy(&n));
+        }
+
         #[test]
         fn a_name_is_refused_as_framing_iff_its_letters_spell_one_but_it_is_not_one(
             name in "[a-z_-]{1,24}",

@@ -804,3 +804,305 @@ proptest! {
         prop_assert_eq!(out, n.to_string().into_bytes());
     }
 }
+
+// The writers as they were before received lines were copied as ranges (each field in three
+// parts, the Cookie field always split into pairs): what they send is what is sent now.
+
+fn request_head_reference(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &RequestHead,
+    fields: &[Field],
+    f: &Forward<'_>,
+) {
+    out.reserve(head.len + 160);
+    out.extend_from_slice(head.method_span.of(buf));
+    out.push(b' ');
+    out.extend_from_slice(head.path.of(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let authority = head.authority.map(|a| a.of(buf));
+    if let Some(a) = authority {
+        field(out, b"Host", a);
+    }
+    let mut host = authority;
+    let (mut xff, mut xfp, mut xfh) = (false, false, false);
+    for fl in fields {
+        if fl.hop {
+            continue;
+        }
+        let name = fl.name.of(buf);
+        let value = fl.value.of(buf);
+        if f.token_header.is_some_and(|t| name.eq_ignore_ascii_case(t)) {
+            continue;
+        }
+        match fl.kind {
+            Name::Host => {
+                if authority.is_some() {
+                    continue;
+                }
+                host.get_or_insert(value);
+            }
+            Name::Cookie => {
+                if let Some(c) = f.cookie
+                    && headers::holds_cookie(value, c)
+                {
+                    let mark = out.len();
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    if headers::write_without_cookie(out, value, c) {
+                        out.extend_from_slice(b"\r\n");
+                    } else {
+                        out.truncate(mark);
+                    }
+                    continue;
+                }
+            }
+            // Written from the number below: a `Connection` naming it cannot unframe the body.
+            Name::ContentLength if matches!(head.body, Body::Length(_)) => continue,
+            Name::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
+            Name::XForwardedFor => {
+                xff = true;
+                continue;
+            }
+            Name::XForwardedProto => {
+                xfp = true;
+                if !f.trusted {
+                    continue;
+                }
+            }
+            Name::XForwardedHost => {
+                xfh = true;
+                if !f.trusted {
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        field(out, name, value);
+    }
+
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    let received = fields
+        .iter()
+        .filter(|fl| fl.kind == Name::XForwardedFor && !fl.hop)
+        .map(|fl| fl.value.of(buf));
+    headers::write_forwarded_for(out, f.trusted && xff, received, f.peer);
+    out.extend_from_slice(b"\r\n");
+    if !headers::keeps_forwarded(f.trusted, xfp) {
+        field(out, b"X-Forwarded-Proto", f.proto);
+    }
+    if !headers::keeps_forwarded(f.trusted, xfh)
+        && let Some(h) = host
+    {
+        field(out, b"X-Forwarded-Host", h);
+    }
+    if let Some(via) = f.via {
+        field(out, b"Via", via);
+    }
+    framing(out, head.body);
+    if let Some(proto) = head.upgrade {
+        // An upgrade goes on a connection of its own: `close` would say nothing more.
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        field(out, b"Upgrade", proto.of(buf));
+    } else if f.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn response_head_reference(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &ResponseHead,
+    fields: &[Field],
+    r: &Reply<'_>,
+) {
+    out.reserve(head.len + 160);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(head.status));
+    out.push(b' ');
+    out.extend_from_slice(head.reason.of(buf));
+    out.extend_from_slice(b"\r\n");
+    let drop_length = matches!(r.body, Body::Length(_) | Body::Chunked | Body::Close);
+    let mut cache_control = false;
+    for fl in fields {
+        if fl.hop {
+            continue;
+        }
+        let name = fl.name.of(buf);
+        match fl.kind {
+            Name::ContentLength if drop_length => continue,
+            Name::CacheControl => cache_control = true,
+            _ => {}
+        }
+        if r.token.is_some_and(|(t, _)| name.eq_ignore_ascii_case(t)) {
+            continue;
+        }
+        field(out, name, fl.value.of(buf));
+    }
+    if let Some((name, value)) = r.token {
+        field(out, name, value);
+    }
+    if let Some(c) = r.set_cookie {
+        field(out, b"Set-Cookie", c);
+    }
+    if r.private && !cache_control {
+        out.extend_from_slice(b"Cache-Control: private\r\n");
+    }
+    framing(out, r.body);
+    match r.connection {
+        Connection::Default => {}
+        Connection::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        Connection::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        Connection::Upgrade(proto) => {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+            field(out, b"Upgrade", proto);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Separators a received line may have around its value (httparse trims the value).
+const SEPARATORS: &[(&str, &str)] = &[
+    (": ", ""),
+    (":", ""),
+    (":  ", ""),
+    (":\t", " "),
+    (": ", " \t"),
+];
+
+/// Lines a generated head picks from.
+const LINES: &[(&str, &str)] = &[
+    ("User-Agent", "h2load nghttp2/1.52.0"),
+    ("Accept", "*/*"),
+    ("cookie", "sid=TOKEN"),
+    ("Cookie", " sid = TOKEN "),
+    ("Cookie", "a=1; sid=TOKEN; b"),
+    ("Cookie", "sid=1; sid=2"),
+    ("Cookie", "sidx=1"),
+    ("Cookie", "a=1;b=2"),
+    ("Cookie", "sid"),
+    ("X-Forwarded-For", "10.0.0.1"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "front"),
+    ("Connection", "x-a"),
+    ("X-A", "1"),
+    ("X-Token", "t"),
+    ("Expect", "100-continue"),
+    ("Content-Length", "0"),
+    ("Cache-Control", "no-cache"),
+    ("Empty", ""),
+];
+
+/// A request head from picked lines, each with picked separators, parsed by the engine.
+fn picked(picks: &[(usize, usize)], response: bool) -> Option<(Vec<u8>, Vec<Field>)> {
+    let mut raw = if response {
+        String::from("HTTP/1.1 200 OK\r\n")
+    } else {
+        String::from("GET / HTTP/1.1\r\nHost: x\r\n")
+    };
+    for &(line, sep) in picks {
+        let (n, v) = LINES[line % LINES.len()];
+        let (before, after) = SEPARATORS[sep % SEPARATORS.len()];
+        raw.push_str(&format!("{n}{before}{v}{after}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let raw = raw.into_bytes();
+    let limits = crate::h1::parse::Limits {
+        max_head: 8192,
+        max_headers: 64,
+    };
+    let mut fields = Vec::new();
+    let ok = if response {
+        crate::h1::parse::response(&raw, &limits, super::super::Method::Get, &mut fields)
+            .is_ok_and(|h| h.is_some())
+    } else {
+        crate::h1::parse::request(&raw, &limits, &mut fields).is_ok_and(|h| h.is_some())
+    };
+    ok.then_some((raw, fields))
+}
+
+proptest! {
+    #[test]
+    fn received_lines_copied_as_ranges_send_the_bytes_the_three_part_writer_sent(
+        picks in prop::collection::vec((0..64usize, 0..16usize), 0..8),
+        trusted in any::<bool>(),
+        mode in 0..3usize,
+        close in any::<bool>(),
+    ) {
+        let Some((buf, fields)) = picked(&picks, false) else {
+            return Ok(());
+        };
+        let mut limits_fields = Vec::new();
+        let limits = crate::h1::parse::Limits { max_head: 8192, max_headers: 64 };
+        let head = crate::h1::parse::request(&buf, &limits, &mut limits_fields).unwrap().unwrap();
+        let f = Forward {
+            peer: b"192.0.2.7",
+            trusted,
+            proto: b"http",
+            via: Some(b"1.1 stickyd"),
+            cookie: (mode == 1).then_some(b"sid".as_slice()),
+            token_header: (mode == 2).then_some(b"x-token".as_slice()),
+            close,
+        };
+        let (mut new, mut old) = (b"prefix".to_vec(), b"prefix".to_vec());
+        request_head(&mut new, &buf, &head, &fields, &f);
+        request_head_reference(&mut old, &buf, &head, &fields, &f);
+        prop_assert_eq!(String::from_utf8_lossy(&new), String::from_utf8_lossy(&old));
+    }
+
+    #[test]
+    fn received_response_lines_copied_as_ranges_send_the_same_bytes(
+        picks in prop::collection::vec((0..64usize, 0..16usize), 0..8),
+        body in 0..4usize,
+        token in any::<bool>(),
+        private in any::<bool>(),
+    ) {
+        let Some((buf, fields)) = picked(&picks, true) else {
+            return Ok(());
+        };
+        let mut f2 = Vec::new();
+        let limits = crate::h1::parse::Limits { max_head: 8192, max_headers: 64 };
+        let head = crate::h1::parse::response(&buf, &limits, super::super::Method::Get, &mut f2)
+            .unwrap()
+            .unwrap();
+        let r = Reply {
+            body: [Body::None, Body::Length(3), Body::Chunked, Body::Close][body],
+            connection: Connection::Default,
+            set_cookie: Some(b"sid=T"),
+            token: token.then_some((b"X-Token".as_slice(), b"T".as_slice())),
+            private,
+        };
+        let (mut new, mut old) = (Vec::new(), Vec::new());
+        response_head(&mut new, &buf, &head, &fields, &r);
+        response_head_reference(&mut old, &buf, &head, &fields, &r);
+        prop_assert_eq!(String::from_utf8_lossy(&new), String::from_utf8_lossy(&old));
+    }
+}
+
+#[test]
+fn a_cookie_field_holding_only_the_affinity_cookie_is_dropped_and_the_rest_copied_whole() {
+    let (buf, fields) = picked(&[(0, 0), (2, 0), (1, 0)], false).unwrap();
+    let mut f = Vec::new();
+    let limits = crate::h1::parse::Limits {
+        max_head: 8192,
+        max_headers: 64,
+    };
+    let head = crate::h1::parse::request(&buf, &limits, &mut f)
+        .unwrap()
+        .unwrap();
+    let mut out = Vec::new();
+    let fw = Forward {
+        cookie: Some(b"sid"),
+        ..fwd()
+    };
+    request_head(&mut out, &buf, &head, &fields, &fw);
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.starts_with(
+            "GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: h2load nghttp2/1.52.0\r\nAccept: */*\r\nX-Forwarded-For: "
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("sid"), "{out}");
+}
