@@ -51,6 +51,8 @@ use crate::state::{Backend, Snapshot};
 
 /// What the client connection's buffer starts with; grown up to `max_header_bytes` for a head.
 const READ_BUF: usize = 8 * 1024;
+/// The backend side's read buffer: a response head and a 16-32 KiB body in one or two reads.
+const DOWN_BUF: usize = 32 * 1024;
 /// Room kept before a response head in the upstream buffer, so that the rewritten head (with
 /// Set-Cookie) can be slid in front of the body already received and both sent in one write.
 const HEADROOM: usize = 512;
@@ -729,7 +731,7 @@ where
         clean: true,
     };
     loop {
-        down.reserve(READ_BUF * 2);
+        down.reserve(DOWN_BUF);
         let Ok(n) = up.read_buf(down).await else {
             r.clean = false;
             return r;
@@ -908,7 +910,7 @@ async fn exchange_on<S: ClientIo>(
     // Only a body received whole with the head can be sent again by a retry.
     let replayable = first.done;
     c.down.clear();
-    ready(&mut c.down, HEADROOM + READ_BUF);
+    ready(&mut c.down, HEADROOM + DOWN_BUF);
     c.down.resize(HEADROOM, 0);
     up.write_all(&c.up).await.map_err(reset)?;
     if !first.done {
@@ -979,7 +981,7 @@ async fn exchange_on<S: ClientIo>(
                 }
             }
         }
-        c.down.reserve(READ_BUF);
+        c.down.reserve(DOWN_BUF);
         let got = read_within(up, &mut c.down, &mut wait, &mut c.deadline).await;
         match got {
             Ok(0) if c.down.len() == HEADROOM => {
