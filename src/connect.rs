@@ -27,17 +27,48 @@ pub async fn open(
     origin: Option<&Origin>,
     deadline: Duration,
 ) -> io::Result<Stream> {
-    let dial = async {
-        let tcp = tokio::net::TcpStream::connect(address).await?;
-        tcp.set_nodelay(true)?;
-        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-        socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
-        let tcp = Tcp(Arc::new(tcp));
-        Ok::<_, io::Error>(match origin {
+    within(address, deadline, async {
+        let tcp = Tcp(Arc::new(dial(address).await?));
+        Ok(match origin {
             None => Stream::Plain(tcp),
             Some(o) => Stream::Tls(Box::new(o.connect(tcp).await?)),
         })
-    };
+    })
+    .await
+}
+
+/// As [`open`], for the HTTP/1 engine, which owns its connections whole (no probe handle kept
+/// aside): the bare TCP stream, whose reads note a drained socket without a wasted read.
+pub async fn open_direct(
+    address: &str,
+    origin: Option<&Origin>,
+    deadline: Duration,
+) -> io::Result<Direct> {
+    within(address, deadline, async {
+        let tcp = dial(address).await?;
+        Ok(match origin {
+            None => Stream::Plain(tcp),
+            Some(o) => Stream::Tls(Box::new(o.connect(tcp).await?)),
+        })
+    })
+    .await
+}
+
+/// The TCP connect and the socket options.
+async fn dial(address: &str) -> io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+    Ok(tcp)
+}
+
+/// `dial` within `deadline`, its error naming the backend.
+async fn within<T>(
+    address: &str,
+    deadline: Duration,
+    dial: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     match tokio::time::timeout(deadline, dial).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(io::Error::new(
@@ -51,12 +82,27 @@ pub async fn open(
     }
 }
 
-/// A connection to a backend: plain TCP or TLS over it.
-pub enum Stream {
+/// A connection to a backend: plain TCP or TLS over it. hyper's pool uses it over [`Tcp`]
+/// (with a probe handle), the HTTP/1 engine over the bare stream ([`Direct`]).
+pub enum Stream<T = Tcp> {
     /// Plain TCP.
-    Plain(Tcp),
+    Plain(T),
     /// TLS (boxed: the TLS state is large and this is the rare case).
-    Tls(Box<tokio_rustls::client::TlsStream<Tcp>>),
+    Tls(Box<tokio_rustls::client::TlsStream<T>>),
+}
+
+/// The HTTP/1 engine's connection to a backend.
+pub type Direct = Stream<tokio::net::TcpStream>;
+
+impl Direct {
+    /// Whether the idle connection is still open with nothing unread (see [`idle_and_open`]).
+    pub fn idle_and_open(&self) -> bool {
+        let tcp = match self {
+            Stream::Plain(t) => t,
+            Stream::Tls(t) => t.get_ref().0,
+        };
+        peek_would_block(tcp)
+    }
 }
 
 /// A backend TCP stream whose socket the pool can still look at while hyper owns the
@@ -75,12 +121,14 @@ impl Tcp {
 /// block. End of stream (the backend closed it), unexpected bytes, an error, or a socket
 /// already gone all say it must not carry a request.
 pub fn idle_and_open(probe: &Probe) -> bool {
-    let Some(tcp) = probe.upgrade() else {
-        return false;
-    };
+    probe.upgrade().is_some_and(|tcp| peek_would_block(&tcp))
+}
+
+/// A non-blocking peek that would block: open, with nothing unread.
+fn peek_would_block(tcp: &tokio::net::TcpStream) -> bool {
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     matches!(
-        socket2::SockRef::from(&*tcp).peek(&mut byte),
+        socket2::SockRef::from(tcp).peek(&mut byte),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
     )
 }
@@ -151,7 +199,7 @@ impl tokio::io::AsyncWrite for Tcp {
     }
 }
 
-impl Stream {
+impl Stream<Tcp> {
     /// A weak handle on the TCP socket, for [`idle_and_open`].
     pub fn probe(&self) -> Probe {
         match self {
@@ -161,7 +209,7 @@ impl Stream {
     }
 }
 
-impl tokio::io::AsyncRead for Stream {
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead for Stream<T> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -174,7 +222,7 @@ impl tokio::io::AsyncRead for Stream {
     }
 }
 
-impl tokio::io::AsyncWrite for Stream {
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stream<T> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

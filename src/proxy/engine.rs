@@ -40,7 +40,7 @@ use crate::access::Pending;
 use crate::affinity::{self, Route, Source};
 use crate::backend::InFlight;
 use crate::clock::Now;
-use crate::connect::{self, Stream};
+use crate::connect::{self, Direct as Stream};
 use crate::error::ProxyError;
 use crate::h1::chunked::{self, Decoder};
 use crate::h1::parse::{self, Limits};
@@ -463,7 +463,7 @@ impl Proxy {
         };
         if careful
             && let Some(s) = &reused
-            && !connect::idle_and_open(&s.probe())
+            && !s.idle_and_open()
         {
             reused = None;
         }
@@ -475,7 +475,7 @@ impl Proxy {
                 // Boxed, like every rare or large step below: a connection's task is as large
                 // as its largest await, and it lives as long as the connection (memory per
                 // idle connection).
-                None => Box::pin(connect::open(
+                None => Box::pin(connect::open_direct(
                     backend.authority.as_str(),
                     backend.origin.as_ref(),
                     ucfg.connect_timeout,

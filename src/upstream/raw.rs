@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use crate::connect::Stream;
+use crate::connect::Direct as Stream;
 
 /// How often idle connections are swept for age.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -114,7 +114,7 @@ mod tests {
     async fn stream(l: &tokio::net::TcpListener) -> Stream {
         let at = l.local_addr().unwrap().to_string();
         let (s, _) = tokio::join!(
-            crate::connect::open(&at, None, Duration::from_secs(5)),
+            crate::connect::open_direct(&at, None, Duration::from_secs(5)),
             l.accept()
         );
         s.unwrap()
