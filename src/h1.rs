@@ -91,6 +91,22 @@ pub enum Name {
     Other,
 }
 
+impl Name {
+    /// On the fixed hop-by-hop list (`headers::strip_hop_by_hop`'s): never sent on as it came.
+    pub fn fixed_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection
+                | Name::KeepAlive
+                | Name::ProxyConnection
+                | Name::Te
+                | Name::Trailer
+                | Name::TransferEncoding
+                | Name::Upgrade
+        )
+    }
+}
+
 /// One header line of a parsed head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field {

@@ -7,8 +7,9 @@
 //! `Pending`, and its timer is allocated once per connection, on the first stall.
 //!
 //! [`Stall`] is the house pattern for a deadline on the hot path: armed only while a read or
-//! write is pending, cleared by progress, one timer allocation per connection at most. Use it
-//! (not a `tokio::time::timeout` around each call) for any new per-connection wait.
+//! write is pending, cleared by progress, one timer allocation per connection at most. Use it,
+//! or a [`Wait`] on a connection's one [`Deadline`] as the HTTP/1 engine does (not a
+//! `tokio::time::timeout` around each call), for any new per-connection wait.
 
 use std::future::Future;
 use std::io;
@@ -19,47 +20,86 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The deadline of a wait on the client: it starts when a wait begins (the first `Pending`
-/// after progress) and is cleared by progress. The timer is allocated on the first wait and
-/// reused after that. Serves both the response writes ([`SendTimeout`]) and the request body
-/// reads (`body::UpBody`).
-pub struct Stall {
-    timeout: Duration,
+/// One timer for a connection's waits, re-armed lazily: a wait says the instant it must end by,
+/// and the timer is reset only when that instant is earlier than the one it is set to; when it
+/// fires early, it is moved to the instant in force. Allocated on the first wait, so a
+/// connection that never waits has none.
+pub struct Deadline {
     sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+}
+
+impl Deadline {
+    pub fn new() -> Deadline {
+        Deadline { sleep: None }
+    }
+
+    /// `Ready` once `at` has passed (the task is woken then), `Pending` before.
+    pub fn poll_at(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() > at {
+            sleep.as_mut().reset(at);
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= at {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(at);
+        }
+    }
+}
+
+/// A wait with a timeout that starts when the wait first has to wait (its first `Pending`): no
+/// clock read while the bytes are already there. Timed on a [`Deadline`].
+pub struct Wait {
+    timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl Wait {
+    pub fn new(timeout: Duration) -> Wait {
+        Wait { timeout, at: None }
+    }
+
+    /// Progress was made: the next wait gets a deadline of its own.
+    pub fn restart(&mut self) {
+        self.at = None;
+    }
+
+    /// Still waiting: `Ready` once `timeout` has passed since this wait began.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>, d: &mut Deadline) -> Poll<()> {
+        let at = *self.at.get_or_insert_with(|| Instant::now() + self.timeout);
+        d.poll_at(cx, at)
+    }
+}
+
+/// The deadline of a wait on the client: it starts when a wait begins (the first `Pending`
+/// after progress) and is cleared by progress; a [`Wait`] on a [`Deadline`] of its own. Serves
+/// both the response writes ([`SendTimeout`]) and the request body reads (`body::UpBody`).
+pub struct Stall {
+    wait: Wait,
+    deadline: Deadline,
 }
 
 impl Stall {
     pub fn new(timeout: Duration) -> Stall {
         Stall {
-            timeout,
-            sleep: None,
-            armed: false,
+            wait: Wait::new(timeout),
+            deadline: Deadline::new(),
         }
     }
 
     /// Progress was made: the next wait gets a deadline of its own.
     pub fn progress(&mut self) {
-        self.armed = false;
+        self.wait.restart();
     }
 
     /// Still waiting: `Ready` once `timeout` has passed since this wait began (the task is woken
     /// then), `Pending` before.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = Instant::now() + self.timeout;
-        let sleep = match &mut self.sleep {
-            Some(s) => {
-                if !self.armed {
-                    s.as_mut().reset(deadline);
-                }
-                s
-            }
-            None => self
-                .sleep
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.armed = true;
-        sleep.as_mut().poll(cx)
+        self.wait.poll_expired(cx, &mut self.deadline)
     }
 }
 

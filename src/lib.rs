@@ -21,7 +21,7 @@
 //! | state | [`state`] | the immutable snapshot behind an `ArcSwap`; live state kept by backend id |
 //! | I/O | `clock` | the clocks, read once per request and passed down |
 //! | I/O | `rt` | the worker's executor for hyper's tasks |
-//! | I/O | `io` | the client stream's send deadline, `Stall` |
+//! | I/O | `io` | the client stream's send deadline, `Stall`, a connection's one lazily re-armed `Deadline` |
 //! | I/O | [`tls`] | certificates, SNI, rustls server and client configs |
 //! | I/O | `connect` | connections to backends: TCP, TLS, one deadline, the idle probe |
 //! | I/O | `body` | the request body sent upstream, kept for a safe retry |

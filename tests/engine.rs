@@ -5,41 +5,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A backend that records every byte it receives and answers 200 as soon as it has a request
-/// head, without reading any body (as an application that refuses an upload early does).
-async fn early_answerer() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let rec = seen.clone();
-    let addr = raw_server(move |mut s| {
-        let rec = rec.clone();
-        async move {
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                let heads = buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
-                for _ in 0..heads {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                }
-            }
-        }
-    })
-    .await;
-    (addr, seen)
-}
 
 /// Reads from `s` until it closes or 5 s pass.
 async fn read_all(s: &mut TcpStream) -> String {
@@ -52,7 +22,7 @@ async fn read_all(s: &mut TcpStream) -> String {
 async fn a_response_before_the_whole_request_body_ends_the_connection() {
     // Pingora CVE-2025-4366: the backend answers while most of the body is still to come. The
     // rest of the body must never be read as a request of its own.
-    let (backend, seen) = early_answerer().await;
+    let (backend, seen) = recorder().await;
     let lb = stickyd(&Cfg::default(), &[("a", backend)]).await;
     let mut s = TcpStream::connect(lb.local_addrs()[0]).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 200\r\n\r\n0123456789")
@@ -78,7 +48,7 @@ async fn an_http10_request_without_content_length_has_no_body() {
     // Pingora CVE-2026-2836: an HTTP/1.0 request body is never delimited by the connection's
     // close. Without Content-Length the request has no body, and the bytes after its head are
     // the next request, parsed and forwarded as one (with stickyd's headers).
-    let (backend, seen) = early_answerer().await;
+    let (backend, seen) = recorder().await;
     let lb = stickyd(&Cfg::default(), &[("a", backend)]).await;
     let mut s = TcpStream::connect(lb.local_addrs()[0]).await.unwrap();
     s.write_all(
@@ -104,7 +74,7 @@ async fn an_http10_request_without_content_length_has_no_body() {
 async fn content_length_with_transfer_encoding_or_twice_is_refused_before_any_backend() {
     // Pingora CVE-2026-2835 and its neighbours: hyper lets these through (normalising them to
     // one framing); the engine refuses them, so no backend can read them another way.
-    let (backend, seen) = early_answerer().await;
+    let (backend, seen) = recorder().await;
     let lb = stickyd(&Cfg::default(), &[("a", backend)]).await;
     for raw in [
         &b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],

@@ -5,49 +5,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A backend that records every byte it receives and answers each request head with a small
-/// 200 (bodies are not parsed: what it records is what a real backend would have to frame).
-async fn recorder() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let rec = seen.clone();
-    let addr = raw_server(move |mut s| {
-        let rec = rec.clone();
-        async move {
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let chunk = &buf[..n];
-                if chunk.starts_with(b"GET /healthz") {
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                    return;
-                }
-                rec.lock().unwrap().extend_from_slice(chunk);
-                let heads = chunk.windows(4).filter(|w| w == b"\r\n\r\n").count();
-                for _ in 0..heads {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                }
-            }
-        }
-    })
-    .await;
-    (addr, seen)
-}
 
 /// Sends `raw` on a fresh connection and reads until the connection closes or 2 s pass.
 async fn exchange(lb: SocketAddr, raw: &[u8]) -> String {

@@ -182,20 +182,6 @@ fn is<const L: usize>(n: &[u8], lower: &[u8; L]) -> bool {
     diff == 0
 }
 
-/// On the fixed hop-by-hop list (`headers::strip_hop_by_hop`'s).
-fn fixed_hop(kind: Name) -> bool {
-    matches!(
-        kind,
-        Name::Connection
-            | Name::KeepAlive
-            | Name::ProxyConnection
-            | Name::Te
-            | Name::Trailer
-            | Name::TransferEncoding
-            | Name::Upgrade
-    )
-}
-
 fn method_kind(m: &[u8]) -> Method {
     match m {
         b"GET" => Method::Get,
@@ -377,7 +363,7 @@ fn lines(buf: &[u8], headers: &[httparse::Header<'_>], fields: &mut Vec<Field>) 
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
                         l.upgrade_token = true;
                     }
-                    l.names_more |= !t.is_empty() && !fixed_hop(name_kind(t));
+                    l.names_more |= !t.is_empty() && !name_kind(t).fixed_hop();
                 }
             }
             Name::Upgrade if l.upgrade.is_none() => l.upgrade = Some(value_span),
@@ -391,7 +377,7 @@ fn lines(buf: &[u8], headers: &[httparse::Header<'_>], fields: &mut Vec<Field>) 
             name: name_span,
             value: value_span,
             kind,
-            hop: fixed_hop(kind),
+            hop: kind.fixed_hop(),
         });
     }
     if l.names_more {

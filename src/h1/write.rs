@@ -440,16 +440,7 @@ pub(crate) mod testing {
                 name,
                 value,
                 kind,
-                hop: matches!(
-                    kind,
-                    Name::Connection
-                        | Name::KeepAlive
-                        | Name::ProxyConnection
-                        | Name::Te
-                        | Name::Trailer
-                        | Name::TransferEncoding
-                        | Name::Upgrade
-                ),
+                hop: kind.fixed_hop(),
             });
         }
         buf.extend_from_slice(b"\r\n");

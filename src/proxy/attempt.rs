@@ -45,15 +45,11 @@ impl Proxy {
         plan: &Plan,
         now: &Now,
     ) -> Result<Answer, ProxyError> {
-        let mut excluded: Vec<usize> = Vec::new();
-        let mut retries_left = snap.config.upstream.retries;
-        // The failure of the previous attempt: when a retry finds no other backend, that is
-        // the answer (a 502 says more than "no backend").
-        let mut failed: Option<ProxyError> = None;
+        let mut tries = Retries::new(snap);
         loop {
-            let route = next_route(snap, input, now, &excluded, &mut failed)?;
+            let route = tries.route(snap, input, now)?;
             let backend = &snap.backends[route.backend];
-            let may_retry = retries_left > 0 && body.replayable();
+            let may_retry = tries.left() && body.replayable();
             let head = if may_retry {
                 clone_parts(&parts)
             } else {
@@ -96,21 +92,14 @@ impl Proxy {
                 }
                 None => {}
             }
-            self.attempt_failed(snap, backend, &e);
-            if may_retry && e.retryable(plan.idempotent) && body.replayable() {
-                self.shared.metrics.retry();
-                excluded.push(route.backend);
-                retries_left -= 1;
-                failed = Some(e);
-                continue;
-            }
-            return Err(e);
+            let retry = may_retry && e.retryable(plan.idempotent) && body.replayable();
+            tries.failed(self, snap, route.backend, e, retry)?;
         }
     }
 
     /// Counts a failed attempt against its backend; consecutive connect failures eject it
     /// (passive health, logged once per ejection).
-    pub(super) fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
+    fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
         backend.live.counters.record_failure();
         self.shared.metrics.upstream_error(e);
         if let ProxyError::Connect(_) = e {
@@ -126,20 +115,69 @@ impl Proxy {
     }
 }
 
-/// Where the next attempt goes, with the backends that failed this request `excluded`. When
-/// none is left after a failure, that failure is the answer (a 502 says more than "no
-/// backend").
-pub(super) fn next_route(
-    snap: &Snapshot,
-    input: Input,
-    now: &Now,
-    excluded: &[usize],
-    failed: &mut Option<ProxyError>,
-) -> Result<Route, ProxyError> {
-    match affinity::decide(&snap.policy, input, now.unix_u32(), snap, excluded, nonce) {
-        Ok(r) => Ok(r),
-        Err(_) if failed.is_some() => Err(failed.take().unwrap_or(ProxyError::NoBackend)),
-        Err(NoRoute::AllDown) => Err(ProxyError::NoBackend),
-        Err(NoRoute::PinnedDown) => Err(ProxyError::PinnedDown),
+/// One request's attempts, for both request paths (hyper's and the HTTP/1 engine's): the
+/// backends that failed it, the retries left, and the last failure.
+pub(super) struct Retries {
+    excluded: Vec<usize>,
+    left: u32,
+    /// The failure of the previous attempt: when a retry finds no other backend, that is the
+    /// answer (a 502 says more than "no backend").
+    failed: Option<ProxyError>,
+}
+
+impl Retries {
+    /// No attempt yet; `[upstream] retries` left.
+    pub fn new(snap: &Snapshot) -> Retries {
+        Retries {
+            excluded: Vec::new(),
+            left: snap.config.upstream.retries,
+            failed: None,
+        }
+    }
+
+    /// Whether a retry is left.
+    pub fn left(&self) -> bool {
+        self.left > 0
+    }
+
+    /// Where the next attempt goes, the backends that failed excluded.
+    pub fn route(&mut self, snap: &Snapshot, input: Input, now: &Now) -> Result<Route, ProxyError> {
+        match affinity::decide(
+            &snap.policy,
+            input,
+            now.unix_u32(),
+            snap,
+            &self.excluded,
+            nonce,
+        ) {
+            Ok(r) => Ok(r),
+            Err(_) if self.failed.is_some() => {
+                Err(self.failed.take().unwrap_or(ProxyError::NoBackend))
+            }
+            Err(NoRoute::AllDown) => Err(ProxyError::NoBackend),
+            Err(NoRoute::PinnedDown) => Err(ProxyError::PinnedDown),
+        }
+    }
+
+    /// The attempt on `backend` failed with `e`: counted against it; `Ok` when another backend
+    /// is to be tried (`retry`, decided by the caller with [`ProxyError::retryable`]), else the
+    /// error to answer with.
+    pub fn failed(
+        &mut self,
+        proxy: &Proxy,
+        snap: &Snapshot,
+        backend: usize,
+        e: ProxyError,
+        retry: bool,
+    ) -> Result<(), ProxyError> {
+        proxy.attempt_failed(snap, &snap.backends[backend], &e);
+        if !retry {
+            return Err(e);
+        }
+        proxy.shared.metrics.retry();
+        self.excluded.push(backend);
+        self.left -= 1;
+        self.failed = Some(e);
+        Ok(())
     }
 }

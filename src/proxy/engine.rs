@@ -30,10 +30,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::attempt::next_route;
+use super::attempt::Retries;
 use super::response::{Issued, issue};
 use super::{ConnInfo, Proxy};
 use crate::access::Pending;
@@ -46,6 +45,7 @@ use crate::h1::chunked::{self, Decoder};
 use crate::h1::parse::{self, Limits};
 use crate::h1::write::{self, Connection, Forward, Reply};
 use crate::h1::{Body, Field, RequestHead, ResponseHead, Version};
+use crate::io::{Deadline, Wait};
 use crate::rt::{Signal, Waiting, spare};
 use crate::state::{Backend, Snapshot};
 
@@ -92,36 +92,6 @@ impl<S: ClientIo> ClientIo for crate::io::SendTimeout<S> {
     }
 }
 
-/// One deadline per connection, re-armed lazily: a wait sets the instant it must end by, and
-/// the timer is reset only when that instant is earlier than the one it is set to; when it
-/// fires early, it is moved to the instant in force. Allocated on the first wait.
-struct Deadline {
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Deadline {
-    fn new() -> Deadline {
-        Deadline { sleep: None }
-    }
-
-    /// `Ready` once `at` has passed.
-    fn poll_at(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        if sleep.deadline() > at {
-            sleep.as_mut().reset(at);
-        }
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            if sleep.deadline() >= at {
-                return Poll::Ready(());
-            }
-            sleep.as_mut().reset(at);
-        }
-    }
-}
-
 /// The bounds of a request head and of the wait for it, from `[server]`.
 fn bounds(snap: &Snapshot) -> (Limits, Duration) {
     let cfg = &snap.config.server;
@@ -132,24 +102,6 @@ fn bounds(snap: &Snapshot) -> (Limits, Duration) {
         },
         cfg.header_read_timeout,
     )
-}
-
-/// A wait with a timeout that starts when the wait first has to wait: no clock read while the
-/// bytes are already there.
-struct Wait {
-    timeout: Duration,
-    at: Option<Instant>,
-}
-
-impl Wait {
-    fn new(timeout: Duration) -> Wait {
-        Wait { timeout, at: None }
-    }
-
-    fn poll_expired(&mut self, cx: &mut Context<'_>, d: &mut Deadline) -> Poll<()> {
-        let at = *self.at.get_or_insert_with(|| Instant::now() + self.timeout);
-        d.poll_at(cx, at)
-    }
 }
 
 /// The client side of a connection: its stream and buffers.
@@ -213,14 +165,9 @@ enum Head {
 /// A backend's answer to the attempt that got one: its connection and the parsed head.
 struct Answer {
     route: Route,
-    up: Stream,
-    head: ResponseHead,
-    fields: Vec<Field>,
+    /// Held until the response body is done.
     guard: InFlight,
-    /// Request body bytes consumed from the client buffer (beyond the head).
-    body_used: usize,
-    /// The request body's rest, when the backend answered before it was sent whole.
-    rest: Option<RestOfBody>,
+    sent: Sent,
 }
 
 impl Proxy {
@@ -377,7 +324,7 @@ impl Proxy {
                 return ok && !close;
             }
         };
-        let status = answer.head.status;
+        let status = answer.sent.head.status;
         self.record(snap, &answer.route, status, &now, &mut log);
         self.respond(snap, c, head, info, answer, &now, log, draining)
             .await
@@ -394,12 +341,10 @@ impl Proxy {
         now: &Now,
         head_len: usize,
     ) -> Result<Answer, ProxyError> {
-        let mut excluded: Vec<usize> = Vec::new();
-        let mut retries_left = snap.config.upstream.retries;
-        let mut failed: Option<ProxyError> = None;
+        let mut tries = Retries::new(snap);
         let idempotent = head.method.idempotent();
         loop {
-            let route = next_route(snap, input, now, &excluded, &mut failed)?;
+            let route = tries.route(snap, input, now)?;
             let backend = &snap.backends[route.backend];
             let guard = InFlight::start(&backend.live);
             c.up.truncate(head_len);
@@ -407,37 +352,14 @@ impl Proxy {
                 .send_h1(snap, c, head, route.backend, backend, now.mono)
                 .await;
             let e = match sent {
-                Ok(Sent {
-                    up,
-                    head: resp,
-                    fields,
-                    body_used,
-                    rest,
-                }) => {
-                    return Ok(Answer {
-                        route,
-                        up,
-                        head: resp,
-                        fields,
-                        guard,
-                        body_used,
-                        rest,
-                    });
-                }
+                Ok(sent) => return Ok(Answer { route, guard, sent }),
                 Err(Failure::Client(e)) => return Err(e),
                 Err(Failure::Backend { error, replayable }) => (error, replayable),
             };
             drop(guard);
             let (e, replayable) = e;
-            self.attempt_failed(snap, backend, &e);
-            if retries_left > 0 && replayable && e.retryable(idempotent) {
-                self.shared.metrics.retry();
-                excluded.push(route.backend);
-                retries_left -= 1;
-                failed = Some(e);
-                continue;
-            }
-            return Err(e);
+            let retry = tries.left() && replayable && e.retryable(idempotent);
+            tries.failed(self, snap, route.backend, e, retry)?;
         }
     }
 
@@ -527,12 +449,15 @@ impl Proxy {
     ) -> bool {
         let Answer {
             route,
-            mut up,
-            head: resp,
-            fields,
             guard,
-            body_used,
-            mut rest,
+            sent:
+                Sent {
+                    mut up,
+                    head: resp,
+                    fields,
+                    body_used,
+                    mut rest,
+                },
         } = a;
         let sent_whole = rest.is_none();
         let client_timeout = snap.config.server.client_timeout;
@@ -808,33 +733,20 @@ async fn duplex<S: ClientIo>(
     let request = async {
         let mut deadline = Deadline::new();
         loop {
-            let keep = head.len;
-            if rest.used > 0 && buf.len() - keep >= READ_BUF {
-                buf.drain(keep..keep + rest.used);
-                rest.used = 0;
-            }
-            buf.reserve(READ_BUF * 2);
+            make_room(buf, head.len, &mut rest.used);
             let mut wait = Wait::new(client_timeout);
             match read_within(&mut cr, buf, &mut wait, &mut deadline).await {
                 Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             }
-            let from = keep + rest.used;
-            up_buf.clear();
-            let Ok(step) = rest.relay.step_all(&buf[from..], up_buf) else {
-                return false;
-            };
-            let w = if step.direct > 0 {
-                uw.write_all(&buf[from..from + step.direct]).await
-            } else {
-                uw.write_all(up_buf).await
-            };
-            if w.is_err() {
-                return false;
-            }
-            rest.used += step.consumed;
-            if step.done {
-                return true;
+            match forward_body(&mut uw, buf, head.len + rest.used, up_buf, &mut rest.relay).await {
+                Ok(step) => {
+                    rest.used += step.consumed;
+                    if step.done {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
             }
         }
     };
@@ -1038,13 +950,7 @@ async fn stream_body<S: ClientIo>(
     client_timeout: Duration,
 ) -> Result<Streamed, StreamError> {
     loop {
-        // Drop what was forwarded, keeping the head (the writer's spans point into it).
-        let keep = head.len;
-        if used > 0 && c.buf.len() - keep >= READ_BUF {
-            c.buf.drain(keep..keep + used);
-            used = 0;
-        }
-        c.buf.reserve(READ_BUF * 2);
+        make_room(&mut c.buf, head.len, &mut used);
         // Wait for client bytes, or for the backend to answer early.
         let mut wait = Wait::new(client_timeout);
         let got = poll_fn(|cx| {
@@ -1074,22 +980,59 @@ async fn stream_body<S: ClientIo>(
                 return Err(StreamError::Client(ProxyError::ClientTimeout));
             }
         }
-        let from = head.len + used;
-        c.up.clear();
-        let step = body
-            .step_all(&c.buf[from..], &mut c.up)
-            .map_err(|_| StreamError::Client(ProxyError::BadRequest("invalid request body\n")))?;
-        let w = if step.direct > 0 {
-            up.write_all(&c.buf[from..from + step.direct]).await
-        } else {
-            up.write_all(&c.up).await
-        };
-        w.map_err(StreamError::Backend)?;
+        let step = forward_body(up, &c.buf, head.len + used, &mut c.up, body)
+            .await
+            .map_err(|e| match e {
+                BodyError::Bad => {
+                    StreamError::Client(ProxyError::BadRequest("invalid request body\n"))
+                }
+                BodyError::Write(e) => StreamError::Backend(e),
+            })?;
         used += step.consumed;
         if step.done {
             return Ok(Streamed::Whole(used));
         }
     }
+}
+
+/// Makes room in the client buffer for more of a request body: once a read's worth has been
+/// forwarded, it is dropped (the head stays: the writer's spans point into it).
+fn make_room(buf: &mut Vec<u8>, head_len: usize, used: &mut usize) {
+    if *used > 0 && buf.len() - head_len >= READ_BUF {
+        buf.drain(head_len..head_len + *used);
+        *used = 0;
+    }
+    buf.reserve(READ_BUF * 2);
+}
+
+/// Why forwarding request body bytes failed.
+enum BodyError {
+    /// The client's body is malformed (a bad chunk).
+    Bad,
+    /// The backend's side failed.
+    Write(io::Error),
+}
+
+/// Forwards the body bytes of `buf` from `from` to `up`: as they are, or re-framed through
+/// `scratch`. The step says how many were used and whether the body ended.
+async fn forward_body<W: AsyncWrite + Unpin>(
+    up: &mut W,
+    buf: &[u8],
+    from: usize,
+    scratch: &mut Vec<u8>,
+    relay: &mut Relay,
+) -> Result<Step, BodyError> {
+    scratch.clear();
+    let step = relay
+        .step_all(&buf[from..], scratch)
+        .map_err(|_| BodyError::Bad)?;
+    let written = if step.direct > 0 {
+        up.write_all(&buf[from..from + step.direct]).await
+    } else {
+        up.write_all(scratch).await
+    };
+    written.map_err(BodyError::Write)?;
+    Ok(step)
 }
 
 enum Event {
@@ -1246,24 +1189,21 @@ impl Relay {
             }
             From::Close => {
                 let n = input.len();
-                if self.to == Body::Chunked {
+                // Re-framed as chunks for an HTTP/1.1 client, else sent as it came.
+                let direct = if self.to == Body::Chunked {
                     if n > 0 {
-                        encode_chunk(out, &input[..n]);
+                        encode_chunk(out, input);
                     }
-                    Ok(Step {
-                        consumed: n,
-                        direct: 0,
-                        body_bytes: n as u64,
-                        done: false,
-                    })
+                    0
                 } else {
-                    Ok(Step {
-                        consumed: n,
-                        direct: n,
-                        body_bytes: n as u64,
-                        done: false,
-                    })
-                }
+                    n
+                };
+                Ok(Step {
+                    consumed: n,
+                    direct,
+                    body_bytes: n as u64,
+                    done: false,
+                })
             }
             From::Chunked(dec) => {
                 let mut at = 0;

@@ -347,6 +347,45 @@ where
     addr
 }
 
+/// A backend that records every byte it receives and answers each request head with a small
+/// 200 as soon as it has the head (bodies are not parsed: what it records is what a real backend
+/// would have to frame; and it answers before reading a body, as an application that refuses
+/// an upload early does).
+pub async fn recorder() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    let addr = raw_server(move |mut s| {
+        let rec = rec.clone();
+        async move {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let chunk = &buf[..n];
+                if chunk.starts_with(b"GET /healthz") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+                rec.lock().unwrap().extend_from_slice(chunk);
+                let heads = chunk.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                for _ in 0..heads {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
 /// Config sections for a test instance; each is the body of its table.
 pub struct Cfg {
     pub server: &'static str,
