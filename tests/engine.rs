@@ -136,3 +136,46 @@ async fn a_response_to_head_and_a_304_carry_no_body_and_keep_the_connection() {
     assert_eq!(out.matches("content-length: 1234").count(), 3, "{out}");
     assert!(out.ends_with("\r\n\r\n"), "{out}");
 }
+
+#[tokio::test]
+async fn a_request_answered_with_an_error_is_sent_once_and_answered_once() {
+    // A 502 on a kept connection: the next request is the one behind it, never the failed one
+    // again (the engine once parsed the same head twice after an error response).
+    let addr = raw_server(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = s.read(&mut buf).await
+            && n > 0
+        {
+            let _ = s.write_all(b"this is not http\r\n\r\n").await;
+        }
+    })
+    .await;
+    let lb = stickyd(
+        &Cfg {
+            upstream: "retries = 0",
+            ..Cfg::default()
+        },
+        &[("bad", addr)],
+    )
+    .await;
+    let mut s = TcpStream::connect(lb.local_addrs()[0]).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = s.read(&mut got).await.unwrap();
+    let first = String::from_utf8_lossy(&got[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 502"), "{first}");
+    s.write_all(b"GET /two HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let rest = read_all(&mut s).await;
+    let all = format!("{first}{rest}");
+    assert_eq!(
+        all.matches("HTTP/1.1 502").count(),
+        2,
+        "one answer per request: {all}"
+    );
+    let m = &lb.shared().metrics;
+    assert_eq!(m.upstream_errors(stickyd::error::UpstreamKind::Protocol), 2);
+}

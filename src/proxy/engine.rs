@@ -321,6 +321,9 @@ impl Proxy {
                 if matches!(e, ProxyError::BadRequest(_) | ProxyError::NotImplemented(_)) {
                     debug!(error = %e, "request refused");
                 }
+                // The request's head leaves the buffer (a kept connection's request had no
+                // body): what stays is the next request, never this one again.
+                c.buf.drain(..head.len.min(c.buf.len()));
                 return ok && !close;
             }
         };
