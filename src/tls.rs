@@ -1,6 +1,6 @@
 //! TLS termination with rustls: certificates from PEM files, chosen per handshake by SNI (the
 //! first certificate valid for the requested name, the first one when there is no name or no
-//! match), ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3 only, the `ring` provider.
+//! match), ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3 only, the `aws-lc-rs` provider.
 //!
 //! It also makes the rustls client config for backends that speak TLS ([`Origin`]); the
 //! connections themselves are made in `connect`.
@@ -62,7 +62,7 @@ pub(crate) fn with_key(
 ) -> Result<Cert, String> {
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&private)
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&private)
         .map_err(|e| format!("unsupported private key in {}: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| {
@@ -105,7 +105,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// The rustls server config for `certs` (at least one).
 pub fn server_config(certs: &[Cert]) -> Result<Arc<ServerConfig>, String> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = SERVER_SUITES.to_vec();
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -128,7 +128,7 @@ pub fn server_config(certs: &[Cert]) -> Result<Arc<ServerConfig>, String> {
 /// without AES instructions); the same order for TLS 1.2. Session tickets and resumption stay
 /// rustls's defaults (two TLS 1.3 tickets, a stateful cache): measured in docs/performance.md.
 static SERVER_SUITES: [rustls::SupportedCipherSuite; 9] = {
-    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     [
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,
@@ -176,7 +176,7 @@ impl Origin {
         }
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| format!("invalid TLS server name {server_name:?}: {e}"))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?
@@ -240,10 +240,10 @@ mod tests {
             roots.add(der.unwrap()).unwrap();
         }
         // An OpenSSL-like client: AES-256-GCM-SHA384 first.
-        let mut provider = rustls::crypto::ring::default_provider();
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         provider.cipher_suites = vec![
-            rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
-            rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
         ];
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
