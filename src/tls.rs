@@ -230,21 +230,16 @@ mod tests {
         d
     }
 
-    #[test]
-    fn the_server_picks_aes_128_gcm_sha256_over_a_client_that_prefers_aes_256() {
-        let d = dir("suites");
+    /// An in-memory TLS 1.3 handshake between a rustls client built from `provider` and
+    /// stickyd's server config; returns the server side, handshake done.
+    fn handshake(tag: &str, provider: rustls::crypto::CryptoProvider) -> rustls::ServerConnection {
+        let d = dir(tag);
         let (c, k) = self_signed(&d, "a.test");
         let server = server_config(&[load(&c, &k).unwrap()]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for der in CertificateDer::pem_file_iter(&c).unwrap() {
             roots.add(der.unwrap()).unwrap();
         }
-        // An OpenSSL-like client: AES-256-GCM-SHA384 first.
-        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider.cipher_suites = vec![
-            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
-            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-        ];
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -267,11 +262,43 @@ mod tests {
             }
         }
         assert!(!sc.is_handshaking(), "handshake completed");
+        let _ = std::fs::remove_dir_all(&d);
+        sc
+    }
+
+    #[test]
+    fn the_server_picks_aes_128_gcm_sha256_over_a_client_that_prefers_aes_256() {
+        use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+        // An OpenSSL-like client: AES-256-GCM-SHA384 first.
+        let mut provider = default_provider();
+        provider.cipher_suites = vec![cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_AES_128_GCM_SHA256];
+        let sc = handshake("suites", provider);
         assert_eq!(
             sc.negotiated_cipher_suite().map(|s| s.suite()),
             Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
         );
-        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_client_offering_the_post_quantum_hybrid_first_gets_it_and_others_get_x25519() {
+        use rustls::NamedGroup;
+        use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+        // A current browser: X25519MLKEM768 first, X25519 beside it.
+        let mut provider = default_provider();
+        provider.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::X25519];
+        let sc = handshake("kx-pq", provider);
+        assert_eq!(
+            sc.negotiated_key_exchange_group().map(|g| g.name()),
+            Some(NamedGroup::X25519MLKEM768)
+        );
+        // OpenSSL 3.0 (wrk, curl on Debian 12): X25519 first, no hybrid.
+        let mut provider = default_provider();
+        provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+        let sc = handshake("kx-classic", provider);
+        assert_eq!(
+            sc.negotiated_key_exchange_group().map(|g| g.name()),
+            Some(NamedGroup::X25519)
+        );
     }
 
     #[test]
