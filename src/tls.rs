@@ -103,12 +103,29 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls server config for `certs` (at least one).
-pub fn server_config(certs: &[Cert]) -> Result<Arc<ServerConfig>, String> {
+/// A TLS version a listener accepts (`[tls] versions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+/// The rustls server config for `certs` (at least one), accepting `versions` (the newest the
+/// client offers wins).
+pub fn server_config(certs: &[Cert], versions: &[Version]) -> Result<Arc<ServerConfig>, String> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = SERVER_SUITES.to_vec();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = versions
+        .iter()
+        .map(|v| match v {
+            Version::Tls12 => &rustls::version::TLS12,
+            Version::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(&versions)
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver {
@@ -224,6 +241,8 @@ pub(crate) fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::p
 mod tests {
     use super::*;
 
+    const BOTH: &[Version] = &[Version::Tls12, Version::Tls13];
+
     fn dir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("stickyd-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
@@ -233,15 +252,28 @@ mod tests {
     /// An in-memory TLS 1.3 handshake between a rustls client built from `provider` and
     /// stickyd's server config; returns the server side, handshake done.
     fn handshake(tag: &str, provider: rustls::crypto::CryptoProvider) -> rustls::ServerConnection {
+        let client = [&rustls::version::TLS13];
+        handshake_with(tag, provider, BOTH, &client).expect("handshake completed")
+    }
+
+    /// An in-memory handshake between a server accepting `server` versions and a rustls client
+    /// offering `client` versions.
+    fn handshake_with(
+        tag: &str,
+        provider: rustls::crypto::CryptoProvider,
+        server: &[Version],
+        client: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<rustls::ServerConnection, rustls::Error> {
         let d = dir(tag);
         let (c, k) = self_signed(&d, "a.test");
-        let server = server_config(&[load(&c, &k).unwrap()]).unwrap();
+        let server = server_config(&[load(&c, &k).unwrap()], server).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for der in CertificateDer::pem_file_iter(&c).unwrap() {
             roots.add(der.unwrap()).unwrap();
         }
+        let _ = std::fs::remove_dir_all(&d);
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(client)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -252,18 +284,39 @@ mod tests {
             let mut buf = Vec::new();
             cc.write_tls(&mut buf).unwrap();
             sc.read_tls(&mut buf.as_slice()).unwrap();
-            sc.process_new_packets().unwrap();
+            sc.process_new_packets()?;
             let mut buf = Vec::new();
             sc.write_tls(&mut buf).unwrap();
             cc.read_tls(&mut buf.as_slice()).unwrap();
-            cc.process_new_packets().unwrap();
+            cc.process_new_packets()?;
             if !cc.is_handshaking() && !sc.is_handshaking() {
                 break;
             }
         }
         assert!(!sc.is_handshaking(), "handshake completed");
-        let _ = std::fs::remove_dir_all(&d);
-        sc
+        Ok(sc)
+    }
+
+    #[test]
+    fn versions_limit_what_the_listener_accepts() {
+        use rustls::crypto::aws_lc_rs::default_provider;
+        use rustls::version::{TLS12, TLS13};
+        let version = |sc: &rustls::ServerConnection| sc.protocol_version();
+        let both = [&TLS12, &TLS13];
+        let sc = handshake_with("v-both", default_provider(), BOTH, &both).unwrap();
+        assert_eq!(
+            version(&sc),
+            Some(rustls::ProtocolVersion::TLSv1_3),
+            "the newest wins"
+        );
+        let sc = handshake_with("v-12", default_provider(), &[Version::Tls12], &both).unwrap();
+        assert_eq!(version(&sc), Some(rustls::ProtocolVersion::TLSv1_2));
+        assert!(
+            handshake_with("v-12-13", default_provider(), &[Version::Tls12], &[&TLS13]).is_err()
+        );
+        assert!(
+            handshake_with("v-13-12", default_provider(), &[Version::Tls13], &[&TLS12]).is_err()
+        );
     }
 
     #[test]
@@ -316,7 +369,7 @@ mod tests {
         assert!(is(r.pick(Some("www.b.test")), &b), "wildcard");
         assert!(is(r.pick(Some("other.test")), &a), "no match: the first");
         assert!(is(r.pick(None), &a), "no SNI: the first");
-        assert!(server_config(&[a, b]).is_ok());
+        assert!(server_config(&[a, b], BOTH).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
 

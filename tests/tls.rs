@@ -204,7 +204,13 @@ async fn a_client_that_never_finishes_the_handshake_is_closed_at_the_deadline() 
 async fn tls_backend(site: &Site) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let cert = stickyd::tls::load(&site.cert, &site.key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(stickyd::tls::server_config(&[cert]).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        stickyd::tls::server_config(
+            &[cert],
+            &[stickyd::tls::Version::Tls12, stickyd::tls::Version::Tls13],
+        )
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));

@@ -267,6 +267,12 @@ pub(super) struct Tls {
     pub certs: Spanned<Vec<CertSpec>>,
     #[serde(default = "ten_seconds")]
     pub handshake_timeout: Dur,
+    #[serde(default = "both_versions")]
+    pub versions: Spanned<Vec<String>>,
+}
+
+fn both_versions() -> Spanned<Vec<String>> {
+    dflt(vec!["1.2".into(), "1.3".into()])
 }
 
 fn ten_seconds() -> Dur {

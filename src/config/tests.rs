@@ -103,6 +103,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     let tls = raw::Tls {
         certs: Spanned::new(0..0, Vec::new()),
         handshake_timeout: Dur(Duration::from_secs(10)),
+        versions: Spanned::new(0..0, Vec::new()),
     };
     let debug = format!("{schema:?}{tls:?}");
     for section in [
@@ -118,6 +119,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "listen_tls",
         "certs",
         "handshake_timeout",
+        "versions",
         "worker_threads",
         "max_connections",
         "header_read_timeout",
@@ -579,6 +581,10 @@ fn every_validation_error_names_the_offending_keys_own_line_and_column() {
         (section("tls", &certs(&cert, Path::new("missing.key"))), 5, 11, "cannot read private key /etc/stickyd/missing.key"),
         (section("tls", &certs(&cert, &garbage)), 5, 11, "cannot read private key"),
         (section("tls", &certs(&cert, &other_key)), 5, 11, "does not belong to the certificate"),
+        // [tls] versions: "1.2" and/or "1.3", each once.
+        (section("tls", &format!("{}\nversions = [\"1.1\"]", certs(&cert, &key))), 7, 12, "tls.versions takes"),
+        (section("tls", &format!("{}\nversions = []", certs(&cert, &key))), 7, 12, "tls.versions takes"),
+        (section("tls", &format!("{}\nversions = [\"1.3\", \"1.3\"]", certs(&cert, &key))), 7, 12, "tls.versions takes"),
         // [admin] token, resolved like the keys.
         (section("admin", "token = \"env:NOPE\""), 3, 9, "environment variable NOPE is not set"),
         (section("admin", "token = \"file:short\""), 3, 9, "at least 32"),

@@ -422,6 +422,33 @@ fn origin(
         .map_err(|m| (span, m))
 }
 
+/// `[tls] versions`: "1.2" and/or "1.3", each once.
+fn tls_versions(v: &Spanned<Vec<String>>) -> Result<Vec<crate::tls::Version>, Invalid> {
+    use crate::tls::Version;
+    let bad = || {
+        (
+            v.span(),
+            "tls.versions takes \"1.2\" and/or \"1.3\", each once, e.g. [\"1.2\", \"1.3\"]".into(),
+        )
+    };
+    let mut out = Vec::with_capacity(2);
+    for s in v.get_ref() {
+        let version = match s.as_str() {
+            "1.2" => Version::Tls12,
+            "1.3" => Version::Tls13,
+            _ => return Err(bad()),
+        };
+        if out.contains(&version) {
+            return Err(bad());
+        }
+        out.push(version);
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 /// The certificates `[tls]` names, loaded, and the server config made from them; `None` when
 /// there are none. A certificate error points at its `cert`, a key error at its `key`.
 fn tls(raw: Option<&raw::Tls>, dir: &Path) -> Result<Option<Tls>, Invalid> {
@@ -438,8 +465,10 @@ fn tls(raw: Option<&raw::Tls>, dir: &Path) -> Result<Option<Tls>, Invalid> {
     if certs.is_empty() {
         return Ok(None);
     }
+    let versions = tls_versions(&t.versions)?;
     Ok(Some(Tls {
-        server_config: crate::tls::server_config(&certs).map_err(|m| (t.certs.span(), m))?,
+        server_config: crate::tls::server_config(&certs, &versions)
+            .map_err(|m| (t.certs.span(), m))?,
         handshake_timeout: t.handshake_timeout.0,
     }))
 }
