@@ -58,6 +58,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         sock.set_only_v6(true)?;
     }
     sock.set_nonblocking(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux, so the accept loop
+    // makes no setsockopt per connection there.
+    sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
     Ok(sock.into())
@@ -109,6 +112,18 @@ mod tests {
             assert_eq!(set.len(), 1);
             assert_eq!(set[0].local_addr().unwrap(), addrs[0]);
         }
+    }
+
+    /// What the accept loop relies on where it skips the per-connection setsockopt.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_connections_have_nodelay_from_the_listener() {
+        let (addrs, mut per_worker) = bind_all(&["127.0.0.1:0".parse().unwrap()], 1).unwrap();
+        let listener = per_worker.remove(0).remove(0);
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(addrs[0]).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

@@ -295,6 +295,8 @@ impl Accept {
             };
             let (serving, tls) = (self.serving.clone(), self.tls);
             tokio::task::spawn_local(async move {
+                // Linux: inherited from the listener (see `listen::bind_one`).
+                #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
                 // The connection's slot and the worker's liveness, kept by whoever holds a
                 // clone: the connection, and a tunnel made from it.
