@@ -318,7 +318,9 @@ impl Accept {
                     })
                     .await;
                 } else {
-                    serve_h1(stream, info, &serving).await;
+                    // Boxed too: the task is spawned (and its future copied) before it first
+                    // runs, and a small task copies less than the engine's ~3 KB of state.
+                    Box::pin(serve_h1(stream, info, &serving)).await;
                 }
             });
         }
