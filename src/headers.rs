@@ -24,8 +24,8 @@ pub use cookie::{
 };
 pub(crate) use forward::X_FORWARDED_FOR;
 pub use forward::{
-    Forwarded, add_forwarded, client_ip, keeps_forwarded, strip_hop_by_hop, upgrade_protocol,
-    write_forwarded_for,
+    Forwarded, add_forwarded, client_ip, ip_value, keeps_forwarded, strip_hop_by_hop,
+    upgrade_protocol, write_forwarded_for,
 };
 pub use framing::{Framing, framing, valid_host};
 // The same rules on raw bytes, for the HTTP/1 engine's parser.

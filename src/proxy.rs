@@ -56,8 +56,7 @@ impl ConnInfo {
         let ip = peer.ip().to_canonical();
         ConnInfo {
             peer: SocketAddr::new(ip, peer.port()),
-            peer_value: HeaderValue::from_str(&ip.to_string())
-                .expect("an IP address is a valid header value"),
+            peer_value: crate::headers::ip_value(ip),
             tls,
             hold: None,
         }
