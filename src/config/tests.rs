@@ -585,6 +585,7 @@ fn every_validation_error_names_the_offending_keys_own_line_and_column() {
         (section("tls", &format!("{}\nversions = [\"1.1\"]", certs(&cert, &key))), 7, 12, "tls.versions takes"),
         (section("tls", &format!("{}\nversions = []", certs(&cert, &key))), 7, 12, "tls.versions takes"),
         (section("tls", &format!("{}\nversions = [\"1.3\", \"1.3\"]", certs(&cert, &key))), 7, 12, "tls.versions takes"),
+        (section("tls", "certs = []\nversions = [\"1.1\"]"), 4, 12, "tls.versions takes"),
         // [admin] token, resolved like the keys.
         (section("admin", "token = \"env:NOPE\""), 3, 9, "environment variable NOPE is not set"),
         (section("admin", "token = \"file:short\""), 3, 9, "at least 32"),

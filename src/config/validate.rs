@@ -455,6 +455,8 @@ fn tls(raw: Option<&raw::Tls>, dir: &Path) -> Result<Option<Tls>, Invalid> {
     let Some(t) = raw else {
         return Ok(None);
     };
+    // A rule, checked before the certificate files are read, and whether or not there are any.
+    let versions = tls_versions(&t.versions)?;
     let mut certs = Vec::with_capacity(t.certs.get_ref().len());
     for spec in t.certs.get_ref() {
         let cert = dir.join(spec.cert.get_ref());
@@ -465,7 +467,6 @@ fn tls(raw: Option<&raw::Tls>, dir: &Path) -> Result<Option<Tls>, Invalid> {
     if certs.is_empty() {
         return Ok(None);
     }
-    let versions = tls_versions(&t.versions)?;
     Ok(Some(Tls {
         server_config: crate::tls::server_config(&certs, &versions)
             .map_err(|m| (t.certs.span(), m))?,
