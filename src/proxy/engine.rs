@@ -580,6 +580,13 @@ impl Proxy {
             drop(guard);
             return false;
         }
+        // A response received whole leaves the backend's in-flight count before the client
+        // gets it, as it is counted among the responses before (a client that has the
+        // response sees both); a streamed one when its relay ends.
+        let mut guard = Some(guard);
+        if ok && first.done {
+            guard = None;
+        }
         if ok {
             let direct = first.direct;
             let written = if direct > 0 && c.out.len() <= body_at {

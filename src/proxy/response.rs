@@ -182,12 +182,13 @@ pub(super) fn tracked(
 }
 
 /// A backend's response body. It holds the backend's in-flight count, and the connection it
-/// came on: once the body has been read to its end the connection goes back to the pool;
+/// came on: once the body has been read to its end the count ends and the connection goes
+/// back to the pool (as the HTTP/1 engine does, before the client has the last bytes);
 /// dropped before that (the client went away), the connection is closed with it.
 pub struct Tracked {
     inner: Incoming,
     lease: Option<Lease>,
-    _guard: InFlight,
+    guard: Option<InFlight>,
     /// The access log line, written when the body is over; with the bytes sent so far.
     log: Option<Box<(Pending, u64)>>,
 }
@@ -198,7 +199,7 @@ impl Tracked {
         Tracked {
             inner,
             lease: Some(lease),
-            _guard: guard,
+            guard: Some(guard),
             log: log.map(|p| Box::new((p, 0))),
         }
     }
@@ -225,6 +226,7 @@ impl Tracked {
     }
 
     fn release(&mut self) {
+        self.guard = None;
         if let Some(lease) = self.lease.take() {
             lease.release();
         }
