@@ -314,10 +314,22 @@ async fn hostile_cookies_are_served_200_with_a_fresh_cookie() {
         let v = ring
             .verify(fresh.as_bytes())
             .unwrap_or_else(|e| panic!("{what}: fresh cookie invalid: {e:?}"));
-        assert_eq!(
-            v.claims.issued_at, v.claims.last_seen,
-            "{what}: a new session"
-        );
+        if *reason == Outcome::UnknownBackend {
+            // A valid session whose backend left the config keeps its session and is re-pinned
+            // to the rendezvous fallback (docs/affinity.md, 4b): same nonce and issued_at.
+            let old = ring.verify(value.as_bytes()).unwrap().claims;
+            assert_eq!(
+                (v.claims.nonce, v.claims.issued_at),
+                (old.nonce, old.issued_at),
+                "{what}: the session is kept"
+            );
+            assert_ne!(v.claims.backend_tag, old.backend_tag, "{what}: re-pinned");
+        } else {
+            assert_eq!(
+                v.claims.issued_at, v.claims.last_seen,
+                "{what}: a new session"
+            );
+        }
         assert!(
             lb.shared().metrics.outcomes(*reason) >= 1,
             "{what} counted as {reason:?}"
