@@ -44,6 +44,7 @@ pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod route;
 pub mod server;
 pub mod state;
 pub mod tls;
