@@ -619,3 +619,16 @@ fn the_summary_shows_durations_as_they_read() {
     );
     assert!(s.contains("app-1 127.0.0.1:3001 weight 1 active"), "{s}");
 }
+
+/// Groundwork for pools (issue 14): the raw schema deserialises from toml's spanned
+/// `DeTable` as from text, spans included, so per-pool sections can be merged with the
+/// top-level ones before typed deserialisation without losing any value's position.
+#[test]
+fn the_schema_deserialises_from_a_spanned_table_with_the_same_spans() {
+    use serde::Deserialize;
+    let text = "[affinity]\ncookie = \"c\"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n";
+    let direct: raw::Config = toml::from_str(text).unwrap();
+    let table = toml::de::DeTable::parse(text).unwrap();
+    let via: raw::Config = raw::Config::deserialize(toml::de::Deserializer::from(table)).unwrap();
+    assert_eq!(format!("{direct:?}"), format!("{via:?}"));
+}
