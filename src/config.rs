@@ -15,6 +15,7 @@
 //! and default is documented in `config/example.toml`.
 
 mod duration;
+mod inherit;
 mod keys;
 mod raw;
 mod validate;
@@ -364,12 +365,17 @@ pub fn parse(
             message,
         }
     };
-    let raw: raw::Config = toml::from_str(text).map_err(|e| {
+    let toml_error = |e: toml::de::Error| {
         at(
             e.span().unwrap_or(0..0),
             e.message().trim_end().replace('\n', " "),
         )
-    })?;
+    };
+    // Parsed into toml's spanned table first: pools inherit the top-level sections there,
+    // every value keeping the position it was written at.
+    let mut doc = toml::de::DeTable::parse(text).map_err(toml_error)?;
+    inherit::pool_sections(doc.get_mut());
+    let raw = raw::Config::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
     validate::config(raw, dir, keys).map_err(|(span, message)| at(span, message))
 }
 
