@@ -67,8 +67,30 @@ pub struct Config {
     /// `[tls]` with at least one certificate. `None`: nothing to serve `listen_tls` with (and
     /// then there is no `listen_tls`).
     pub tls: Option<Tls>,
-    /// `[[backend]]`, in file order; never empty, ids unique.
+    /// Every backend, in file order: the top-level `[[backend]]`s, then each `[[pool]]`'s;
+    /// never empty, ids unique across pools.
     pub backends: Vec<Backend>,
+    /// The pools: "default" first when there are top-level backends, then `[[pool]]`s in
+    /// file order. Never empty; every pool has at least one backend.
+    pub pools: Vec<Pool>,
+    /// `[[route]]`s, with the pool "default" serving what no route matches.
+    pub routes: crate::route::Table,
+}
+
+/// One pool of backends with its own affinity, health and placement.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// `name` ("default" for the top-level backends).
+    pub name: String,
+    /// Its `[affinity]`: the top-level section with the pool's overrides; the cookie is the
+    /// pool's own (`stickyd_<name>` unless set).
+    pub affinity: Affinity,
+    /// Its `[health]`.
+    pub health: Health,
+    /// Its `[balance]`.
+    pub balance: Balance,
+    /// Its backends, as indexes into [`Config::backends`].
+    pub backends: Vec<usize>,
 }
 
 /// `[server]`: client-facing listeners and limits.

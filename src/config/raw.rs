@@ -43,6 +43,39 @@ pub(super) struct Config {
     pub tls: Option<Tls>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<Pool>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+}
+
+/// `[[pool]]`: its sections already hold the top-level keys they do not set (`inherit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Pool {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub affinity: Affinity,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<Backend>,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Route {
+    pub host: Option<Spanned<String>>,
+    #[serde(default = "root")]
+    pub path_prefix: Spanned<String>,
+    pub pool: Spanned<String>,
+}
+
+fn root() -> Spanned<String> {
+    dflt("/".into())
 }
 
 /// `[server]`.

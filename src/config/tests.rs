@@ -632,3 +632,103 @@ fn the_schema_deserialises_from_a_spanned_table_with_the_same_spans() {
     let via: raw::Config = raw::Config::deserialize(toml::de::Deserializer::from(table)).unwrap();
     assert_eq!(format!("{direct:?}"), format!("{via:?}"));
 }
+
+#[test]
+fn pools_and_routes_parse_with_their_defaults_and_errors_at_their_keys() {
+    let ok = "[affinity]\nmax_idle = \"1h\"\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n\
+              [[pool]]\nname = \"shop\"\n[pool.affinity]\nmax_idle = \"5m\"\n\
+              [[pool.backend]]\nid = \"s1\"\naddress = \"h:2\"\n\
+              [[route]]\nhost = \"shop.example.com\"\npool = \"shop\"\n";
+    let c = parse_for_tests(ok);
+    let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["default", "shop"]);
+    assert_eq!(c.pools[0].affinity.cookie, "stickyd");
+    assert_eq!(c.pools[1].affinity.cookie, "stickyd_shop");
+    assert_eq!(
+        c.pools[1].affinity.max_idle,
+        Duration::from_secs(300),
+        "its own value"
+    );
+    assert_eq!(c.pools[1].backends, [1]);
+    let bytes = |p: &crate::config::Pool| -> Vec<Vec<u8>> {
+        p.affinity.secrets.iter().map(|k| k.0.clone()).collect()
+    };
+    assert!(
+        !c.pools[1].affinity.secrets.is_empty(),
+        "a pool signs with a key"
+    );
+    assert_eq!(
+        bytes(&c.pools[1]),
+        bytes(&c.pools[0]),
+        "the top-level keys, inherited"
+    );
+    assert_eq!(c.backends[1].id, "s1");
+    assert_eq!(c.routes.pick(Some(b"shop.example.com"), b"/"), Some(1));
+    assert_eq!(
+        c.routes.pick(Some(b"other"), b"/"),
+        Some(0),
+        "the default pool"
+    );
+
+    let pool = |body: &str| format!("# line 1\n[[pool]]\n{body}\n");
+    let rows = [
+        (
+            pool("name = \"a b\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:1\""),
+            3,
+            8,
+            "invalid pool name",
+        ),
+        (pool("name = \"p\""), 3, 8, "has no backends"),
+        (
+            pool(
+                "name = \"p\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:1\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:2\"",
+            ),
+            8,
+            6,
+            "duplicate backend id",
+        ),
+        (
+            pool(
+                "name = \"p\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:1\"\n[[route]]\npool = \"q\"",
+            ),
+            8,
+            8,
+            "route to unknown pool \"q\"",
+        ),
+        (
+            pool(
+                "name = \"p\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:1\"\n[[route]]\nhost = \"a:1\"\npool = \"p\"",
+            ),
+            8,
+            8,
+            "route host",
+        ),
+        (
+            pool(
+                "name = \"p\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:1\"\n[[route]]\npath_prefix = \"api\"\npool = \"p\"",
+            ),
+            8,
+            15,
+            "route path_prefix",
+        ),
+        (
+            pool(
+                "name = \"p\"\n[[pool.backend]]\nid = \"x\"\naddress = \"h:1\"\n[[route]]\nhost = \"a.test\"\npool = \"p\"\n[[route]]\nhost = \"A.test\"\npool = \"p\"",
+            ),
+            11,
+            8,
+            "same host and path_prefix as route 1",
+        ),
+    ];
+    for (text, line, col, needle) in &rows {
+        let e = parse(
+            text,
+            "t.toml",
+            Path::new("/etc/stickyd"),
+            &FakeKeys::default(),
+        )
+        .expect_err(&format!("{text} should be refused"));
+        assert_eq!((e.line, e.col), (*line, *col), "{e}\n--- in ---\n{text}");
+        assert!(e.message.contains(needle), "{e} should say {needle:?}");
+    }
+}

@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::keys::{KeySource, Secret, resolve};
 use super::{
-    Admin, Affinity, Backend, Balance, Config, Health, Log, Server, Tls, Upstream, parse_address,
-    raw, trim_directives,
+    Admin, Affinity, Backend, Balance, Config, Health, Log, Pool, Server, Tls, Upstream,
+    parse_address, raw, trim_directives,
 };
 use crate::headers::is_cookie_name;
 
@@ -46,7 +46,14 @@ pub(super) fn config(
     let upstream = upstream(&raw.upstream)?;
     let health = health(&raw.health)?;
     let log = log(&raw.log, dir)?;
-    let mut backends = backends(&raw.backends)?;
+    let all: Vec<&raw::Backend> = raw
+        .backends
+        .iter()
+        .chain(raw.pools.iter().flat_map(|p| &p.backends))
+        .collect();
+    let mut pools = pools(&raw, &affinity, &balance, &health)?;
+    let mut backends = backends(&all)?;
+    let routes = routes(&raw.routes, &pools)?;
 
     // The rules hold: load what the config names.
     affinity.secrets = raw
@@ -55,7 +62,7 @@ pub(super) fn config(
         .iter()
         .map(|spec| resolve(spec, dir, keys).map_err(|m| (spec.span(), m)))
         .collect::<Result<_, _>>()?;
-    for (b, r) in backends.iter_mut().zip(&raw.backends) {
+    for (b, r) in backends.iter_mut().zip(all.iter().copied()) {
         b.origin = origin(r, &b.address, dir)?;
     }
     let tls = tls(raw.tls.as_ref(), dir)?;
@@ -82,6 +89,29 @@ pub(super) fn config(
         affinity.secrets.push(Secret(k));
         affinity.generated_key = true;
     }
+    // Each pool signs with its own `keys` (inherited from [affinity] unless it sets them),
+    // resolved like the top-level ones; the default pool is the top-level section.
+    let mut named = raw.pools.iter();
+    for pool in pools.iter_mut() {
+        if pool.name == "default" && !raw.backends.is_empty() {
+            pool.affinity.secrets = affinity.secrets.clone();
+            pool.affinity.generated_key = affinity.generated_key;
+            continue;
+        }
+        let Some(r) = named.next() else { break };
+        let own: Vec<Secret> = r
+            .affinity
+            .keys
+            .iter()
+            .map(|spec| resolve(spec, dir, keys).map_err(|m| (spec.span(), m)))
+            .collect::<Result<_, _>>()?;
+        if own.is_empty() {
+            pool.affinity.secrets = affinity.secrets.clone();
+            pool.affinity.generated_key = affinity.generated_key;
+        } else {
+            pool.affinity.secrets = own;
+        }
+    }
     Ok(Config {
         server,
         affinity,
@@ -92,6 +122,106 @@ pub(super) fn config(
         admin,
         tls,
         backends,
+        pools,
+        routes,
+    })
+}
+
+/// The pools: "default" from the top-level backends and sections, then each `[[pool]]`
+/// (its sections already hold the top-level keys it does not set).
+fn pools(
+    raw: &raw::Config,
+    affinity_top: &Affinity,
+    balance_top: &Balance,
+    health_top: &Health,
+) -> Result<Vec<Pool>, Invalid> {
+    let mut out = Vec::with_capacity(raw.pools.len() + 1);
+    if !raw.backends.is_empty() {
+        out.push(Pool {
+            name: "default".into(),
+            affinity: affinity_top.clone(),
+            health: health_top.clone(),
+            balance: balance_top.clone(),
+            backends: (0..raw.backends.len()).collect(),
+        });
+    }
+    let mut next = raw.backends.len();
+    for p in &raw.pools {
+        let name = p.name.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        check(name_ok, p.name.span(), || {
+            format!("invalid pool name {name:?}: 1 to 64 of A-Z a-z 0-9 - _")
+        })?;
+        check(
+            !out.iter().any(|o: &Pool| o.name == *name),
+            p.name.span(),
+            || {
+                if name == "default" {
+                    "the pool \"default\" is the top-level [[backend]] entries; name this one otherwise"
+                    .into()
+                } else {
+                    format!("duplicate pool name {name:?}")
+                }
+            },
+        )?;
+        check(!p.backends.is_empty(), p.name.span(), || {
+            format!("pool {name:?} has no backends: add [[pool.backend]] entries")
+        })?;
+        let mut affinity = affinity(&p.affinity)?;
+        if !written(&p.affinity.cookie) {
+            affinity.cookie = format!("stickyd_{name}");
+        }
+        out.push(Pool {
+            name: name.clone(),
+            affinity,
+            health: health(&p.health)?,
+            balance: balance(&p.balance)?,
+            backends: (next..next + p.backends.len()).collect(),
+        });
+        next += p.backends.len();
+    }
+    Ok(out)
+}
+
+/// The route table: each route's host pattern, prefix and pool checked where written.
+fn routes(raw: &[raw::Route], pools: &[Pool]) -> Result<crate::route::Table, Invalid> {
+    use crate::route::{HostPattern, Route, Table, check_prefix};
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        let host = match &r.host {
+            Some(h) => HostPattern::parse(h.get_ref())
+                .map_err(|m| (h.span(), format!("route host {m}")))?,
+            None => HostPattern::Any,
+        };
+        check_prefix(r.path_prefix.get_ref())
+            .map_err(|m| (r.path_prefix.span(), format!("route path_prefix {m}")))?;
+        let name = r.pool.get_ref();
+        let pool = pools
+            .iter()
+            .position(|p| p.name == *name)
+            .ok_or_else(|| (r.pool.span(), format!("route to unknown pool {name:?}")))?;
+        out.push(Route {
+            host,
+            path_prefix: r.path_prefix.get_ref().as_str().into(),
+            pool,
+        });
+    }
+    let default = pools.iter().position(|p| p.name == "default");
+    Table::new(out, default).map_err(|crate::route::Duplicate(first, second)| {
+        let r = &raw[second];
+        let span = r.host.as_ref().map_or_else(|| r.path_prefix.span(), |h| h.span());
+        (
+            span,
+            format!(
+                "route {} has the same host and path_prefix as route {} (routes are [[route]] entries, counted from 1)",
+                second + 1,
+                first + 1
+            ),
+        )
     })
 }
 
@@ -351,14 +481,14 @@ fn log(l: &raw::Log, dir: &Path) -> Result<Log, Invalid> {
 }
 
 /// The pool without its TLS clients, which are made once every rule holds.
-fn backends(raw: &[raw::Backend]) -> Result<Vec<Backend>, Invalid> {
+fn backends(raw: &[&raw::Backend]) -> Result<Vec<Backend>, Invalid> {
     // Nothing to point at for what is missing: the error names the start of the file.
     check(!raw.is_empty(), 0..0, || {
         "no [[backend]] is configured; add at least one with an id and an address".into()
     })?;
     let mut seen: Vec<&str> = Vec::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
-    for b in raw {
+    for &b in raw {
         let id = b.id.get_ref();
         let id_ok = !id.is_empty()
             && id.len() <= 64
