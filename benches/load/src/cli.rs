@@ -1,6 +1,7 @@
 //! The command line: options, their parsers (durations, scenario events), and the checks that
 //! turn them into a [`Plan`]. Nothing here does I/O.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ Examples:
   cargo bench --bench load -- --kill b2@3s --restart b2@6s --duration 10s
   cargo bench --bench load -- --rate 20000 --duration 30s
   cargo bench --bench load -- --fresh-only --idle-conns 5000
-  cargo bench --bench load -- --target http://lb.example.internal:8080/ --concurrency 128";
+  cargo bench --bench load -- --target http://lb.example.internal:8080/ --concurrency 128
+  cargo bench --bench load -- --target http://10.0.0.5:8080/ --host shop.example.com";
 
 /// Options of `cargo bench --bench load -- [OPTIONS]`.
 #[derive(Parser, Debug, Clone)]
@@ -107,6 +109,13 @@ pub struct Args {
     /// Request method (requests carry no body).
     #[arg(long, default_value = "GET", value_name = "METHOD")]
     pub method: String,
+    /// Host header of every request sent (load, --idle-conns, the start-up probe) [default:
+    /// the address driven: stickyd's listener, the --target URL's host:port, or the backend
+    /// with --direct]. A DNS name, IPv4 address or [IPv6] address, with an optional :port; to
+    /// measure one pool of a config that routes pools by host. The connection still goes to
+    /// that address.
+    #[arg(long, value_name = "NAME", value_parser = parse_host, conflicts_with = "backends_only")]
+    pub host: Option<String>,
 
     /// Fewest requests a user makes (the Pareto scale).
     #[arg(long, default_value_t = 2, value_name = "N")]
@@ -232,6 +241,86 @@ pub fn parse_backend_at(s: &str) -> Result<(String, Duration), String> {
     Ok((id.to_string(), parse_duration(at)?))
 }
 
+/// Checks a `--host` value, a Host header: a DNS name (letters, digits, `-`, `_`, dots
+/// between non-empty labels, an optional final dot), an IPv4 address or an IPv6 address in
+/// brackets, then an optional `:port` (1-65535). Returned as given: stickyd compares hosts
+/// without case, port or final dot, so the value is sent exactly as the user wrote it.
+pub fn parse_host(s: &str) -> Result<String, String> {
+    const EG: &str = "e.g. shop.example.com, 10.0.0.5:8080 or [::1]:8080";
+    if s.is_empty() {
+        return Err(format!("empty host ({EG})"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{s:?} contains {c:?}: no whitespace or control characters"
+        ));
+    }
+    if !s.is_ascii() {
+        return Err(format!(
+            "{s:?} is not ASCII: write an internationalised name in its xn-- form"
+        ));
+    }
+    let (name, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: '[' without ']'"))?;
+        if v6.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("{s:?}: {v6:?} is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            a => Some(
+                a.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: only :port may follow ']'"))?,
+            ),
+        };
+        (None, port)
+    } else {
+        match s.split_once(':') {
+            Some((_, p)) if p.contains(':') => {
+                return Err(format!(
+                    "{s:?} has more than one ':': an IPv6 address goes in brackets ([::1]:8080), and the only other ':' is the one before the port"
+                ));
+            }
+            Some((n, p)) => (Some(n), Some(p)),
+            None => (Some(s), None),
+        }
+    };
+    if let Some(p) = port {
+        let ok = !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n != 0);
+        if !ok {
+            return Err(format!("{s:?}: the port {p:?} is not from 1 to 65535"));
+        }
+    }
+    if let Some(name) = name {
+        if name.is_empty() {
+            return Err(format!("{s:?} has no host before the port ({EG})"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(format!(
+                "{s:?} contains {c:?}: not a host name, IPv4 or [IPv6] address ({EG})"
+            ));
+        }
+        let labels = name.strip_suffix('.').unwrap_or(name);
+        if labels.split('.').any(str::is_empty) {
+            return Err(format!(
+                "{s:?} has an empty label (a leading or doubled dot)"
+            ));
+        }
+        if labels.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && labels.parse::<Ipv4Addr>().is_err()
+        {
+            return Err(format!("{s:?}: {labels:?} is not an IPv4 address"));
+        }
+    }
+    Ok(s.to_string())
+}
+
 /// What the harness drives.
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -303,6 +392,8 @@ pub struct Plan {
     pub timeout: Duration,
     pub path: PathAndQuery,
     pub method: Method,
+    /// `--host`: the Host header of every request instead of the address driven.
+    pub host: Option<String>,
     pub users: RequestCount,
     pub fresh_only: bool,
     pub min_requests: u32,
@@ -463,6 +554,7 @@ impl Plan {
             timeout: args.timeout,
             path,
             method,
+            host: args.host.clone(),
             users,
             fresh_only: args.fresh_only,
             min_requests: args.min_requests,
@@ -656,6 +748,7 @@ mod tests {
         assert_eq!(p.method, Method::GET);
         assert_eq!((p.min_requests, p.max_requests), (2, 1000));
         assert_eq!(p.backend_header, "x-backend");
+        assert_eq!(p.host, None);
         assert_eq!(p.backend_ids(), ["b1", "b2", "b3", "b4"]);
     }
 
@@ -757,5 +850,86 @@ mod tests {
         assert!(p.duration.is_zero());
         let p = plan(&["--fresh-only"]).expect("valid");
         assert_eq!(p.users.sample(&mut crate::users::Rng::new(1, 1)), 1);
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_an_optional_port() {
+        for good in [
+            "shop.example.com",
+            "Shop.Example.COM",
+            "shop.example.com.",
+            "localhost",
+            "a_b-c.example",
+            "xn--bcher-kva.example",
+            "shop.example.com:8080",
+            "10.0.0.5",
+            "10.0.0.5:65535",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::7]:1",
+        ] {
+            assert_eq!(parse_host(good).as_deref(), Ok(good), "kept as given");
+        }
+        for (bad, needle) in [
+            ("", "empty host"),
+            (" shop.example", "no whitespace or control"),
+            ("shop example", "no whitespace or control"),
+            ("shop.example\t", "no whitespace or control"),
+            ("shop\r\nx-evil: 1", "no whitespace or control"),
+            ("shop\u{0}", "no whitespace or control"),
+            ("shop\u{7f}", "no whitespace or control"),
+            ("b\u{fc}cher.example", "xn--"),
+            ("::1", "in brackets"),
+            ("shop.example:80:81", "more than one ':'"),
+            ("shop.example:", "port \"\""),
+            ("shop.example:0", "from 1 to 65535"),
+            ("shop.example:65536", "from 1 to 65535"),
+            ("shop.example:+80", "from 1 to 65535"),
+            ("shop.example:http", "from 1 to 65535"),
+            (":8080", "no host before the port"),
+            ("[::1", "without ']'"),
+            ("[::g]", "not an IPv6 address"),
+            ("[10.0.0.1]", "not an IPv6 address"),
+            ("[]", "not an IPv6 address"),
+            ("[::1]8080", "only :port"),
+            ("[::1]:", "from 1 to 65535"),
+            ("user@shop.example", "contains '@'"),
+            ("shop.example/x", "contains '/'"),
+            ("*.example.com", "contains '*'"),
+            (".shop.example", "empty label"),
+            ("shop..example", "empty label"),
+            ("shop.example..", "empty label"),
+            (".", "empty label"),
+            ("999.1.1.1", "not an IPv4 address"),
+            ("10.0.0", "not an IPv4 address"),
+        ] {
+            let e = parse_host(bad).expect_err(&format!("{bad:?} was accepted"));
+            assert!(e.contains(needle), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_host_option_reaches_the_plan_and_a_bad_one_is_a_usage_error() {
+        assert_eq!(
+            plan(&["--host", "shop.example.com"])
+                .expect("valid")
+                .host
+                .as_deref(),
+            Some("shop.example.com")
+        );
+        let p = plan(&["--target", "http://127.0.0.1:8080/", "--host", "[::1]:8080"]);
+        assert_eq!(p.expect("valid").host.as_deref(), Some("[::1]:8080"));
+        let p = plan(&["--direct", "--host", "10.0.0.5"]).expect("valid");
+        assert_eq!(p.host.as_deref(), Some("10.0.0.5"));
+        for bad in ["", "shop example", "a:b:c", "shop.example:0"] {
+            let e = args(&["--host", bad]).expect_err(&format!("{bad:?} was accepted"));
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            assert!(e.use_stderr());
+            assert_eq!(e.exit_code(), i32::from(crate::EXIT_USAGE), "{bad:?}");
+            assert!(e.to_string().contains("--host <NAME>"), "{bad:?}: {e}");
+        }
+        // --backends-only sends no requests.
+        let e = args(&["--backends-only", "--host", "h"]).expect_err("conflict");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

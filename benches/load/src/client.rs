@@ -617,6 +617,44 @@ impl Chunked {
     }
 }
 
+/// A loopback server for tests (127.0.0.1:0): on every connection it answers each request
+/// with a 200 from backend `b1` that sets the cookie `stickyd_shop=t1`, keeps the connection
+/// open, and sends each request head (up to and with its blank line) on the channel before
+/// answering it. So once a client has its answer, the head is waiting in the channel.
+#[cfg(test)]
+pub(crate) async fn recording_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>)
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut have = Vec::new();
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let _ = tx.send(have.drain(..end + 4).collect());
+                        let answer = b"HTTP/1.1 200 OK\r\nx-backend: b1\r\n\
+                            set-cookie: stickyd_shop=t1; Path=/; HttpOnly\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -1043,6 +1081,22 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(&t.head[..], b"POST / HTTP/1.1\r\nhost: h\r\n");
+        for host in [
+            "shop.example.com",
+            "shop.example.com:8080",
+            "[::1]:8080",
+            "10.0.0.5",
+        ] {
+            let t = Target::new(
+                "127.0.0.1:9".parse().expect("addr"),
+                host,
+                &PathAndQuery::from_static("/a"),
+                Method::GET,
+                HeaderName::from_static("x-backend"),
+            )
+            .expect("valid");
+            assert_eq!(t.head, format!("GET /a HTTP/1.1\r\nhost: {host}\r\n"));
+        }
         assert!(
             Target::new(
                 "127.0.0.1:9".parse().expect("addr"),

@@ -27,7 +27,10 @@ pub fn render(r: &Report) -> String {
     let _ = write!(
         o,
         "<p class=\"meta\">{} · {} · {}s measured after {}s warmup{}</p>",
-        esc(&format!("{} {}", r.mode.kind, r.mode.target)),
+        esc(&match &r.mode.host {
+            Some(h) => format!("{} {} (Host: {h})", r.mode.kind, r.mode.target),
+            None => format!("{} {}", r.mode.kind, r.mode.target),
+        }),
         esc(&if r.load.model == "open" {
             format!(
                 "open loop {} req/s (max {} in flight)",

@@ -132,7 +132,49 @@ pub fn ensure_budget(needed: u64, conns: u64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use http::uri::PathAndQuery;
+    use http::{HeaderName, Method};
+
     use super::*;
+    use crate::client::recording_server;
+
+    #[test]
+    fn idle_connections_carry_the_targets_host() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let (addr, mut heads) = recording_server().await;
+                let target = Target::new(
+                    addr,
+                    "shop.example.com",
+                    &PathAndQuery::from_static("/"),
+                    Method::GET,
+                    HeaderName::from_static("x-backend"),
+                )
+                .expect("target");
+                let (_tx, rx) = watch::channel(false);
+                let r = hold(
+                    Arc::new(target),
+                    3,
+                    None,
+                    Duration::ZERO,
+                    Duration::from_secs(10),
+                    rx,
+                )
+                .await;
+                assert_eq!((r.opened, r.failed.len()), (3, 0));
+                let mut got = Vec::new();
+                while let Ok(h) = heads.try_recv() {
+                    got.push(String::from_utf8(h).expect("text"));
+                }
+                assert_eq!(
+                    got, ["GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n"; 3],
+                    "one cookieless request per connection"
+                );
+            });
+    }
 
     #[test]
     fn the_port_range_is_counted_inclusively() {

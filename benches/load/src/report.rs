@@ -59,6 +59,8 @@ pub struct ModeInfo {
     pub backends_started: usize,
     pub backend_threads: Option<usize>,
     pub backend_header: String,
+    /// `--host`: the Host header every request carried instead of the address driven.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -451,6 +453,9 @@ impl Report {
             _ => format!("existing deployment {}", m.target),
         };
         let _ = writeln!(o, "target:  {what}");
+        if let Some(h) = &m.host {
+            let _ = writeln!(o, "host:    {h} (the Host header of every request)");
+        }
         let model = if l.model == "open" {
             format!(
                 "open loop, {} req/s, at most {} in flight",
@@ -926,6 +931,7 @@ mod tests {
                 backends_started: 2,
                 backend_threads: Some(1),
                 backend_header: "x-backend".into(),
+                host: None,
             },
             load: LoadInfo {
                 model: if open_loop { "open" } else { "closed" }.into(),
@@ -1042,5 +1048,21 @@ mod tests {
         assert_eq!(r.summary.unsent, Some(0));
         assert!(r.affinity.rule.contains("assumed usable"));
         assert!(r.notes.iter().any(|n| n.contains("x-backend")));
+    }
+
+    #[test]
+    fn a_chosen_host_is_reported() {
+        let st = ThreadStats::new(1, &[]);
+        let r = Report::build(&st, facts(false, true));
+        assert!(!r.render_text().contains("host:"));
+        let json: serde_json::Value = serde_json::to_value(&r).expect("serializes");
+        assert!(json["mode"]["host"].is_null());
+        let mut f = facts(false, true);
+        f.mode.host = Some("shop.example.com".into());
+        let r = Report::build(&st, f);
+        assert!(r.render_text().contains("\nhost:    shop.example.com "));
+        let json: serde_json::Value = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(json["mode"]["host"], "shop.example.com");
+        assert!(crate::html::render(&r).contains("(Host: shop.example.com)"));
     }
 }

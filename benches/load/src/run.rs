@@ -142,13 +142,7 @@ async fn run_inner(
                 max_life: plan.max_life,
                 haproxy: *haproxy,
             };
-            let target = Target::new(
-                listen,
-                &listen.to_string(),
-                &plan.path,
-                plan.method.clone(),
-                plan.backend_header.clone(),
-            )?;
+            let target = target_for(&plan, listen, &listen.to_string())?;
             // Next to the JSON report and named after it, so runs with their own --json keep
             // their own log.
             let log = plan.json.with_extension("stickyd.log");
@@ -163,13 +157,7 @@ async fn run_inner(
         }
         Mode::Direct => {
             let addr = backends[0].addr;
-            let target = Target::new(
-                addr,
-                &addr.to_string(),
-                &plan.path,
-                plan.method.clone(),
-                plan.backend_header.clone(),
-            )?;
+            let target = target_for(&plan, addr, &addr.to_string())?;
             (
                 target,
                 "direct",
@@ -188,13 +176,7 @@ async fn run_inner(
                 .map_err(|e| format!("cannot resolve {host_port}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{host_port} resolves to no address"))?;
-            let target = Target::new(
-                addr,
-                authority,
-                &plan.path,
-                plan.method.clone(),
-                plan.backend_header.clone(),
-            )?;
+            let target = target_for(&plan, addr, authority)?;
             (target, "target", url.to_string(), Vec::new())
         }
         Mode::BackendsOnly => unreachable!("handled above"),
@@ -305,6 +287,7 @@ async fn run_inner(
             backends_started: backends.len(),
             backend_threads: (own > 0).then_some(plan.backend_threads),
             backend_header: plan.backend_header.to_string(),
+            host: plan.host.clone(),
         },
         load: load_info(&plan),
         measured_s: load.measured_s,
@@ -351,6 +334,20 @@ async fn run_inner(
         report: Some(report),
         interrupted,
     })
+}
+
+/// The request template for the address driven, `addr`: every request (load, idle
+/// connections, stickyd's start-up probe) carries `--host` as its Host header, or else
+/// `default_host`, the address as the harness knows it (listener, `--target` authority or
+/// backend address).
+fn target_for(plan: &Plan, addr: SocketAddr, default_host: &str) -> Result<Target, String> {
+    Target::new(
+        addr,
+        plan.host.as_deref().unwrap_or(default_host),
+        &plan.path,
+        plan.method.clone(),
+        plan.backend_header.clone(),
+    )
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
@@ -617,4 +614,82 @@ async fn backends_only(
         report: None,
         interrupted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::client::{exchange, ready_conn, recording_server};
+    use crate::users::User;
+
+    fn plan(extra: &[&str]) -> Plan {
+        let args =
+            crate::cli::Args::try_parse_from(std::iter::once("load").chain(extra.iter().copied()))
+                .expect("args");
+        Plan::from_args(args, "/bin/stickyd").expect("plan")
+    }
+
+    /// Two requests of one user on a keep-alive connection to a loopback server; the request
+    /// heads it received.
+    async fn two_requests(plan: &Plan, default_host: &str) -> Vec<String> {
+        let (addr, mut heads) = recording_server().await;
+        let target = target_for(plan, addr, default_host).expect("target");
+        let mut slot = None;
+        let mut user = User::new(2, false);
+        for _ in 0..2 {
+            let conn = ready_conn(&mut slot, addr).await.expect("connect");
+            let a = exchange(conn, &target, &mut user).await.expect("answer");
+            assert_eq!(a.backend.expect("backend"), "b1");
+        }
+        let mut got = Vec::new();
+        while let Ok(h) = heads.try_recv() {
+            got.push(String::from_utf8(h).expect("text"));
+        }
+        got
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn requests_carry_the_chosen_host_and_keep_their_cookie() {
+        let p = plan(&["--host", "Shop.Example.com:8080", "--path", "/cart"]);
+        let heads = block_on(two_requests(&p, "127.0.0.1:1"));
+        assert_eq!(
+            heads,
+            [
+                "GET /cart HTTP/1.1\r\nhost: Shop.Example.com:8080\r\n\r\n",
+                "GET /cart HTTP/1.1\r\nhost: Shop.Example.com:8080\r\ncookie: stickyd_shop=t1\r\n\r\n",
+            ]
+        );
+        // With --target too, --host replaces the URL's authority (the default passed here).
+        let p = plan(&["--target", "http://127.0.0.1:1/", "--host", "[::1]"]);
+        let heads = block_on(two_requests(&p, "127.0.0.1:1"));
+        assert_eq!(heads.len(), 2);
+        assert!(
+            heads
+                .iter()
+                .all(|h| h.starts_with("GET / HTTP/1.1\r\nhost: [::1]\r\n")),
+            "{heads:?}"
+        );
+    }
+
+    #[test]
+    fn without_host_requests_carry_the_address_driven() {
+        let heads = block_on(two_requests(&plan(&[]), "127.0.0.1:4321"));
+        assert_eq!(heads.len(), 2);
+        assert!(
+            heads
+                .iter()
+                .all(|h| h.starts_with("GET / HTTP/1.1\r\nhost: 127.0.0.1:4321\r\n")),
+            "{heads:?}"
+        );
+    }
 }
