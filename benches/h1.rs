@@ -115,7 +115,7 @@ fn write_response(out: &mut Vec<u8>, raw: &[u8], head: &ResponseHead, fields: &[
 
 #[inline(never)]
 fn resolve(snap: &Snapshot, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
-    snap.resolve(key_index, tag)
+    snap.pools[0].view(&snap.backends).resolve(key_index, tag)
 }
 
 fn request(c: &mut Criterion) {
@@ -188,8 +188,8 @@ fn snapshot() -> Arc<Snapshot> {
 
 fn by_tag(c: &mut Criterion) {
     let snap = snapshot();
-    let tag = snap.tag(2);
-    assert_eq!(snap.resolve(0, &tag), Some(2));
+    let tag = snap.pools[0].view(&snap.backends).tag(2);
+    assert_eq!(resolve(&snap, 0, &tag), Some(2));
     c.bench_function("h1/by_tag", |b| {
         b.iter(|| black_box(resolve(&snap, black_box(0), black_box(&tag))))
     });

@@ -204,35 +204,43 @@ fn snapshot(n: usize) -> Arc<Snapshot> {
     }
     let cfg = config::parse(&text, "bench", Path::new("."), &BenchKey).unwrap();
     let snap = Shared::new(cfg).load();
-    assert_eq!(snap.policy.on_pinned_down, OnPinnedDown::Repin);
+    assert_eq!(snap.pools[0].policy.on_pinned_down, OnPinnedDown::Repin);
     snap
 }
 
 /// A verified token pinned to backend `home`, not due for a refresh at `NOW`.
 fn pinned(snap: &Snapshot, home: usize) -> TokenInput {
     let claims = Claims {
-        backend_tag: snap.tag(home),
+        backend_tag: snap.pools[0].view(&snap.backends).tag(home),
         nonce: 0x5eed_f00d_5e55_1011,
         issued_at: NOW - 600,
         last_seen: NOW - 60,
     };
-    let encoded = snap.ring.sign(&claims);
-    TokenInput::Valid(snap.ring.verify(encoded.as_str().as_bytes()).unwrap())
+    let ring = &snap.pools[0].rings.own;
+    let encoded = ring.sign(&claims);
+    TokenInput::Valid(ring.verify(encoded.as_str().as_bytes()).unwrap())
 }
 
 fn route(c: &mut Criterion) {
     let mut g = c.benchmark_group("route/new");
     for n in SIZES {
         let snap = snapshot(n);
-        let r = affinity::route(&snap.policy, TokenInput::Absent, NOW, &*snap, &[], || 1);
+        let r = affinity::route(
+            &snap.pools[0].policy,
+            TokenInput::Absent,
+            NOW,
+            &snap.pools[0].view(&snap.backends),
+            &[],
+            || 1,
+        );
         assert_eq!(r.unwrap().outcome, Outcome::New);
         g.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
             b.iter(|| {
                 affinity::route(
-                    &snap.policy,
+                    &snap.pools[0].policy,
                     black_box(TokenInput::Absent),
                     NOW,
-                    &**snap,
+                    &snap.pools[0].view(&snap.backends),
                     &[],
                     || black_box(0x0123_4567_89ab_cdef),
                 )
@@ -245,10 +253,27 @@ fn route(c: &mut Criterion) {
     for n in SIZES {
         let snap = snapshot(n);
         let token = pinned(&snap, n / 2);
-        let r = affinity::route(&snap.policy, token, NOW, &*snap, &[], || 1).unwrap();
+        let r = affinity::route(
+            &snap.pools[0].policy,
+            token,
+            NOW,
+            &snap.pools[0].view(&snap.backends),
+            &[],
+            || 1,
+        )
+        .unwrap();
         assert_eq!((r.backend, r.outcome), (n / 2, Outcome::Valid));
         g.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
-            b.iter(|| affinity::route(&snap.policy, black_box(token), NOW, &**snap, &[], || 1))
+            b.iter(|| {
+                affinity::route(
+                    &snap.pools[0].policy,
+                    black_box(token),
+                    NOW,
+                    &snap.pools[0].view(&snap.backends),
+                    &[],
+                    || 1,
+                )
+            })
         });
     }
     g.finish();
@@ -262,11 +287,28 @@ fn route(c: &mut Criterion) {
             live.health.check_result(false, 0);
         }
         let token = pinned(&snap, home);
-        let r = affinity::route(&snap.policy, token, NOW, &*snap, &[], || 1).unwrap();
+        let r = affinity::route(
+            &snap.pools[0].policy,
+            token,
+            NOW,
+            &snap.pools[0].view(&snap.backends),
+            &[],
+            || 1,
+        )
+        .unwrap();
         assert_eq!(r.outcome, Outcome::BackendDown);
         assert!(r.backend != home && r.issue.is_some());
         g.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
-            b.iter(|| affinity::route(&snap.policy, black_box(token), NOW, &**snap, &[], || 1))
+            b.iter(|| {
+                affinity::route(
+                    &snap.pools[0].policy,
+                    black_box(token),
+                    NOW,
+                    &snap.pools[0].view(&snap.backends),
+                    &[],
+                    || 1,
+                )
+            })
         });
     }
     g.finish();

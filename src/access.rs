@@ -55,6 +55,8 @@ pub struct Record {
     pub bytes: u64,
     /// From arrival to the end of the response.
     pub duration: Duration,
+    /// The pool the request was routed to, if a route matched.
+    pub pool: Option<Arc<str>>,
     /// The backend that answered, if one did.
     pub backend: Option<Arc<str>>,
     /// The affinity outcome, if routing got that far.
@@ -88,13 +90,14 @@ impl Record {
             Format::Text => {
                 let _ = write!(
                     s,
-                    "{time} {} \"{} {} {}\" {} {} {ms:.3}ms backend={} affinity={affinity}",
+                    "{time} {} \"{} {} {}\" {} {} {ms:.3}ms pool={} backend={} affinity={affinity}",
                     self.client,
                     self.method,
                     escape_text(&self.target),
                     self.version,
                     self.status,
                     self.bytes,
+                    self.pool.as_deref().unwrap_or("-"),
                     self.backend.as_deref().unwrap_or("-"),
                 );
                 if let Some(r) = reason {
@@ -111,6 +114,7 @@ impl Record {
                     "status": self.status,
                     "bytes": self.bytes,
                     "duration_ms": (ms * 1000.0).round() / 1000.0,
+                    "pool": self.pool.as_deref(),
                     "backend": self.backend.as_deref(),
                     "affinity": affinity,
                     "reason": reason,
@@ -275,6 +279,7 @@ impl Pending {
                 status: 0,
                 bytes: 0,
                 duration: Duration::ZERO,
+                pool: None,
                 backend: None,
                 outcome: None,
                 repinned: false,
@@ -282,6 +287,11 @@ impl Pending {
             log: log.clone(),
             start,
         }
+    }
+
+    /// Notes the pool the request was routed to.
+    pub fn pool(&mut self, pool: Arc<str>) {
+        self.record.pool = Some(pool);
     }
 
     /// Notes how the request was routed and answered.
@@ -332,6 +342,7 @@ mod tests {
             status: 200,
             bytes: 512,
             duration: Duration::from_micros(1_250),
+            pool: Some("shop".into()),
             backend: Some("app-1".into()),
             outcome: Some(Outcome::Valid),
             repinned: false,
@@ -367,7 +378,7 @@ mod tests {
     fn text_lines_carry_every_field() {
         assert_eq!(
             record().format(Format::Text),
-            "2026-11-23T19:00:10.123Z 192.0.2.7 \"GET /cart?item=3 HTTP/1.1\" 200 512 1.250ms backend=app-1 affinity=valid\n"
+            "2026-11-23T19:00:10.123Z 192.0.2.7 \"GET /cart?item=3 HTTP/1.1\" 200 512 1.250ms pool=shop backend=app-1 affinity=valid\n"
         );
         let mut r = record();
         r.outcome = Some(Outcome::BackendDown);
@@ -380,11 +391,12 @@ mod tests {
         r.repinned = false;
         assert!(r.format(Format::Text).ends_with("affinity=new:bad_mac\n"));
         r.outcome = None;
+        r.pool = None;
         r.backend = None;
         r.target = "/a\"b\n".into();
         let line = r.format(Format::Text);
         assert!(line.contains("\"GET /a\\\"b\\x0a HTTP/1.1\""), "{line}");
-        assert!(line.ends_with("backend=- affinity=-\n"), "{line}");
+        assert!(line.ends_with("pool=- backend=- affinity=-\n"), "{line}");
     }
 
     #[test]
@@ -402,6 +414,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 512);
         assert_eq!(v["duration_ms"], 1.25);
+        assert_eq!(v["pool"], "shop");
         assert_eq!(v["backend"], "app-1");
         assert_eq!(v["affinity"], "repinned");
         assert_eq!(v["reason"], "backend_down");

@@ -57,9 +57,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::affinity::AdminState;
+use crate::affinity::{AdminState, Outcome};
 use crate::config::Secret;
-use crate::metrics::{BackendSample, Readings};
+use crate::metrics::{BackendSample, PoolSample, Readings};
 use crate::state::{Backend, Shared, Snapshot};
 
 use guard::{Refusal, SEVERAL, Seen};
@@ -170,7 +170,14 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
             let all: Vec<BackendView> = snap
                 .backends
                 .iter()
-                .map(|b| BackendView::of(b, now, quiet))
+                .map(|b| BackendView::of(&snap, b, now, quiet))
+                .collect();
+            json(StatusCode::OK, &all)
+        }
+        (["pools"], Method::GET) => {
+            let snap = ctx.shared.load();
+            let all: Vec<PoolView> = (0..snap.pools.len())
+                .map(|ix| PoolView::of(&snap, ix))
                 .collect();
             json(StatusCode::OK, &all)
         }
@@ -192,7 +199,7 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
         }
         (["reload"], Method::POST) => reload(ctx).await,
         (["healthz"], _) => not_allowed("GET, HEAD"),
-        (["metrics" | "backends"], _) | (["backends", _], _) => not_allowed("GET"),
+        (["metrics" | "backends" | "pools"], _) | (["backends", _], _) => not_allowed("GET"),
         (["backends", _, "drain" | "enable" | "disable"], _) | (["reload"], _) => {
             not_allowed("POST")
         }
@@ -250,9 +257,70 @@ fn backend_json(ctx: &Ctx, id: &str) -> Resp {
     match snap.backends.iter().find(|b| &*b.id == id) {
         Some(b) => json(
             StatusCode::OK,
-            &BackendView::of(b, crate::clock::unix_secs(), drain_quiet(&snap)),
+            &BackendView::of(&snap, b, crate::clock::unix_secs(), drain_quiet(&snap)),
         ),
         None => text(StatusCode::NOT_FOUND, "no such backend\n"),
+    }
+}
+
+/// One pool as `GET /pools` shows it.
+#[derive(Debug, Serialize)]
+pub struct PoolView {
+    name: String,
+    /// Whether it serves the requests no route matches (the pool "default").
+    default: bool,
+    /// The routes to it, in config order.
+    routes: Vec<RouteView>,
+    /// Its backends' ids, in config order.
+    backends: Vec<String>,
+    /// `[affinity] mode`.
+    mode: crate::config::Mode,
+    /// Its affinity cookie (also the name its tokens are bound to).
+    cookie: String,
+    /// `[balance] new_sessions`.
+    new_sessions: crate::config::NewSessions,
+    /// max/mean of its usable backends' recent request rates.
+    imbalance: f64,
+    /// Sessions moved to another backend since start.
+    repins: u64,
+}
+
+/// One route as `GET /pools` shows it.
+#[derive(Debug, Serialize)]
+struct RouteView {
+    /// The host pattern; `null` for any host.
+    host: Option<String>,
+    path_prefix: String,
+}
+
+impl PoolView {
+    fn of(snap: &Snapshot, ix: usize) -> PoolView {
+        let p = &snap.pools[ix];
+        let c = snap.pool_config(ix);
+        let routes = &snap.config.routes;
+        PoolView {
+            name: p.name.to_string(),
+            default: routes.default_pool() == Some(ix),
+            routes: routes
+                .routes()
+                .iter()
+                .filter(|r| r.pool == ix)
+                .map(|r| RouteView {
+                    host: (r.host != crate::route::HostPattern::Any).then(|| r.host.to_string()),
+                    path_prefix: r.path_prefix.to_string(),
+                })
+                .collect(),
+            backends: p
+                .members
+                .iter()
+                .map(|&g| snap.backends[g].id.to_string())
+                .collect(),
+            mode: c.affinity.mode,
+            cookie: p.cookie.name.clone(),
+            new_sessions: c.balance.new_sessions,
+            imbalance: p.live.imbalance(),
+            repins: p.live.repins(),
+        }
     }
 }
 
@@ -260,6 +328,8 @@ fn backend_json(ctx: &Ctx, id: &str) -> Resp {
 #[derive(Debug, Serialize)]
 pub struct BackendView {
     id: String,
+    /// Its pool's name.
+    pool: String,
     address: String,
     weight: u32,
     /// "up" or "down".
@@ -298,11 +368,12 @@ struct Responses {
 }
 
 impl BackendView {
-    fn of(b: &Backend, now: u64, quiet: u64) -> BackendView {
-        let s = sample(b, now, quiet);
+    fn of(snap: &Snapshot, b: &Backend, now: u64, quiet: u64) -> BackendView {
+        let s = sample(snap, b, now, quiet);
         let [c1, c2, c3, c4, c5] = s.responses;
         BackendView {
             id: b.id.to_string(),
+            pool: s.pool.to_string(),
             address: b.authority.to_string(),
             weight: s.weight,
             health: if s.up { "up" } else { "down" },
@@ -329,11 +400,12 @@ impl BackendView {
 }
 
 /// `b`'s live values, read once, as both `/backends` and `/metrics` show them.
-fn sample(b: &Backend, now: u64, quiet: u64) -> BackendSample<'_> {
+fn sample<'a>(snap: &'a Snapshot, b: &'a Backend, now: u64, quiet: u64) -> BackendSample<'a> {
     let l = &b.live;
     let state = b.admin_state();
     BackendSample {
         id: &b.id,
+        pool: &snap.pools[b.pool].name,
         weight: b.weight,
         up: l.health.is_up(),
         state,
@@ -354,11 +426,22 @@ pub fn render_metrics(ctx: &Ctx) -> String {
     let backends: Vec<BackendSample<'_>> = snap
         .backends
         .iter()
-        .map(|b| sample(b, now, quiet))
+        .map(|b| sample(&snap, b, now, quiet))
+        .collect();
+    let pools: Vec<PoolSample<'_>> = snap
+        .pools
+        .iter()
+        .map(|p| PoolSample {
+            name: &p.name,
+            outcomes: Outcome::ALL.map(|o| p.live.outcomes(o)),
+            repins: p.live.repins(),
+            imbalance: p.live.imbalance(),
+        })
         .collect();
     ctx.shared.metrics.render(&Readings {
         connections: ctx.max_conns as usize - ctx.conns.available_permits(),
         backends: &backends,
+        pools: &pools,
         access_log_dropped: ctx.shared.access.as_ref().map(|a| a.dropped()),
     })
 }

@@ -18,7 +18,7 @@ mod input;
 use crate::balance;
 use crate::token::{Claims, Invalid, Verified};
 
-pub use input::{Input, Source, extract, read_fields};
+pub use input::{Input, Rings, Source, extract, read_fields};
 
 /// What stickyd does with a valid token whose backend cannot take the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -101,11 +101,14 @@ pub enum Outcome {
     Hashed,
     /// A session left unpinned by `sticky_fraction`: placed anew on every request.
     Unpinned,
+    /// A valid token of another pool (one whose requests carry their token the same way):
+    /// ignored, and a new session placed.
+    OtherPool,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (metrics index).
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Valid,
         Outcome::New,
         Outcome::Refreshed,
@@ -120,6 +123,7 @@ impl Outcome {
         Outcome::Draining,
         Outcome::Hashed,
         Outcome::Unpinned,
+        Outcome::OtherPool,
     ];
 
     /// The metric label.
@@ -139,6 +143,7 @@ impl Outcome {
             Outcome::Draining => "draining",
             Outcome::Hashed => "hashed",
             Outcome::Unpinned => "unpinned",
+            Outcome::OtherPool => "other_pool",
         }
     }
 
@@ -165,6 +170,8 @@ pub enum TokenInput {
     Absent,
     /// A cookie that is not a valid token.
     Invalid(Invalid),
+    /// A token that is valid for another pool, not this one.
+    OtherPool,
     /// A token whose MAC verified.
     Valid(Verified),
 }
@@ -286,6 +293,9 @@ pub fn route(
         TokenInput::Absent => return place_new(policy, Outcome::New, now, pool, &open, nonce),
         TokenInput::Invalid(why) => {
             return place_new(policy, why.into(), now, pool, &open, nonce);
+        }
+        TokenInput::OtherPool => {
+            return place_new(policy, Outcome::OtherPool, now, pool, &open, nonce);
         }
         TokenInput::Valid(v) => v,
     };

@@ -33,13 +33,13 @@ impl Drop for Checkers {
     }
 }
 
-/// Starts one checker per backend of `snap`.
+/// Starts one checker per backend of `snap`, each with its pool's `[health]`.
 pub fn spawn(snap: &Snapshot) -> Checkers {
-    let h = &snap.config.health;
     let tasks = snap
         .backends
         .iter()
         .map(|b| {
+            let h = &snap.pool_config(b.pool).health;
             let probe = Probe {
                 address: b.authority.to_string(),
                 origin: b.origin.clone(),

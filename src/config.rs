@@ -93,6 +93,13 @@ pub struct Pool {
     pub backends: Vec<usize>,
 }
 
+impl Pool {
+    /// This pool's affinity policy, in whole seconds.
+    pub fn policy(&self) -> Policy {
+        policy(&self.affinity, &self.balance)
+    }
+}
+
 /// `[server]`: client-facing listeners and limits.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -260,6 +267,9 @@ impl Default for Admin {
 pub struct Tls {
     /// The rustls server config made from the loaded certificates (SNI picks among them).
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The loaded certificates, in config order (to know which one a connection was served
+    /// with: `tls::served`).
+    pub certs: Vec<crate::tls::Cert>,
     /// Time a client gets to complete the TLS handshake.
     pub handshake_timeout: Duration,
 }
@@ -297,7 +307,7 @@ impl Cidr {
 }
 
 /// What carries a client's affinity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The signed cookie (the default).
@@ -314,7 +324,7 @@ pub enum Mode {
 }
 
 /// How new sessions are placed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NewSessions {
     /// Smooth weighted round robin.
@@ -410,32 +420,36 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// The affinity policy of one pool's `[affinity]` and `[balance]`, in whole seconds.
+pub fn policy(a: &Affinity, b: &Balance) -> Policy {
+    let max_idle = secs_u32(a.max_idle);
+    Policy {
+        max_idle,
+        max_life: secs_u32(a.max_life),
+        refresh_after: (f64::from(max_idle) * a.refresh_fraction) as u32,
+        skew: secs_u32(a.clock_skew),
+        on_pinned_down: a.on_pinned_down,
+        all_down: b.all_down,
+        sticky_below: {
+            let f = a.sticky_fraction;
+            if f >= 1.0 {
+                u64::MAX
+            } else {
+                (f.max(0.0) * u64::MAX as f64) as u64
+            }
+        },
+    }
+}
+
 /// Whole seconds, saturating at `u32::MAX` (token fields are u32 seconds).
 fn secs_u32(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
 impl Config {
-    /// The affinity policy in whole seconds.
+    /// The affinity policy of the top-level sections (the pool "default"'s), in whole seconds.
     pub fn policy(&self) -> Policy {
-        let a = &self.affinity;
-        let max_idle = secs_u32(a.max_idle);
-        Policy {
-            max_idle,
-            max_life: secs_u32(a.max_life),
-            refresh_after: (f64::from(max_idle) * a.refresh_fraction) as u32,
-            skew: secs_u32(a.clock_skew),
-            on_pinned_down: a.on_pinned_down,
-            all_down: self.balance.all_down,
-            sticky_below: {
-                let f = a.sticky_fraction;
-                if f >= 1.0 {
-                    u64::MAX
-                } else {
-                    (f.max(0.0) * u64::MAX as f64) as u64
-                }
-            },
-        }
+        policy(&self.affinity, &self.balance)
     }
 
     /// A few lines describing the config, printed by `stickyd check`.

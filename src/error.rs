@@ -20,6 +20,13 @@ pub(crate) enum ProxyError {
     /// The client's request body stalled for `client_timeout`: 408, connection closed.
     #[error("the client's request body stalled")]
     ClientTimeout,
+    /// No route matches the request's host and path, and there is no pool "default": 404.
+    #[error("no route for the request's host and path")]
+    NoRoute,
+    /// The request's host is not covered by the certificate its TLS connection was served
+    /// with: 421, so a client cannot reach one site's pool through another site's certificate.
+    #[error("the host is not covered by this connection's certificate")]
+    Misdirected,
     /// No backend is usable (all down, disabled or excluded).
     #[error("no usable backend")]
     NoBackend,
@@ -48,6 +55,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoBackend | ProxyError::PinnedDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Reset(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -61,6 +70,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
             ProxyError::ClientTimeout => "the request body did not arrive in time\n",
+            ProxyError::NoRoute => "no route for this host and path\n",
+            ProxyError::Misdirected => "this connection's certificate does not cover that host\n",
             ProxyError::NoBackend => "no backend is available\n",
             ProxyError::PinnedDown => "the session's backend is unavailable\n",
             ProxyError::Connect(_) => "could not connect to the backend\n",
@@ -99,6 +110,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)
             | ProxyError::ClientTimeout
+            | ProxyError::NoRoute
+            | ProxyError::Misdirected
             | ProxyError::NoBackend
             | ProxyError::PinnedDown => None,
         }
@@ -153,6 +166,8 @@ mod tests {
             (ProxyError::BadRequest("x\n"), 400),
             (ProxyError::NotImplemented("x\n"), 501),
             (ProxyError::ClientTimeout, 408),
+            (ProxyError::NoRoute, 404),
+            (ProxyError::Misdirected, 421),
             (ProxyError::NoBackend, 503),
             (ProxyError::PinnedDown, 503),
             (ProxyError::Connect("refused".into()), 502),
@@ -172,6 +187,7 @@ mod tests {
         assert_eq!(ProxyError::NoBackend.retry_after(d), Some(5));
         assert_eq!(ProxyError::PinnedDown.retry_after(Duration::ZERO), Some(1));
         assert_eq!(ProxyError::Timeout.retry_after(d), None);
+        assert_eq!(ProxyError::NoRoute.retry_after(d), None);
         assert_eq!(ProxyError::Connect(String::new()).retry_after(d), None);
     }
 
@@ -198,6 +214,8 @@ mod tests {
             (ProxyError::BadRequest("x\n"), None),
             (ProxyError::NotImplemented("x\n"), None),
             (ProxyError::ClientTimeout, None),
+            (ProxyError::NoRoute, None),
+            (ProxyError::Misdirected, None),
             (ProxyError::NoBackend, None),
             (ProxyError::PinnedDown, None),
         ];

@@ -24,18 +24,22 @@ pub const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub struct Maintenance {
     rates: HashMap<Arc<str>, RateEstimator>,
-    since_rotation: Duration,
-    /// The slow rates of the usable backends, kept to reuse the allocation.
+    /// Time since each pool's session estimates last rotated, by pool name.
+    since_rotation: HashMap<Arc<str>, Duration>,
+    /// The slow rate of each backend of the snapshot this round (`None`: not usable).
+    slow: Vec<Option<f64>>,
+    /// The slow rates of one pool's usable backends, kept to reuse the allocation.
     usable: Vec<f64>,
 }
 
 impl Maintenance {
     /// One round over the backends of `snap`, `elapsed` after the previous one: updates each
-    /// backend's rate and decays its pins, rotates the session estimates once `max_idle` has
-    /// passed since the last rotation, and returns the imbalance ratio of the usable backends'
-    /// slow rates ([`crate::metrics::imbalance_ratio`]).
-    pub fn tick(&mut self, snap: &Snapshot, elapsed: Duration) -> f64 {
-        self.usable.clear();
+    /// backend's rate and decays its pins, rotates a pool's session estimates once its
+    /// `max_idle` has passed since their last rotation, and returns each pool's imbalance ratio
+    /// of its usable backends' slow rates ([`crate::metrics::imbalance_ratio`]), in the
+    /// snapshot's pool order.
+    pub fn tick(&mut self, snap: &Snapshot, elapsed: Duration) -> Vec<f64> {
+        self.slow.clear();
         for b in &snap.backends {
             let live = &b.live;
             live.decay_pins(elapsed);
@@ -46,26 +50,35 @@ impl Maintenance {
                 .or_insert_with(|| RateEstimator::new(total));
             rate.observe(total, elapsed);
             live.load.set_rate(rate.fast());
-            if live.health.is_up() && b.admin_state() == AdminState::Active {
-                self.usable.push(rate.slow());
-            }
+            let usable = live.health.is_up() && b.admin_state() == AdminState::Active;
+            self.slow.push(usable.then(|| rate.slow()));
         }
         // Backends removed by a reload: their estimators go with them.
         self.rates
             .retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
-        self.since_rotation += elapsed;
-        if self.since_rotation >= snap.config.affinity.max_idle {
-            self.since_rotation = Duration::ZERO;
-            for b in &snap.backends {
-                b.live.sessions.rotate();
+        self.since_rotation
+            .retain(|name, _| snap.pools.iter().any(|p| p.name == *name));
+        let mut ratios = Vec::with_capacity(snap.pools.len());
+        for (ix, pool) in snap.pools.iter().enumerate() {
+            let since = self.since_rotation.entry(pool.name.clone()).or_default();
+            *since += elapsed;
+            if *since >= snap.pool_config(ix).affinity.max_idle {
+                *since = Duration::ZERO;
+                for &g in &pool.members {
+                    snap.backends[g].live.sessions.rotate();
+                }
             }
+            self.usable.clear();
+            self.usable
+                .extend(pool.members.iter().filter_map(|&g| self.slow[g]));
+            ratios.push(crate::metrics::imbalance_ratio(&self.usable));
         }
-        crate::metrics::imbalance_ratio(&self.usable)
+        ratios
     }
 }
 
 /// Runs [`Maintenance::tick`] every [`TICK`] on the current snapshot, for ever, with the time
-/// that actually passed (a late tick weighs more), and publishes the imbalance ratio.
+/// that actually passed (a late tick weighs more), and publishes each pool's imbalance ratio.
 pub async fn run(shared: Arc<Shared>) {
     let mut m = Maintenance::default();
     let mut tick = tokio::time::interval(TICK);
@@ -74,9 +87,12 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         let now = tokio::time::Instant::now();
-        let imbalance = m.tick(&shared.load(), now - last);
+        let snap = shared.load();
+        let ratios = m.tick(&snap, now - last);
         last = now;
-        shared.metrics.set_imbalance(imbalance);
+        for (pool, r) in snap.pools.iter().zip(ratios) {
+            pool.live.set_imbalance(r);
+        }
     }
 }
 
@@ -108,10 +124,10 @@ mod tests {
         let shared = Shared::new(config(&["a", "b"]));
         let snap = shared.load();
         let mut m = Maintenance::default();
-        assert_eq!(m.tick(&snap, Duration::ZERO), 0.0, "no traffic yet");
+        assert_eq!(m.tick(&snap, Duration::ZERO), [0.0], "no traffic yet");
         requests(&snap, 0, 30);
         requests(&snap, 1, 10);
-        let imbalance = m.tick(&snap, TICK);
+        let imbalance = m.tick(&snap, TICK)[0];
         let (a, b) = (
             snap.backends[0].live.load.rate(),
             snap.backends[1].live.load.rate(),
@@ -139,7 +155,7 @@ mod tests {
         requests(&snap, 1, 10);
         requests(&snap, 2, 40);
         assert!(shared.set_admin("c", Some(AdminState::Draining), 1));
-        assert!((m.tick(&snap, TICK) - 1.0).abs() < 1e-9, "c is draining");
+        assert!((m.tick(&snap, TICK)[0] - 1.0).abs() < 1e-9, "c is draining");
         assert!(shared.set_admin("c", None, 2));
         snap.backends[0]
             .live
@@ -147,7 +163,7 @@ mod tests {
             .connect_failed(1, std::time::Instant::now());
         requests(&snap, 1, 10);
         requests(&snap, 2, 10);
-        let r = m.tick(&snap, TICK);
+        let r = m.tick(&snap, TICK)[0];
         assert!(r > 1.0 && r < 2.0, "a is down; b and c count: {r}");
     }
 
@@ -233,7 +249,7 @@ mod tests {
         // 200 and 100 requests a second for 2 s: the fast rates have settled.
         assert!((a - 200.0).abs() < 5.0, "a {a}");
         assert!((b - 100.0).abs() < 5.0, "b {b}");
-        let imbalance = shared.metrics.imbalance();
+        let imbalance = shared.load().pools[0].live.imbalance();
         assert!((imbalance - 4.0 / 3.0).abs() < 0.01, "{imbalance}");
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(

@@ -1,6 +1,5 @@
-//! Process-wide counters that are not per backend (affinity outcomes by reason, re-pins,
-//! retries, upstream errors by kind, responses by status class, the latency histogram, the
-//! imbalance ratio), and the exposition of every metric: each family's name, type and help text
+//! Process-wide counters that are neither per backend nor per pool (retries, upstream errors
+//! by kind, responses by status class, the latency histogram), and the exposition of every metric: each family's name, type and help text
 //! is declared here once ([`FAMILIES`]), and `Metrics::render` writes the Prometheus text.
 //!
 //! Per-worker counters ([`shard`]): each worker thread bumps its own slot with a plain load and
@@ -12,13 +11,11 @@
 mod exposition;
 pub mod shard;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::affinity::Outcome;
 use crate::error::{ProxyError, UpstreamKind};
 
-pub(crate) use exposition::{BackendSample, Readings};
+pub(crate) use exposition::{BackendSample, PoolSample, Readings};
 pub use shard::{Counter, Shards};
 
 /// Counters of every request, per worker ([`Shards`]); the accessors return sums.
@@ -27,15 +24,11 @@ pub struct Metrics {
     counts: Shards<Counts>,
     /// Time from a request's arrival to its response head.
     pub latency: Histogram,
-    /// max/mean of the backends' recent request rates, as `f64` bits.
-    imbalance: AtomicU64,
 }
 
 /// One worker's slot of [`Metrics`].
 #[derive(Debug, Default)]
 struct Counts {
-    affinity: [Counter; Outcome::ALL.len()],
-    repins: Counter,
     retries: Counter,
     upstream_errors: [Counter; UpstreamKind::ALL.len()],
     /// Responses to clients by status class (index 0 for 1xx .. 4 for 5xx), errors included.
@@ -163,13 +156,13 @@ pub const REQUEST_DURATION: Family = family(
     Type::Histogram,
     "Time from a request's arrival to its response head.",
 );
-/// `{outcome}`, one per [`Outcome`].
+/// `{pool, outcome}`, one per pool and [`Outcome`].
 pub const AFFINITY: Family = family(
     "stickyd_affinity_total",
     Type::Counter,
     "Requests by affinity outcome (valid, new, refreshed, or why a token was not honoured).",
 );
-/// No labels.
+/// `{pool}`.
 pub const REPINS: Family = family(
     "stickyd_repins_total",
     Type::Counter,
@@ -187,11 +180,11 @@ pub const UPSTREAM_ERRORS: Family = family(
     Type::Counter,
     "Failed upstream attempts by kind.",
 );
-/// No labels.
+/// `{pool}`.
 pub const IMBALANCE: Family = family(
     "stickyd_imbalance_ratio",
     Type::Gauge,
-    "max/mean of the usable backends' request rates over about the last 10 s (1 is even; 0 without traffic).",
+    "max/mean of each pool's usable backends' request rates over about the last 10 s (1 is even; 0 without traffic).",
 );
 /// No labels; only while the access log is on.
 pub const ACCESS_LOG_DROPPED: Family = family(
@@ -298,7 +291,6 @@ impl Metrics {
         Metrics {
             counts: Shards::new(workers),
             latency: Histogram::new(workers),
-            imbalance: AtomicU64::default(),
         }
     }
 
@@ -316,36 +308,6 @@ impl Metrics {
             1..=5 => self.counts.sum(|c| &c.responses[usize::from(class - 1)]),
             _ => 0,
         }
-    }
-
-    /// Sets the imbalance ratio (see [`imbalance_ratio`]).
-    pub(crate) fn set_imbalance(&self, r: f64) {
-        self.imbalance.store(r.to_bits(), Ordering::Relaxed);
-    }
-
-    /// The last imbalance ratio computed.
-    pub fn imbalance(&self) -> f64 {
-        f64::from_bits(self.imbalance.load(Ordering::Relaxed))
-    }
-
-    /// Counts one affinity outcome.
-    pub fn outcome(&self, o: Outcome) {
-        self.counts.local().add(|c| &c.affinity[o.index()], 1);
-    }
-
-    /// Requests with outcome `o` so far.
-    pub fn outcomes(&self, o: Outcome) -> u64 {
-        self.counts.sum(|c| &c.affinity[o.index()])
-    }
-
-    /// Counts a session moved to a new backend (a new token naming the fallback).
-    pub fn repin(&self) {
-        self.counts.local().add(|c| &c.repins, 1);
-    }
-
-    /// Sessions re-pinned so far.
-    pub fn repins(&self) -> u64 {
-        self.counts.sum(|c| &c.repins)
     }
 
     /// Counts a retry on another backend.
@@ -380,24 +342,12 @@ mod tests {
     #[test]
     fn counters_count_by_label() {
         let m = Metrics::default();
-        m.outcome(Outcome::BadMac);
-        m.outcome(Outcome::BadMac);
-        m.outcome(Outcome::New);
-        assert_eq!(
-            (
-                m.outcomes(Outcome::BadMac),
-                m.outcomes(Outcome::New),
-                m.outcomes(Outcome::Valid)
-            ),
-            (2, 1, 0)
-        );
         m.upstream_error(&ProxyError::Timeout);
         m.upstream_error(&ProxyError::NoBackend);
         assert_eq!(m.upstream_errors(UpstreamKind::Timeout), 1);
         assert_eq!(m.upstream_errors(UpstreamKind::Connect), 0);
-        m.repin();
         m.retry();
-        assert_eq!((m.repins(), m.retries()), (1, 1));
+        assert_eq!(m.retries(), 1);
     }
 
     #[test]
@@ -450,10 +400,8 @@ mod tests {
                     }
                     for n in 0..5_000u64 {
                         m.response(200 + 300 * u16::from(n % 2 == 0));
-                        m.outcome(Outcome::ALL[(n % 14) as usize]);
                         m.latency.record(Duration::from_micros(n % 3 * 1_000));
                         if n % 5 == 0 {
-                            m.repin();
                             m.retry();
                             m.upstream_error(&ProxyError::Timeout);
                         }
@@ -462,10 +410,7 @@ mod tests {
             }
         });
         assert_eq!((m.responses(2), m.responses(5)), (10_000, 10_000));
-        let outcomes: u64 = Outcome::ALL.iter().map(|&o| m.outcomes(o)).sum();
-        assert_eq!(outcomes, 20_000);
-        assert_eq!(m.outcomes(Outcome::Valid), 4 * 358);
-        assert_eq!((m.repins(), m.retries()), (4_000, 4_000));
+        assert_eq!(m.retries(), 4_000);
         assert_eq!(m.upstream_errors(UpstreamKind::Timeout), 4_000);
         let c = m.latency.cumulative();
         assert_eq!(c[0], 4 * 1_667, "the 0 us ones");
@@ -477,7 +422,7 @@ mod tests {
 
     #[test]
     fn every_outcome_has_its_own_slot() {
-        for (i, o) in Outcome::ALL.iter().enumerate() {
+        for (i, o) in crate::affinity::Outcome::ALL.iter().enumerate() {
             assert_eq!(o.index(), i);
         }
     }

@@ -1,8 +1,10 @@
 //! The request path, read top-down as its steps:
 //!
 //! 1. `request`: refuse what cannot be forwarded (framing, Host: 400/501), and plan what the
-//!    later steps need (upgrade, close after, idempotent); then the affinity input is taken
-//!    out of the request ([`affinity::extract`]) and the head rewritten for the backend.
+//!    later steps need (upgrade, close after, idempotent); then the pool is picked by host and
+//!    path ([`pick_pool`]: 404 without one, 421 for a host the TLS connection's certificate
+//!    does not cover), the affinity input is taken out of the request ([`affinity::extract`])
+//!    and the head rewritten for the backend.
 //! 2. `attempt`: route and send, retrying on another backend when that is safe.
 //! 3. `Proxy::record`: the backend answered; count it (backend, affinity outcome, re-pin),
 //!    note the session, tell the access log.
@@ -48,6 +50,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// What a tunnel made from this connection must keep alive.
     pub hold: Option<crate::tunnel::Hold>,
+    /// On TLS connections, the names of the certificate the connection was served with: a
+    /// request for a host it does not cover gets 421.
+    pub cert: Option<crate::tls::Covered>,
 }
 
 impl ConnInfo {
@@ -59,6 +64,7 @@ impl ConnInfo {
             peer_value: crate::headers::ip_value(ip),
             tls,
             hold: None,
+            cert: None,
         }
     }
 }
@@ -113,10 +119,15 @@ impl Proxy {
             .access
             .as_ref()
             .map(|l| Pending::new(l, &req, conn.peer.ip(), now.mono, now.wall));
-        let resp = match self.forward(&snap, req, conn, &now, &mut log).await {
+        let mut pool = None;
+        let resp = match self
+            .forward(&snap, req, conn, &now, &mut log, &mut pool)
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
-                let resp = error_response(&e, &snap);
+                let ix = pool.unwrap_or(0);
+                let resp = error_response(&e, snap.pool_config(ix).balance.retry_after);
                 if let Some(p) = log {
                     p.finish(resp.status().as_u16(), e.body().len() as u64);
                 }
@@ -129,7 +140,8 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// The steps, in order (see the module documentation).
+    /// The steps, in order (see the module documentation). `picked` is set to the pool once
+    /// it is known.
     async fn forward(
         &self,
         snap: &Snapshot,
@@ -137,12 +149,23 @@ impl Proxy {
         conn: &ConnInfo,
         now: &Now,
         log: &mut Option<Pending>,
+        picked: &mut Option<usize>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let mut plan = request::check(&mut parts)?;
+        let host = match parts.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+        };
+        let ix = pick_pool(snap, host, parts.uri.path().as_bytes(), conn)?;
+        *picked = Some(ix);
+        let pool = &snap.pools[ix];
+        if let Some(p) = log.as_mut() {
+            p.pool(pool.name.clone());
+        }
         let input = affinity::extract(
-            &snap.source,
-            &snap.ring,
+            &pool.source,
+            &pool.rings,
             &mut parts.headers,
             conn.peer.ip(),
             |ip| snap.is_trusted(ip),
@@ -155,11 +178,13 @@ impl Proxy {
             mut resp,
             mut lease,
             guard,
-        } = self.attempts(snap, parts, &body, input, &plan, now).await?;
+        } = self
+            .attempts(snap, ix, parts, &body, input, &plan, now)
+            .await?;
         if plan.close_after {
             lease = lease.no_reuse();
         }
-        self.record(snap, &route, resp.status().as_u16(), now, log);
+        self.record(snap, ix, &route, resp.status().as_u16(), now, log);
 
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
             && let Some((_, client)) = plan.upgrade.take()
@@ -178,7 +203,7 @@ impl Proxy {
                 p.finish(101, 0);
             }
             return Ok(response::switching(
-                snap,
+                pool,
                 resp,
                 route.issue,
                 now.unix_u32(),
@@ -186,7 +211,7 @@ impl Proxy {
             ));
         }
         let resp = resp.map(|b| response::tracked(b, lease, guard, log.take()));
-        let mut resp = response::respond(snap, resp, route.issue, now.unix_u32(), conn.tls);
+        let mut resp = response::respond(pool, resp, route.issue, now.unix_u32(), conn.tls);
         if plan.close_after && plan.client_h1 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -200,6 +225,7 @@ impl Proxy {
     fn record(
         &self,
         snap: &Snapshot,
+        pool: usize,
         route: &affinity::Route,
         status: u16,
         now: &Now,
@@ -208,11 +234,11 @@ impl Proxy {
         let backend = &snap.backends[route.backend];
         backend.live.health.connect_ok();
         backend.live.counters.record_status(status);
-        let m = &self.shared.metrics;
-        m.outcome(route.outcome);
+        let live = &snap.pools[pool].live;
+        live.outcome(route.outcome);
         let repinned = route.repinned();
         if repinned {
-            m.repin();
+            live.repin();
         }
         if let Some(p) = log.as_mut() {
             p.routed(backend.id.clone(), route.outcome, repinned, status);
@@ -223,6 +249,26 @@ impl Proxy {
                 .record_session(nonce, now.unix_secs(), route.pins);
         }
     }
+}
+
+/// The pool a request goes to, by its `host` (the Host header's value, or the authority of an
+/// absolute-form or HTTP/2 target) and `path`: the route table's pick, 404 when there is none,
+/// and 421 on a TLS connection whose certificate does not cover the host.
+fn pick_pool(
+    snap: &Snapshot,
+    host: Option<&[u8]>,
+    path: &[u8],
+    conn: &ConnInfo,
+) -> Result<usize, ProxyError> {
+    if let Some(cert) = &conn.cert
+        && !cert.covers(host)
+    {
+        return Err(ProxyError::Misdirected);
+    }
+    snap.config
+        .routes
+        .pick(host, path)
+        .ok_or(ProxyError::NoRoute)
 }
 
 /// A fresh session nonce: a per-thread wyrand stream seeded from std's OS-seeded `RandomState`.

@@ -24,7 +24,7 @@ pub type PoolIx = usize;
 
 /// The longest host name a route can name (RFC 1035's 253 characters, plus an IPv6 literal's
 /// brackets fit well inside).
-const MAX_HOST: usize = 253;
+pub const MAX_HOST: usize = 253;
 
 /// A route's `host`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -99,7 +99,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let plain: Vec<SocketAddr> = listen_keys.iter().map(|k| k.0).collect();
     let (addrs, mut sockets) = bind_all(&plain, workers)?;
 
-    if config.affinity.generated_key {
+    if config.pools.iter().any(|p| p.affinity.generated_key) {
         warn!(
             "no affinity.keys configured: using a random key generated at start; sessions will not \
              survive a restart and are not shared between instances"

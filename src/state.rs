@@ -5,15 +5,19 @@
 //! A request loads the snapshot once and keeps that `Arc` for its whole life, so it sees one
 //! consistent config even if a reload lands mid-request.
 //!
+//! The backends are the snapshot's, global by index; each [`Pool`] names its own by index into
+//! them, with its own key rings, policy, cookie and placement ([`pool`]). A backend id is unique
+//! across pools, so live state keyed by id follows a backend that moves between pools.
+//!
 //! Nothing here is locked on the request path. Round robin for new sessions is per thread: each
-//! worker keeps its own smooth WRR state for the snapshot (in a thread-local keyed by the
-//! snapshot's generation), so each worker's sequence is exact smooth WRR and the process-wide
-//! one is the interleaving of the workers' sequences. The live state's counters are per worker
-//! too, with slots for the workers `[server] worker_threads` starts.
+//! worker keeps its own smooth WRR state per pool (in a thread-local keyed by a number distinct
+//! for every pool of every snapshot), so each worker's sequence is exact smooth WRR and the
+//! process-wide one is the interleaving of the workers' sequences. The live state's counters
+//! are per worker too, with slots for the workers `[server] worker_threads` starts.
 
-use std::cell::RefCell;
+mod pool;
+
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,25 +25,16 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
 
-use crate::affinity::{AdminState, Policy, PoolView, Source};
+use crate::affinity::AdminState;
 use crate::backend::BackendLive;
-use crate::balance::{SmoothWrr, id_hash, ramp_weight};
-use crate::config::{Cidr, Config, Initial, Mode};
-use crate::headers::CookieAttrs;
+use crate::config::{Cidr, Config, Initial};
 use crate::metrics::Metrics;
-use crate::token::KeyRing;
 
-/// The pseudo backend id whose tag marks an unpinned session (no configured id can have a NUL).
-const UNPINNED_ID: &str = "\0unpinned";
+pub use pool::{DEFAULT, Pool, PoolLive, View, binding};
 
-/// The generation of the next snapshot built: distinct for every snapshot of the process, so a
-/// thread's round robin state is never taken for another snapshot's.
-static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// Round robin states a thread keeps, for its most recently used snapshots: a request that
-/// began before a reload may still place on the old snapshot (a retry) while new requests use
-/// the new one, and neither should restart the other's sequence.
-const RR_STATES: usize = 4;
+/// The number of the next pool built: distinct for every pool of every snapshot of the process,
+/// so a thread's round robin state is never taken for another pool's.
+static NEXT_POOL_KEY: AtomicU64 = AtomicU64::new(1);
 
 /// A backend as one snapshot sees it.
 #[derive(Debug)]
@@ -58,6 +53,8 @@ pub struct Backend {
     pub origin: Option<crate::tls::Origin>,
     /// Whether it speaks HTTP/2.
     pub h2: bool,
+    /// Index of its pool in the snapshot.
+    pub pool: usize,
 }
 
 impl Backend {
@@ -77,53 +74,41 @@ impl Backend {
 pub struct Snapshot {
     /// The config this snapshot was built from.
     pub config: Arc<Config>,
-    /// The pool, in config order.
+    /// Every backend of every pool, in config order (`Config::backends`).
     pub backends: Vec<Backend>,
-    /// Whether any backend speaks HTTP/2 (the HTTP/1 engine then hands its connections to
-    /// hyper, whose client speaks to those).
-    pub has_h2: bool,
-    /// The key ring.
-    pub ring: KeyRing,
-    /// The affinity policy.
-    pub policy: Policy,
-    /// Cookie attributes for Set-Cookie.
-    pub cookie: CookieAttrs,
-    /// Where requests carry their affinity (`[affinity] mode`, with its cookie or header).
-    pub source: Source,
+    /// The pools, in config order (`Config::pools`): "default" first when it exists.
+    pub pools: Vec<Pool>,
     /// Trusted proxy networks.
     pub trusted: Vec<Cidr>,
-    weights: Vec<u32>,
-    hashes: Vec<u64>,
-    /// Tag of each backend under the signing key.
-    tags: Vec<[u8; 8]>,
-    /// The unpinned-session tag under each key of the ring.
-    unpinned: Vec<[u8; 8]>,
-    /// (key index, tag) to backend index, for every key in the ring.
-    by_tag: HashMap<(usize, [u8; 8]), usize, BuildHasherDefault<TagHasher>>,
-    /// Distinct for every snapshot built (keys the per-thread round robin state).
-    generation: u64,
-    /// `[balance] slow_start` in milliseconds (0: off).
-    slow_start_ms: u64,
-    /// `[balance] new_sessions = "least_loaded"`, with its load factor.
-    least_loaded: Option<f64>,
+}
+
+/// Live state kept across snapshots: backends by id, pools by name.
+#[derive(Debug, Default)]
+struct Live {
+    backends: HashMap<Arc<str>, Arc<BackendLive>>,
+    pools: HashMap<Arc<str>, Arc<PoolLive>>,
 }
 
 impl Snapshot {
-    /// Builds a snapshot, taking live state from `live` by id and creating it (with counters
-    /// for `workers` worker threads) for new ids.
-    fn build(
-        config: Arc<Config>,
-        live: &mut HashMap<Arc<str>, Arc<BackendLive>>,
-        workers: usize,
-    ) -> Snapshot {
-        let h = &config.health;
-        let up = !h.enabled || h.initial == Initial::Up;
+    /// Builds a snapshot, taking live state from `live` by id (and name) and creating it (with
+    /// counters for `workers` worker threads) for new ones.
+    fn build(config: Arc<Config>, live: &mut Live, workers: usize) -> Snapshot {
+        let mut pool_of = vec![0; config.backends.len()];
+        for (ix, p) in config.pools.iter().enumerate() {
+            for &g in &p.backends {
+                pool_of[g] = ix;
+            }
+        }
         let backends: Vec<Backend> = config
             .backends
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(g, b)| {
+                let h = &config.pools[pool_of[g]].health;
+                let up = !h.enabled || h.initial == Initial::Up;
                 let id: Arc<str> = b.id.as_str().into();
                 let live = live
+                    .backends
                     .entry(id.clone())
                     .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall, workers)))
                     .clone();
@@ -133,53 +118,34 @@ impl Snapshot {
                     admin: b.state,
                     origin: b.origin.clone(),
                     h2: b.protocol == crate::config::Protocol::H2,
+                    pool: pool_of[g],
                     id,
                     live,
                 }
             })
             .collect();
-        let secrets: Vec<&[u8]> = config
-            .affinity
-            .secrets
-            .iter()
-            .map(|s| s.0.as_slice())
-            .collect();
-        let ring = KeyRing::new(&secrets, &config.affinity.cookie);
-        let mut by_tag =
-            HashMap::with_capacity_and_hasher(backends.len() * ring.len(), Default::default());
-        for k in 0..ring.len() {
-            for (i, b) in backends.iter().enumerate() {
-                by_tag.insert((k, ring.backend_tag(k, &b.id)), i);
-            }
+        let pools = pool::build(&config, &backends, &mut live.pools, workers, &mut || {
+            NEXT_POOL_KEY.fetch_add(1, Ordering::Relaxed)
+        });
+        for p in &pools {
+            p.live.note_pools(pools.len());
         }
         Snapshot {
-            weights: backends.iter().map(|b| b.weight).collect(),
-            hashes: backends.iter().map(|b| id_hash(&b.id)).collect(),
-            tags: backends
-                .iter()
-                .map(|b| ring.backend_tag(0, &b.id))
-                .collect(),
-            unpinned: (0..ring.len())
-                .map(|k| ring.backend_tag(k, UNPINNED_ID))
-                .collect(),
-            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            slow_start_ms: u64::try_from(config.balance.slow_start.as_millis()).unwrap_or(u64::MAX),
-            least_loaded: (config.balance.new_sessions == crate::config::NewSessions::LeastLoaded)
-                .then_some(config.balance.load_factor),
-            by_tag,
-            has_h2: backends.iter().any(|b| b.h2),
-            policy: config.policy(),
-            source: source(&config),
-            cookie: CookieAttrs {
-                name: config.affinity.cookie.clone(),
-                secure: config.affinity.secure,
-                domain: config.affinity.domain.clone(),
-            },
             trusted: config.server.trusted_proxies.clone(),
-            ring,
+            pools,
             backends,
             config,
         }
+    }
+
+    /// Pool `ix`'s config section (the same order as [`Snapshot::pools`]).
+    pub fn pool_config(&self, ix: usize) -> &crate::config::Pool {
+        &self.config.pools[ix]
+    }
+
+    /// The pool named `name`.
+    pub fn pool_named(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| &*p.name == name)
     }
 
     /// Whether `ip` is a trusted proxy.
@@ -200,147 +166,13 @@ impl Snapshot {
     }
 }
 
-/// The hasher of `by_tag`'s keys, (key index, tag): the tag's 8 bytes, the index folded in.
-/// Tags are HMAC outputs under the server's keys, uniformly random, so hashing them again
-/// (SipHash, per pinned request) buys nothing; and no client chooses a key: the map is built
-/// by the server, and only tags of tokens whose HMAC verified are looked up.
-#[derive(Default)]
-struct TagHasher(u64);
-
-impl Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(w);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.0 = self.0.rotate_left(5) ^ n as u64;
-    }
-}
-
-/// The affinity source `[affinity]` describes.
-fn source(config: &Config) -> Source {
-    let a = &config.affinity;
-    match a.mode {
-        Mode::Cookie => Source::Cookie(a.cookie.clone()),
-        Mode::Header => Source::Header {
-            name: a.header.clone(),
-            trusted: a.header_trusted,
-        },
-        Mode::Ip => Source::Ip,
-        Mode::None => Source::None,
-    }
-}
-
-impl PoolView for Snapshot {
-    fn weights(&self) -> &[u32] {
-        &self.weights
-    }
-    fn hashes(&self) -> &[u64] {
-        &self.hashes
-    }
-    fn healthy(&self, i: usize) -> bool {
-        self.backends[i].live.health.is_up()
-    }
-    fn admin(&self, i: usize) -> AdminState {
-        self.backends[i].admin_state()
-    }
-    fn resolve(&self, key_index: usize, tag: &[u8; 8]) -> Option<usize> {
-        self.by_tag.get(&(key_index, *tag)).copied()
-    }
-    fn tag(&self, i: usize) -> [u8; 8] {
-        self.tags[i]
-    }
-    fn unpinned_tag(&self, k: usize) -> [u8; 8] {
-        self.unpinned.get(k).copied().unwrap_or([0; 8])
-    }
-    fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
-        PER_THREAD.with_borrow_mut(|t| {
-            if self.slow_start_ms == 0 && self.least_loaded.is_none() {
-                return t.rr(self).next(&self.weights, eligible);
-            }
-            // Weights scaled for the ramp (and loads), in per-thread buffers: no allocation per
-            // request.
-            let now = crate::clock::epoch_ms();
-            let mut w = std::mem::take(&mut t.ramped);
-            w.clear();
-            w.extend(
-                self.backends.iter().map(|b| {
-                    ramp_weight(b.weight, b.live.health.up_for_ms(now), self.slow_start_ms)
-                }),
-            );
-            let picked = match self.least_loaded {
-                None => t.rr(self).next(&w, eligible),
-                Some(c) => {
-                    t.loads.clear();
-                    t.loads.extend(self.backends.iter().map(|b| b.live.load()));
-                    // The two candidates' draw: fastrand's per-thread generator (no lock).
-                    let rand = fastrand::u64(..);
-                    crate::balance::least_loaded(&w, &t.loads, eligible, rand, c)
-                }
-            };
-            t.ramped = w;
-            picked
-        })
-    }
-}
-
-thread_local! {
-    /// What placing a new session needs per thread: its round robin states and buffers.
-    static PER_THREAD: RefCell<PerThread> = const {
-        RefCell::new(PerThread {
-            rr: Vec::new(),
-            ramped: Vec::new(),
-            loads: Vec::new(),
-        })
-    };
-}
-
-/// A thread's state for placing new sessions.
-struct PerThread {
-    /// Smooth WRR state by snapshot generation, most recently used first, at most
-    /// [`RR_STATES`].
-    rr: Vec<(u64, SmoothWrr)>,
-    /// Weights scaled for slow start.
-    ramped: Vec<u32>,
-    /// Backend loads, for least_loaded.
-    loads: Vec<f64>,
-}
-
-impl PerThread {
-    /// This thread's round robin state for `snap`: kept while the snapshot is among the last
-    /// [`RR_STATES`] this thread placed on, else started afresh (as a new snapshot's is).
-    fn rr(&mut self, snap: &Snapshot) -> &mut SmoothWrr {
-        match self.rr.iter().position(|(g, _)| *g == snap.generation) {
-            // The common case: the snapshot of the previous placement.
-            Some(0) => {}
-            Some(i) => self.rr[..=i].rotate_right(1),
-            None => {
-                if self.rr.len() == RR_STATES {
-                    self.rr.pop();
-                }
-                self.rr
-                    .insert(0, (snap.generation, SmoothWrr::new(snap.backends.len())));
-            }
-        }
-        &mut self.rr[0].1
-    }
-}
-
 /// State shared by every connection: the current snapshot, live backend state by id, and
 /// process-wide counters.
 #[derive(Debug)]
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// Taken by reloads only, never by a request.
-    live: Mutex<HashMap<Arc<str>, Arc<BackendLive>>>,
+    live: Mutex<Live>,
     /// Worker threads the counters have slots for (`[server] worker_threads`, read at start:
     /// changing it needs a restart).
     workers: usize,
@@ -357,7 +189,7 @@ impl Shared {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let mut live = HashMap::new();
+        let mut live = Live::default();
         let snap = Snapshot::build(Arc::new(config), &mut live, workers);
         Shared {
             snapshot: ArcSwap::from_pointee(snap),
@@ -381,7 +213,7 @@ impl Shared {
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let known: Vec<Arc<str>> = live.keys().cloned().collect();
+        let known: Vec<Arc<str>> = live.backends.keys().cloned().collect();
         let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live, self.workers));
         // Added by this reload: slow start counts from now.
         let now_ms = crate::clock::epoch_ms();
@@ -390,7 +222,10 @@ impl Shared {
                 b.live.health.mark_up(now_ms);
             }
         }
-        live.retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
+        live.backends
+            .retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
+        live.pools
+            .retain(|name, _| snap.pools.iter().any(|p| p.name == *name));
         for b in &snap.backends {
             if old
                 .backends
@@ -402,6 +237,16 @@ impl Shared {
         }
         self.snapshot.store(snap.clone());
         snap
+    }
+
+    /// Requests with affinity outcome `o`, over the current snapshot's pools.
+    pub fn outcomes(&self, o: crate::affinity::Outcome) -> u64 {
+        self.load().pools.iter().map(|p| p.live.outcomes(o)).sum()
+    }
+
+    /// Sessions moved to another backend, over the current snapshot's pools.
+    pub fn repins(&self) -> u64 {
+        self.load().pools.iter().map(|p| p.live.repins()).sum()
     }
 
     /// Sets the admin state of backend `id` through the admin API (`None`: back to the
@@ -428,6 +273,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::affinity::PoolView;
+    use crate::balance::SmoothWrr;
     use crate::config;
 
     fn cfg(backends: &[(&str, &str)]) -> Config {
@@ -450,10 +297,10 @@ mod tests {
     fn tags_resolve_to_backends_independently_of_order_and_address() {
         let a = Shared::new(cfg(&[("a", "h:1"), ("b", "h:2")]));
         let s1 = a.load();
-        let tag_b = s1.tag(1);
+        let tag_b = s1.pools[0].view(&s1.backends).tag(1);
         let b = Shared::new(cfg(&[("b", "other:9"), ("a", "h:1")]));
         let s2 = b.load();
-        assert_eq!(s2.resolve(0, &tag_b), Some(0));
+        assert_eq!(s2.pools[0].view(&s2.backends).resolve(0, &tag_b), Some(0));
         assert_eq!(&*s2.backends[0].id, "b");
     }
 
@@ -463,7 +310,8 @@ mod tests {
             .map(|i| (format!("app-{i}"), format!("h:{}", i + 1)))
             .collect();
         let refs: Vec<(&str, &str)> = ids.iter().map(|(i, a)| (&i[..], &a[..])).collect();
-        let snap = Shared::new(cfg(&refs)).load();
+        let s = Shared::new(cfg(&refs)).load();
+        let snap = s.pools[0].view(&s.backends);
         for i in 0..refs.len() {
             let tag = snap.tag(i);
             assert_eq!(snap.resolve(0, &tag), Some(i));
@@ -488,8 +336,9 @@ mod tests {
 
     /// `n` placements on `snap` from this thread, with backend `skip` ineligible.
     fn place(snap: &Snapshot, n: usize, skip: usize) -> Vec<usize> {
+        let view = snap.pools[0].view(&snap.backends);
         (0..n)
-            .map(|_| snap.next_new(&|i| i != skip).unwrap())
+            .map(|_| view.next_new(&|i| i != skip).unwrap())
             .collect()
     }
 
@@ -562,7 +411,7 @@ mod tests {
             "a new backend starts up"
         );
         assert_eq!(
-            shared.live.lock().unwrap().len(),
+            shared.live.lock().unwrap().backends.len(),
             2,
             "b's live state is gone"
         );
@@ -576,29 +425,30 @@ mod tests {
         ]));
         assert!(shared.set_admin("a", Some(AdminState::Draining), 100));
         assert!(!shared.set_admin("nope", Some(AdminState::Draining), 100));
+        let admin = |s: &Snapshot, i: usize| s.pools[0].view(&s.backends).admin(i);
         let s = shared.load();
-        assert_eq!(s.admin(0), AdminState::Draining);
+        assert_eq!(admin(&s, 0), AdminState::Draining);
         assert_eq!(s.backends[0].live.admin.draining_since(), Some(100));
         // An unrelated reload keeps it.
         let s = shared.apply(cfg_states(&[
             ("a", "h:1", "active"),
             ("b", "h:2", "draining"),
         ]));
-        assert_eq!(s.admin(0), AdminState::Draining);
-        assert_eq!(s.admin(1), AdminState::Draining, "b from the file");
+        assert_eq!(admin(&s, 0), AdminState::Draining);
+        assert_eq!(admin(&s, 1), AdminState::Draining, "b from the file");
         // The file now says something else for a: the file wins.
         let s = shared.apply(cfg_states(&[
             ("a", "h:1", "disabled"),
             ("b", "h:2", "draining"),
         ]));
-        assert_eq!(s.admin(0), AdminState::Disabled);
+        assert_eq!(admin(&s, 0), AdminState::Disabled);
         shared.note_admin_states(200);
         assert_eq!(s.backends[0].live.admin.draining_since(), None);
         assert_eq!(s.backends[1].live.admin.draining_since(), Some(200));
         // Back to the file's state.
         assert!(shared.set_admin("b", Some(AdminState::Active), 300));
-        assert_eq!(shared.load().admin(1), AdminState::Active);
+        assert_eq!(admin(&shared.load(), 1), AdminState::Active);
         assert!(shared.set_admin("b", None, 300));
-        assert_eq!(shared.load().admin(1), AdminState::Draining);
+        assert_eq!(admin(&shared.load(), 1), AdminState::Draining);
     }
 }

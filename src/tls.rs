@@ -81,25 +81,78 @@ struct SniResolver {
     certs: Vec<Cert>,
 }
 
-impl SniResolver {
-    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let by_name = sni
-            .and_then(|n| ServerName::try_from(n).ok())
-            .and_then(|name| {
-                self.certs.iter().find(|c| {
-                    c.0.end_entity_cert()
-                        .ok()
-                        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
-                        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
-                })
-            });
-        by_name.or_else(|| self.certs.first()).map(|c| c.0.clone())
-    }
+/// The certificate a handshake with SNI `sni` is served with: the first of `certs` valid for
+/// the name, else the first one.
+pub fn served(certs: &[Cert], sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    let by_name = sni
+        .and_then(|n| ServerName::try_from(n).ok())
+        .and_then(|name| certs.iter().find(|c| valid_for(&c.0, &name)));
+    by_name.or_else(|| certs.first()).map(|c| c.0.clone())
+}
+
+/// Whether `cert`'s end-entity certificate is valid for `name` (DNS names with wildcards, IP
+/// addresses), by webpki's rules.
+fn valid_for(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    cert.end_entity_cert()
+        .ok()
+        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        served(&self.certs, hello.server_name())
+    }
+}
+
+/// The certificate one TLS connection was served with, to check each request's host against
+/// (a host it does not cover gets 421 Misdirected Request, so a client cannot reach one site's
+/// pool through another site's certificate). The last host checked is remembered: a
+/// connection's requests almost always name one host. One per connection, on its own thread.
+#[derive(Clone)]
+pub struct Covered {
+    cert: Arc<CertifiedKey>,
+    last: std::cell::RefCell<Option<(Box<[u8]>, bool)>>,
+}
+
+impl std::fmt::Debug for Covered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Covered").finish_non_exhaustive()
+    }
+}
+
+impl Covered {
+    /// Requests on a connection served with `cert`.
+    pub fn new(cert: Arc<CertifiedKey>) -> Covered {
+        Covered {
+            cert,
+            last: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Whether the certificate covers `host`: a request's Host value or authority as received
+    /// (port and case as sent). A request without a host names nothing the certificate could
+    /// fail to cover. A host that is no DNS name or IP address is not covered.
+    pub fn covers(&self, host: Option<&[u8]>) -> bool {
+        let Some(raw) = host else {
+            return true;
+        };
+        let mut buf = [0u8; crate::route::MAX_HOST];
+        let Some(h) = crate::route::request_host(raw, &mut buf) else {
+            return false;
+        };
+        if let Some((last, ok)) = &*self.last.borrow()
+            && **last == *h.as_bytes()
+        {
+            return *ok;
+        }
+        let name = h
+            .strip_prefix('[')
+            .and_then(|v6| v6.strip_suffix(']'))
+            .unwrap_or(h);
+        let ok = ServerName::try_from(name).is_ok_and(|n| valid_for(&self.cert, &n));
+        *self.last.borrow_mut() = Some((h.as_bytes().into(), ok));
+        ok
     }
 }
 
@@ -365,10 +418,13 @@ mod tests {
             certs: vec![a.clone(), b.clone()],
         };
         let is = |got: Option<Arc<CertifiedKey>>, want: &Cert| Arc::ptr_eq(&got.unwrap(), &want.0);
-        assert!(is(r.pick(Some("a.test")), &a));
-        assert!(is(r.pick(Some("www.b.test")), &b), "wildcard");
-        assert!(is(r.pick(Some("other.test")), &a), "no match: the first");
-        assert!(is(r.pick(None), &a), "no SNI: the first");
+        assert!(is(served(&r.certs, Some("a.test")), &a));
+        assert!(is(served(&r.certs, Some("www.b.test")), &b), "wildcard");
+        assert!(
+            is(served(&r.certs, Some("other.test")), &a),
+            "no match: the first"
+        );
+        assert!(is(served(&r.certs, None), &a), "no SNI: the first");
         assert!(server_config(&[a, b], BOTH).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }

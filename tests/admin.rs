@@ -86,14 +86,14 @@ async fn healthz_metrics_and_backends_describe_live_traffic() {
     let text = m.text();
     for line in [
         "stickyd_responses_total{class=\"2xx\"} 21",
-        "stickyd_affinity_total{outcome=\"new\"} 11",
-        "stickyd_affinity_total{outcome=\"valid\"} 10",
+        "stickyd_affinity_total{pool=\"default\",outcome=\"new\"} 11",
+        "stickyd_affinity_total{pool=\"default\",outcome=\"valid\"} 10",
         "stickyd_request_duration_seconds_count 21",
         "stickyd_request_duration_seconds_bucket{le=\"+Inf\"} 21",
-        "stickyd_backend_up{backend=\"a\"} 1",
-        "stickyd_backend_admin_state{backend=\"a\",state=\"active\"} 1",
-        "stickyd_backend_in_flight{backend=\"b\"} 0",
-        "stickyd_repins_total 0",
+        "stickyd_backend_up{backend=\"a\",pool=\"default\"} 1",
+        "stickyd_backend_admin_state{backend=\"a\",pool=\"default\",state=\"active\"} 1",
+        "stickyd_backend_in_flight{backend=\"b\",pool=\"default\"} 0",
+        "stickyd_repins_total{pool=\"default\"} 0",
         "stickyd_upstream_errors_total{kind=\"connect\"} 0",
         "# TYPE stickyd_imbalance_ratio gauge",
     ] {
@@ -173,7 +173,7 @@ async fn a_drained_backend_keeps_its_sessions_takes_no_new_ones_and_reports_drai
     assert!(seen, "a was never reported drained");
     let m = call(&lb, "GET", "/metrics").await.text();
     assert!(
-        m.contains("stickyd_backend_drained{backend=\"a\"} 1"),
+        m.contains("stickyd_backend_drained{backend=\"a\",pool=\"default\"} 1"),
         "{m}"
     );
 
@@ -359,7 +359,9 @@ async fn a_cross_origin_post_is_refused_and_the_backend_is_not_disabled() {
         assert_eq!(api.state_of_a().await, untouched(), "{}", api.mode);
         let m = api.call("GET", "/metrics", &[]).await.text();
         assert!(
-            m.contains("stickyd_backend_admin_state{backend=\"a\",state=\"active\"} 1"),
+            m.contains(
+                "stickyd_backend_admin_state{backend=\"a\",pool=\"default\",state=\"active\"} 1"
+            ),
             "{m}"
         );
     }

@@ -197,12 +197,7 @@ async fn ip_mode_pins_by_client_address_and_by_x_forwarded_for_behind_a_trusted_
     }
     let distinct: std::collections::HashSet<_> = by_client.values().collect();
     assert_eq!(distinct.len(), 3, "clients spread over every backend");
-    assert!(
-        lb.shared()
-            .metrics
-            .outcomes(stickyd::affinity::Outcome::Hashed)
-            >= 70
-    );
+    assert!(lb.shared().outcomes(stickyd::affinity::Outcome::Hashed) >= 70);
 }
 
 #[tokio::test]
@@ -309,7 +304,7 @@ async fn sticky_fraction_zero_keeps_new_sessions_unpinned_for_good() {
         names.contains(&"a".to_string()) && names.contains(&"b".to_string()),
         "{names:?}"
     );
-    let m = &lb.shared().metrics;
+    let m = lb.shared();
     assert_eq!(m.outcomes(stickyd::affinity::Outcome::New), 1);
     assert_eq!(m.outcomes(stickyd::affinity::Outcome::Unpinned), 7);
     let pins: u64 = lb

@@ -259,9 +259,7 @@ async fn a_key_rotation_by_reload_signs_with_the_new_key_and_still_honours_the_o
     assert_eq!(got.status, 200);
     assert!(got.set_cookie().is_some());
     assert_eq!(
-        lb.shared()
-            .metrics
-            .outcomes(stickyd::affinity::Outcome::UnknownKey),
+        lb.shared().outcomes(stickyd::affinity::Outcome::UnknownKey),
         1
     );
 }
@@ -298,7 +296,6 @@ async fn sessions_of_a_backend_removed_by_reload_take_the_same_fallback() {
     assert_eq!(on_c.get("/").await.backend(), fallback);
     assert_eq!(
         lb.shared()
-            .metrics
             .outcomes(stickyd::affinity::Outcome::UnknownBackend),
         2
     );

@@ -40,6 +40,45 @@ pub enum Source {
     None,
 }
 
+/// The key rings one pool checks tokens with: its own, and those of the other pools whose
+/// tokens come in the same cookie or header (to tell another pool's token from a forged one).
+/// Each pool's ring binds its MACs to that pool ([`crate::state`]), so a token verifies under
+/// one pool's ring only.
+#[derive(Clone)]
+pub struct Rings {
+    /// This pool's: signs and verifies.
+    pub own: KeyRing,
+    /// The other pools' that share this pool's token carrier.
+    pub others: Vec<KeyRing>,
+}
+
+impl Rings {
+    /// A pool alone on its carrier.
+    pub fn alone(own: KeyRing) -> Rings {
+        Rings {
+            own,
+            others: Vec::new(),
+        }
+    }
+
+    /// What `bytes` is as a token for this pool. The other pools' rings are tried only when
+    /// this pool's refuses the MAC or the key: the path of forged and foreign tokens, never of
+    /// valid ones.
+    fn verify(&self, bytes: &[u8]) -> TokenInput {
+        match self.own.verify(bytes) {
+            Ok(v) => TokenInput::Valid(v),
+            Err(why @ (Invalid::BadMac | Invalid::UnknownKey)) if !self.others.is_empty() => {
+                if self.others.iter().any(|r| r.verify(bytes).is_ok()) {
+                    TokenInput::OtherPool
+                } else {
+                    TokenInput::Invalid(why)
+                }
+            }
+            Err(why) => TokenInput::Invalid(why),
+        }
+    }
+}
+
 /// What one request carried for affinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -58,7 +97,7 @@ pub enum Input {
 /// [`read_fields`] is its twin on the HTTP/1 engine's fields.
 pub fn extract(
     source: &Source,
-    ring: &KeyRing,
+    ring: &Rings,
     headers: &mut HeaderMap,
     peer: IpAddr,
     trusted: impl Fn(IpAddr) -> bool,
@@ -87,7 +126,7 @@ pub fn extract(
 /// (`h1::write::Forward`). Allocates nothing.
 pub fn read_fields(
     source: &Source,
-    ring: &KeyRing,
+    ring: &Rings,
     buf: &[u8],
     fields: &[Field],
     peer: IpAddr,
@@ -122,31 +161,24 @@ pub fn read_fields(
     }
 }
 
-fn verify(ring: &KeyRing, bytes: &[u8]) -> TokenInput {
-    match ring.verify(bytes) {
-        Ok(v) => TokenInput::Valid(v),
-        Err(why) => TokenInput::Invalid(why),
-    }
-}
-
 /// `cookie` mode: the affinity cookie found, or not.
-fn cookie_input(found: &Found, ring: &KeyRing) -> Input {
+fn cookie_input(found: &Found, ring: &Rings) -> Input {
     Input::Token(match found {
         Found::Absent => TokenInput::Absent,
         Found::TooLong => TokenInput::Invalid(Invalid::Malformed),
-        Found::Value(..) => verify(ring, found.bytes()),
+        Found::Value(..) => ring.verify(found.bytes()),
     })
 }
 
 /// `header` mode: the first value of the token header, if any.
-fn header_input(value: Option<&[u8]>, trusted: bool, ring: &KeyRing) -> Input {
+fn header_input(value: Option<&[u8]>, trusted: bool, ring: &Rings) -> Input {
     match value {
         None => Input::Token(TokenInput::Absent),
         Some(v) if trusted => Input::Key(balance::key_hash(v)),
         Some(v) if v.len() > headers::MAX_COOKIE_VALUE => {
             Input::Token(TokenInput::Invalid(Invalid::Malformed))
         }
-        Some(v) => Input::Token(verify(ring, v.trim_ascii())),
+        Some(v) => Input::Token(ring.verify(v.trim_ascii())),
     }
 }
 
@@ -166,12 +198,13 @@ mod tests {
 
     const KEY: &[u8] = b"an-affinity-input-test-key-of-32-bytes";
 
-    fn ring() -> KeyRing {
-        KeyRing::new(&[KEY], "sid")
+    fn ring() -> Rings {
+        Rings::alone(KeyRing::new(&[KEY], "sid"))
     }
 
     fn token() -> String {
         ring()
+            .own
             .sign(&Claims {
                 backend_tag: [1; 8],
                 nonce: 42,

@@ -601,5 +601,6 @@ fn tls(raw: Option<&raw::Tls>, dir: &Path) -> Result<Option<Tls>, Invalid> {
         server_config: crate::tls::server_config(&certs, &versions)
             .map_err(|m| (t.certs.span(), m))?,
         handshake_timeout: t.handshake_timeout.0,
+        certs,
     }))
 }

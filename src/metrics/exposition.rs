@@ -20,6 +20,8 @@ use crate::error::UpstreamKind;
 pub(crate) struct BackendSample<'a> {
     /// The backend id (the `backend` label).
     pub id: &'a str,
+    /// Its pool's name (the `pool` label).
+    pub pool: &'a str,
     /// Configured weight.
     pub weight: u32,
     /// Passes health checks.
@@ -42,6 +44,19 @@ pub(crate) struct BackendSample<'a> {
     pub sessions: u64,
 }
 
+/// One pool's values for the exposition, read once from its live state by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PoolSample<'a> {
+    /// The pool's name (the `pool` label).
+    pub name: &'a str,
+    /// Requests by affinity outcome, in [`Outcome::ALL`] order.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Sessions moved to another backend.
+    pub repins: u64,
+    /// max/mean of its usable backends' recent request rates.
+    pub imbalance: f64,
+}
+
 /// What an exposition shows besides the counters in [`Metrics`]: values owned elsewhere.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Readings<'a> {
@@ -49,6 +64,8 @@ pub(crate) struct Readings<'a> {
     pub connections: usize,
     /// Every backend of the snapshot, in config order.
     pub backends: &'a [BackendSample<'a>],
+    /// Every pool of the snapshot, in config order.
+    pub pools: &'a [PoolSample<'a>],
     /// Lines the access log dropped, or `None` when the access log is off (the family is then
     /// left out).
     pub access_log_dropped: Option<u64>,
@@ -102,11 +119,19 @@ impl Metrics {
         }
         w.histogram(&REQUEST_DURATION, self);
         w.header(&AFFINITY);
-        for o in Outcome::ALL {
-            w.sample(AFFINITY.name, &[("outcome", o.as_str())], self.outcomes(o));
+        for p in r.pools {
+            for (o, n) in Outcome::ALL.iter().zip(p.outcomes) {
+                w.sample(
+                    AFFINITY.name,
+                    &[("pool", p.name), ("outcome", o.as_str())],
+                    n,
+                );
+            }
         }
         w.header(&REPINS);
-        w.sample(REPINS.name, &[], self.repins());
+        for p in r.pools {
+            w.sample(REPINS.name, &[("pool", p.name)], p.repins);
+        }
         w.header(&RETRIES);
         w.sample(RETRIES.name, &[], self.retries());
         w.header(&UPSTREAM_ERRORS);
@@ -118,7 +143,9 @@ impl Metrics {
             );
         }
         w.header(&IMBALANCE);
-        w.sample(IMBALANCE.name, &[], self.imbalance());
+        for p in r.pools {
+            w.sample(IMBALANCE.name, &[("pool", p.name)], p.imbalance);
+        }
         if let Some(n) = r.access_log_dropped {
             w.header(&ACCESS_LOG_DROPPED);
             w.sample(ACCESS_LOG_DROPPED.name, &[], n);
@@ -163,8 +190,8 @@ impl Writer {
     }
 
     /// A per-backend family: its header, then for each backend one sample labelled
-    /// `{backend="ID"}`, or, with `by = Some((label, values))`, one sample per label value
-    /// labelled `{backend="ID",label="VALUE"}`. `value(b, i)` is the value for backend `b` and
+    /// `{backend="ID",pool="POOL"}`, or, with `by = Some((label, values))`, one sample per label
+    /// value labelled `{backend="ID",pool="POOL",label="VALUE"}`. `value(b, i)` is the value for backend `b` and
     /// label value `i` (0 without `by`).
     fn per_backend<V: Display>(
         &mut self,
@@ -176,10 +203,14 @@ impl Writer {
         self.header(f);
         for b in backends {
             match by {
-                None => self.sample(f.name, &[("backend", b.id)], value(b, 0)),
+                None => self.sample(f.name, &[("backend", b.id), ("pool", b.pool)], value(b, 0)),
                 Some((label, values)) => {
                     for (i, v) in values.iter().enumerate() {
-                        self.sample(f.name, &[("backend", b.id), (label, v)], value(b, i));
+                        self.sample(
+                            f.name,
+                            &[("backend", b.id), ("pool", b.pool), (label, v)],
+                            value(b, i),
+                        );
                     }
                 }
             }
@@ -225,6 +256,7 @@ mod tests {
     fn sample(id: &str) -> BackendSample<'_> {
         BackendSample {
             id,
+            pool: "default",
             weight: 1,
             up: true,
             state: AdminState::Active,
@@ -241,9 +273,6 @@ mod tests {
     /// A known state: two backends, a few of every process-wide counter.
     fn known() -> String {
         let m = Metrics::default();
-        m.outcome(Outcome::New);
-        m.outcome(Outcome::BadMac);
-        m.repin();
         m.retry();
         m.retry();
         m.upstream_error(&ProxyError::Timeout);
@@ -253,7 +282,6 @@ mod tests {
         m.response(502);
         m.latency.record(Duration::from_millis(3));
         m.latency.record(Duration::from_secs(20));
-        m.set_imbalance(1.25);
         let backends = [
             BackendSample {
                 weight: 3,
@@ -270,12 +298,31 @@ mod tests {
                 up: false,
                 state: AdminState::Draining,
                 drained: true,
+                pool: "shop",
                 ..sample("b.2")
+            },
+        ];
+        let mut outcomes = [0; Outcome::ALL.len()];
+        outcomes[Outcome::New.index()] = 1;
+        outcomes[Outcome::BadMac.index()] = 1;
+        let pools = [
+            PoolSample {
+                name: "default",
+                outcomes,
+                repins: 1,
+                imbalance: 1.25,
+            },
+            PoolSample {
+                name: "shop",
+                outcomes: [0; Outcome::ALL.len()],
+                repins: 0,
+                imbalance: 0.0,
             },
         ];
         m.render(&Readings {
             connections: 3,
             backends: &backends,
+            pools: &pools,
             access_log_dropped: Some(4),
         })
     }
@@ -297,36 +344,36 @@ mod tests {
             family_text(&text, "stickyd_backend_responses_total"),
             "# HELP stickyd_backend_responses_total Responses from each backend by status class.
 # TYPE stickyd_backend_responses_total counter
-stickyd_backend_responses_total{backend=\"a\",class=\"1xx\"} 1
-stickyd_backend_responses_total{backend=\"a\",class=\"2xx\"} 2
-stickyd_backend_responses_total{backend=\"a\",class=\"3xx\"} 1
-stickyd_backend_responses_total{backend=\"a\",class=\"4xx\"} 1
-stickyd_backend_responses_total{backend=\"a\",class=\"5xx\"} 1
-stickyd_backend_responses_total{backend=\"b.2\",class=\"1xx\"} 0
-stickyd_backend_responses_total{backend=\"b.2\",class=\"2xx\"} 0
-stickyd_backend_responses_total{backend=\"b.2\",class=\"3xx\"} 0
-stickyd_backend_responses_total{backend=\"b.2\",class=\"4xx\"} 0
-stickyd_backend_responses_total{backend=\"b.2\",class=\"5xx\"} 0
+stickyd_backend_responses_total{backend=\"a\",pool=\"default\",class=\"1xx\"} 1
+stickyd_backend_responses_total{backend=\"a\",pool=\"default\",class=\"2xx\"} 2
+stickyd_backend_responses_total{backend=\"a\",pool=\"default\",class=\"3xx\"} 1
+stickyd_backend_responses_total{backend=\"a\",pool=\"default\",class=\"4xx\"} 1
+stickyd_backend_responses_total{backend=\"a\",pool=\"default\",class=\"5xx\"} 1
+stickyd_backend_responses_total{backend=\"b.2\",pool=\"shop\",class=\"1xx\"} 0
+stickyd_backend_responses_total{backend=\"b.2\",pool=\"shop\",class=\"2xx\"} 0
+stickyd_backend_responses_total{backend=\"b.2\",pool=\"shop\",class=\"3xx\"} 0
+stickyd_backend_responses_total{backend=\"b.2\",pool=\"shop\",class=\"4xx\"} 0
+stickyd_backend_responses_total{backend=\"b.2\",pool=\"shop\",class=\"5xx\"} 0
 "
         );
         assert_eq!(
             family_text(&text, "stickyd_backend_in_flight"),
             "# HELP stickyd_backend_in_flight Requests in flight on each backend.
 # TYPE stickyd_backend_in_flight gauge
-stickyd_backend_in_flight{backend=\"a\"} 1
-stickyd_backend_in_flight{backend=\"b.2\"} 0
+stickyd_backend_in_flight{backend=\"a\",pool=\"default\"} 1
+stickyd_backend_in_flight{backend=\"b.2\",pool=\"shop\"} 0
 "
         );
         assert_eq!(
             family_text(&text, "stickyd_backend_admin_state"),
             "# HELP stickyd_backend_admin_state Admin state of each backend (1 for the state in force).
 # TYPE stickyd_backend_admin_state gauge
-stickyd_backend_admin_state{backend=\"a\",state=\"active\"} 0
-stickyd_backend_admin_state{backend=\"a\",state=\"draining\"} 0
-stickyd_backend_admin_state{backend=\"a\",state=\"disabled\"} 1
-stickyd_backend_admin_state{backend=\"b.2\",state=\"active\"} 0
-stickyd_backend_admin_state{backend=\"b.2\",state=\"draining\"} 1
-stickyd_backend_admin_state{backend=\"b.2\",state=\"disabled\"} 0
+stickyd_backend_admin_state{backend=\"a\",pool=\"default\",state=\"active\"} 0
+stickyd_backend_admin_state{backend=\"a\",pool=\"default\",state=\"draining\"} 0
+stickyd_backend_admin_state{backend=\"a\",pool=\"default\",state=\"disabled\"} 1
+stickyd_backend_admin_state{backend=\"b.2\",pool=\"shop\",state=\"active\"} 0
+stickyd_backend_admin_state{backend=\"b.2\",pool=\"shop\",state=\"draining\"} 1
+stickyd_backend_admin_state{backend=\"b.2\",pool=\"shop\",state=\"disabled\"} 0
 "
         );
         assert_eq!(
@@ -354,14 +401,17 @@ stickyd_upstream_errors_total{kind=\"timeout\"} 1
         for line in [
             "stickyd_build_info{version=\"",
             "stickyd_connections 3\n",
-            "stickyd_backend_up{backend=\"b.2\"} 0\n",
-            "stickyd_backend_drained{backend=\"b.2\"} 1\n",
-            "stickyd_backend_weight{backend=\"a\"} 3\n",
+            "stickyd_backend_up{backend=\"b.2\",pool=\"shop\"} 0\n",
+            "stickyd_backend_drained{backend=\"b.2\",pool=\"shop\"} 1\n",
+            "stickyd_backend_weight{backend=\"a\",pool=\"default\"} 3\n",
             "stickyd_responses_total{class=\"5xx\"} 1\n",
-            "stickyd_affinity_total{outcome=\"bad_mac\"} 1\n",
-            "stickyd_repins_total 1\n",
+            "stickyd_affinity_total{pool=\"default\",outcome=\"bad_mac\"} 1\n",
+            "stickyd_affinity_total{pool=\"shop\",outcome=\"bad_mac\"} 0\n",
+            "stickyd_repins_total{pool=\"default\"} 1\n",
+            "stickyd_repins_total{pool=\"shop\"} 0\n",
             "stickyd_retries_total 2\n",
-            "stickyd_imbalance_ratio 1.25\n",
+            "stickyd_imbalance_ratio{pool=\"default\"} 1.25\n",
+            "stickyd_imbalance_ratio{pool=\"shop\"} 0\n",
             "stickyd_access_log_dropped_total 4\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
@@ -440,6 +490,7 @@ stickyd_upstream_errors_total{kind=\"timeout\"} 1
         let text = Metrics::default().render(&Readings {
             connections: 0,
             backends: &[],
+            pools: &[],
             access_log_dropped: None,
         });
         assert!(!text.contains("stickyd_access_log_dropped_total"), "{text}");
@@ -458,10 +509,11 @@ stickyd_upstream_errors_total{kind=\"timeout\"} 1
         let text = m.render(&Readings {
             connections: 0,
             backends: &[sample("x\"y")],
+            pools: &[],
             access_log_dropped: None,
         });
         assert!(
-            text.contains("stickyd_backend_up{backend=\"x\\\"y\"} 1\n"),
+            text.contains("stickyd_backend_up{backend=\"x\\\"y\",pool=\"default\"} 1\n"),
             "{text}"
         );
     }

@@ -36,16 +36,18 @@ pub(super) struct Answer {
 impl Proxy {
     /// Runs attempts until a backend answers or no safe retry is left. `parts` is the rewritten
     /// head; `body` keeps the client's body for as long as a retry may send it again.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempts(
         &self,
         snap: &Snapshot,
+        pool: usize,
         mut parts: Parts,
         body: &Replay,
         input: Input,
         plan: &Plan,
         now: &Now,
     ) -> Result<Answer, ProxyError> {
-        let mut tries = Retries::new(snap);
+        let mut tries = Retries::new(snap, pool);
         loop {
             let route = tries.route(snap, input, now)?;
             let backend = &snap.backends[route.backend];
@@ -103,7 +105,7 @@ impl Proxy {
         backend.live.counters.record_failure();
         self.shared.metrics.upstream_error(e);
         if let ProxyError::Connect(_) = e {
-            let threshold = snap.config.health.passive_failures;
+            let threshold = snap.pool_config(backend.pool).health.passive_failures;
             // Dated when the failure is known, not when the request came: a connect may take
             // up to connect_timeout, and `eject_time` counts from the ejection.
             let at = std::time::Instant::now();
@@ -115,10 +117,15 @@ impl Proxy {
     }
 }
 
-/// One request's attempts, for both request paths (hyper's and the HTTP/1 engine's): the
-/// backends that failed it, the retries left, and the last failure.
+/// One request's attempts, for both request paths (hyper's and the HTTP/1 engine's): its pool,
+/// the backends that failed it, the retries left, and the last failure.
 pub(super) struct Retries {
+    /// The request's pool, by index in the snapshot.
+    pool: usize,
+    /// The pool's backends that failed this request, by the pool's local index.
     excluded: Vec<usize>,
+    /// The local index of the backend of the last route.
+    last: usize,
     left: u32,
     /// The failure of the previous attempt: when a retry finds no other backend, that is the
     /// answer (a 502 says more than "no backend").
@@ -126,10 +133,12 @@ pub(super) struct Retries {
 }
 
 impl Retries {
-    /// No attempt yet; `[upstream] retries` left.
-    pub fn new(snap: &Snapshot) -> Retries {
+    /// No attempt yet on `pool`; `[upstream] retries` left.
+    pub fn new(snap: &Snapshot, pool: usize) -> Retries {
         Retries {
+            pool,
             excluded: Vec::new(),
+            last: 0,
             left: snap.config.upstream.retries,
             failed: None,
         }
@@ -140,17 +149,23 @@ impl Retries {
         self.left > 0
     }
 
-    /// Where the next attempt goes, the backends that failed excluded.
+    /// Where the next attempt goes, the backends that failed excluded. The route's backend is
+    /// the snapshot's index (affinity decides on the pool's own indexes).
     pub fn route(&mut self, snap: &Snapshot, input: Input, now: &Now) -> Result<Route, ProxyError> {
+        let pool = &snap.pools[self.pool];
         match affinity::decide(
-            &snap.policy,
+            &pool.policy,
             input,
             now.unix_u32(),
-            snap,
+            &pool.view(&snap.backends),
             &self.excluded,
             nonce,
         ) {
-            Ok(r) => Ok(r),
+            Ok(mut r) => {
+                self.last = r.backend;
+                r.backend = pool.global(r.backend);
+                Ok(r)
+            }
             Err(_) if self.failed.is_some() => {
                 Err(self.failed.take().unwrap_or(ProxyError::NoBackend))
             }
@@ -175,7 +190,7 @@ impl Retries {
             return Err(e);
         }
         proxy.shared.metrics.retry();
-        self.excluded.push(backend);
+        self.excluded.push(self.last);
         self.left -= 1;
         self.failed = Some(e);
         Ok(())

@@ -220,7 +220,15 @@ impl Proxy {
                 }
             };
             let snap = self.shared.load();
-            if snap.has_h2 {
+            let routed = super::pick_pool(
+                &snap,
+                head.authority.or(head.host).map(|h| h.of(&c.buf)),
+                head.path.of(&c.buf),
+                info,
+            );
+            if let Ok(ix) = routed
+                && snap.pools[ix].has_h2
+            {
                 // hyper's client speaks to HTTP/2 backends: hyper serves this connection from
                 // this request on (its bytes are all still in the buffer).
                 return c.handoff();
@@ -228,7 +236,7 @@ impl Proxy {
             (limits, header_timeout) = bounds(&snap);
             c.first = false;
             let keep = self
-                .exchange(&snap, &mut c, &head, info, draining.fired())
+                .exchange(&snap, routed, &mut c, &head, info, draining.fired())
                 .await;
             if !keep || draining.fired() {
                 if S::SHUTDOWN {
@@ -254,9 +262,11 @@ impl Proxy {
 
     /// One request, from its parsed head to the end of its response. Returns whether the
     /// client connection may carry another request.
+    /// `routed` is the request's pool, or why it has none (404, 421).
     async fn exchange<S: ClientIo>(
         &self,
         snap: &Snapshot,
+        routed: Result<usize, ProxyError>,
         c: &mut Client<S>,
         head: &RequestHead,
         info: &ConnInfo,
@@ -268,9 +278,43 @@ impl Proxy {
             .access
             .as_ref()
             .map(|l| pending(l, &c.buf, head, info, &now));
+        let ix = routed.as_ref().map_or(0, |&ix| ix);
+        let answer = match routed {
+            Ok(ix) => {
+                if let Some(p) = log.as_mut() {
+                    p.pool(snap.pools[ix].name.clone());
+                }
+                self.forward_h1(snap, ix, c, head, info, &now).await
+            }
+            Err(e) => Err(e),
+        };
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let retry_after = snap.pool_config(ix).balance.retry_after;
+                return self.answer_error(c, head, e, retry_after, &now, log).await;
+            }
+        };
+        let status = answer.sent.head.status;
+        self.record(snap, ix, &answer.route, status, &now, &mut log);
+        self.respond(snap, ix, c, head, info, answer, &now, log, draining)
+            .await
+    }
+
+    /// The request's affinity input, its upstream head written into `c.up`, and the attempts.
+    async fn forward_h1<S: ClientIo>(
+        &self,
+        snap: &Snapshot,
+        ix: usize,
+        c: &mut Client<S>,
+        head: &RequestHead,
+        info: &ConnInfo,
+        now: &Now,
+    ) -> Result<Answer, ProxyError> {
+        let pool = &snap.pools[ix];
         let input = affinity::read_fields(
-            &snap.source,
-            &snap.ring,
+            &pool.source,
+            &pool.rings,
             &c.buf,
             &c.fields,
             info.peer.ip(),
@@ -278,7 +322,7 @@ impl Proxy {
         );
         c.up.clear();
         ready(&mut c.up, READ_BUF);
-        let (cookie, token_header) = match &snap.source {
+        let (cookie, token_header) = match &pool.source {
             Source::Cookie(name) => (Some(name.as_bytes()), None),
             Source::Header { name, .. } => (None, Some(name.as_str().as_bytes())),
             _ => (None, None),
@@ -304,10 +348,23 @@ impl Proxy {
             },
         );
         let head_len = c.up.len();
-        let answer = self.attempts_h1(snap, c, head, input, &now, head_len).await;
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
+        self.attempts_h1(snap, ix, c, head, input, now, head_len)
+            .await
+    }
+
+    /// The error response to a request that got no backend's answer. Returns whether the client
+    /// connection may go on.
+    async fn answer_error<S: ClientIo>(
+        &self,
+        c: &mut Client<S>,
+        head: &RequestHead,
+        e: ProxyError,
+        retry_after: std::time::Duration,
+        now: &Now,
+        log: Option<Pending>,
+    ) -> bool {
+        {
+            {
                 let status = e.status().as_u16();
                 // After a refusal, or with a request body left unread, nothing more can be read.
                 let close = matches!(
@@ -322,7 +379,7 @@ impl Proxy {
                     &mut c.out,
                     status,
                     e.body(),
-                    e.retry_after(snap.config.balance.retry_after),
+                    e.retry_after(retry_after),
                     close,
                 );
                 // Counted before the write, as the hyper path does: a client that has the
@@ -339,27 +396,25 @@ impl Proxy {
                 // The request's head leaves the buffer (a kept connection's request had no
                 // body): what stays is the next request, never this one again.
                 c.buf.drain(..head.len.min(c.buf.len()));
-                return ok && !close;
+                ok && !close
             }
-        };
-        let status = answer.sent.head.status;
-        self.record(snap, &answer.route, status, &now, &mut log);
-        self.respond(snap, c, head, info, answer, &now, log, draining)
-            .await
+        }
     }
 
     /// Runs attempts until a backend answers or no safe retry is left (the rules of
     /// `proxy::attempt`). `c.up[..head_len]` is the upstream head.
+    #[allow(clippy::too_many_arguments)]
     async fn attempts_h1<S: ClientIo>(
         &self,
         snap: &Snapshot,
+        pool: usize,
         c: &mut Client<S>,
         head: &RequestHead,
         input: affinity::Input,
         now: &Now,
         head_len: usize,
     ) -> Result<Answer, ProxyError> {
-        let mut tries = Retries::new(snap);
+        let mut tries = Retries::new(snap, pool);
         let idempotent = head.method.idempotent();
         loop {
             let route = tries.route(snap, input, now)?;
@@ -457,6 +512,7 @@ impl Proxy {
     async fn respond<S: ClientIo>(
         &self,
         snap: &Snapshot,
+        pool: usize,
         c: &mut Client<S>,
         head: &RequestHead,
         info: &ConnInfo,
@@ -506,7 +562,7 @@ impl Proxy {
         let issued = route
             .issue
             .as_ref()
-            .map(|claims| issue(snap, claims, now.unix_u32(), info.tls));
+            .map(|claims| issue(&snap.pools[pool], claims, now.unix_u32(), info.tls));
         let (set_cookie, token_header) = match &issued {
             Some(Issued::Cookie(v)) => (Some(v.as_bytes()), None),
             Some(Issued::Header(name, token)) => (

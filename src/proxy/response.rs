@@ -17,14 +17,14 @@ use crate::affinity::{self, Source};
 use crate::backend::InFlight;
 use crate::error::ProxyError;
 use crate::headers;
-use crate::state::Snapshot;
+use crate::state::Pool;
 use crate::token::Claims;
 use crate::upstream::Lease;
 
 /// The backend's response on its way to the client: hop-by-hop headers out, the cookie in when
 /// one is issued.
 pub(super) fn respond(
-    snap: &Snapshot,
+    pool: &Pool,
     mut resp: Response<ProxyBody>,
     issue: Option<Claims>,
     now: u32,
@@ -33,7 +33,7 @@ pub(super) fn respond(
     let headers = resp.headers_mut();
     headers::strip_hop_by_hop(headers);
     if let Some(claims) = issue {
-        set_token(snap, headers, &claims, now, tls);
+        set_token(pool, headers, &claims, now, tls);
     }
     resp
 }
@@ -49,14 +49,14 @@ pub(super) enum Issued<'a> {
 /// Issues a token: the only place one is signed, for both paths (hyper's, below, and the
 /// HTTP/1 engine's). Either way the response gets `Cache-Control: private` when it has none,
 /// so no shared cache keeps one client's token for others.
-pub(super) fn issue<'a>(snap: &'a Snapshot, claims: &Claims, now: u32, tls: bool) -> Issued<'a> {
-    let token = snap.ring.sign(claims);
-    match &snap.source {
+pub(super) fn issue<'a>(pool: &'a Pool, claims: &Claims, now: u32, tls: bool) -> Issued<'a> {
+    let token = pool.rings.own.sign(claims);
+    match &pool.source {
         Source::Header { name, .. } => Issued::Header(name, token),
         _ => {
-            let max_age = affinity::cookie_max_age(&snap.policy, claims, now);
+            let max_age = affinity::cookie_max_age(&pool.policy, claims, now);
             Issued::Cookie(headers::set_cookie(
-                &snap.cookie,
+                &pool.cookie,
                 token.as_str(),
                 max_age,
                 tls,
@@ -66,8 +66,8 @@ pub(super) fn issue<'a>(snap: &'a Snapshot, claims: &Claims, now: u32, tls: bool
 }
 
 /// Sets an issued token on a hyper response's headers.
-fn set_token(snap: &Snapshot, headers: &mut HeaderMap, claims: &Claims, now: u32, tls: bool) {
-    match issue(snap, claims, now, tls) {
+fn set_token(pool: &Pool, headers: &mut HeaderMap, claims: &Claims, now: u32, tls: bool) {
+    match issue(pool, claims, now, tls) {
         Issued::Header(name, token) => {
             if let Ok(v) = HeaderValue::from_str(token.as_str()) {
                 headers.insert(name.clone(), v);
@@ -83,7 +83,7 @@ fn set_token(snap: &Snapshot, headers: &mut HeaderMap, claims: &Claims, now: u32
 /// The backend's `101` on its way to the client: its Connection/Upgrade pair and protocol
 /// headers kept, other hop-by-hop headers out, the cookie in when one is issued, no body.
 pub(super) fn switching(
-    snap: &Snapshot,
+    pool: &Pool,
     resp: Response<Incoming>,
     issue: Option<Claims>,
     now: u32,
@@ -94,7 +94,7 @@ pub(super) fn switching(
         resp.headers().get(header::UPGRADE).cloned(),
     );
     let resp = resp.map(|_| ProxyBody::full(Bytes::new()));
-    let mut resp = respond(snap, resp, issue, now, tls);
+    let mut resp = respond(pool, resp, issue, now, tls);
     if let (Some(c), Some(u)) = keep {
         resp.headers_mut().insert(header::CONNECTION, c);
         resp.headers_mut().insert(header::UPGRADE, u);
@@ -102,8 +102,9 @@ pub(super) fn switching(
     resp
 }
 
-/// The error response: status, short body, Retry-After for pool failures.
-pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
+/// The error response: status, short body, Retry-After for pool failures (`retry_after`: the
+/// pool's `[balance] retry_after`).
+pub fn error_response(e: &ProxyError, retry_after: std::time::Duration) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(Bytes::from_static(e.body().as_bytes())));
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();
@@ -112,7 +113,7 @@ pub fn error_response(e: &ProxyError, snap: &Snapshot) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(secs) = e.retry_after(snap.config.balance.retry_after) {
+    if let Some(secs) = e.retry_after(retry_after) {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if matches!(

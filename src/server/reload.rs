@@ -71,7 +71,11 @@ impl Running {
         for (a, _) in &removed {
             info!(address = %a, "listener closed by reload");
         }
-        info!(backends = snap.backends.len(), "configuration reloaded");
+        info!(
+            backends = snap.backends.len(),
+            pools = snap.pools.len(),
+            "configuration reloaded"
+        );
         Ok(())
     }
 }

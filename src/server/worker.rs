@@ -308,6 +308,7 @@ impl Accept {
                 if tls {
                     Box::pin(async move {
                         if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
+                            info.cert = served_with(&stream, &serving.proxy);
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 let t = serving.proxy.shared().load().config.server.client_timeout;
                                 serve(SendTimeout::new(stream, t), info, &serving).await;
@@ -365,6 +366,16 @@ async fn handshake(
             None
         }
     }
+}
+
+/// The certificate `stream`'s handshake was served with (the resolver's pick for its SNI).
+fn served_with(
+    stream: &tokio_rustls::server::TlsStream<TcpStream>,
+    proxy: &Proxy,
+) -> Option<crate::tls::Covered> {
+    let snap = proxy.shared().load();
+    let certs = &snap.config.tls.as_ref()?.certs;
+    crate::tls::served(certs, stream.get_ref().1.server_name()).map(crate::tls::Covered::new)
 }
 
 /// Serves one client connection with the HTTP/1 engine until it ends, or hands it to hyper
