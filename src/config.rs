@@ -501,14 +501,51 @@ impl Config {
             );
         }
         let _ = writeln!(s, "backends: {}", self.backends.len());
-        for b in &self.backends {
+        let several = self.pools.len() > 1 || !self.routes.routes().is_empty();
+        for (g, b) in self.backends.iter().enumerate() {
+            let pool = self
+                .pools
+                .iter()
+                .find(|p| p.backends.contains(&g))
+                .filter(|_| several)
+                .map(|p| format!(" pool {}", p.name));
             let _ = writeln!(
                 s,
-                "  {} {} weight {} {}",
+                "  {} {} weight {} {}{}",
                 b.id,
                 b.address,
                 b.weight,
-                format!("{:?}", b.state).to_lowercase()
+                format!("{:?}", b.state).to_lowercase(),
+                pool.unwrap_or_default()
+            );
+        }
+        if several {
+            let _ = writeln!(s, "pools: {}", self.pools.len());
+            for p in &self.pools {
+                let _ = writeln!(
+                    s,
+                    "  {}: cookie {:?}, mode {}, new sessions {}, {} backend(s)",
+                    p.name,
+                    p.affinity.cookie,
+                    format!("{:?}", p.affinity.mode).to_lowercase(),
+                    format!("{:?}", p.balance.new_sessions).to_lowercase(),
+                    p.backends.len()
+                );
+            }
+            let _ = writeln!(s, "routes, in the order they are tried:");
+            for r in self.routes.in_order() {
+                let _ = writeln!(
+                    s,
+                    "  {} {} -> {}",
+                    r.host, r.path_prefix, self.pools[r.pool].name
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  anything else -> {}",
+                self.routes
+                    .default_pool()
+                    .map_or("404", |d| self.pools[d].name.as_str())
             );
         }
         s

@@ -230,6 +230,22 @@ impl Table {
         &self.routes
     }
 
+    /// The routes in the order a request's match is looked for: exact hosts, then wildcards
+    /// (longest suffix first), then routes for any host; within one host, the longest prefix
+    /// first. The first route whose host and prefix match a request is the one it takes.
+    pub fn in_order(&self) -> Vec<&Route> {
+        let mut all: Vec<&Route> = self.routes.iter().collect();
+        all.sort_by_key(|r| {
+            let (class, suffix, name) = match &r.host {
+                HostPattern::Exact(n) => (0, 0, n.clone()),
+                HostPattern::Wildcard(w) => (1, usize::MAX - w.len(), w.clone()),
+                HostPattern::Any => (2, 0, Box::from("")),
+            };
+            (class, suffix, name, usize::MAX - r.path_prefix.len())
+        });
+        all
+    }
+
     /// The pool serving what no route matches.
     pub fn default_pool(&self) -> Option<PoolIx> {
         self.default

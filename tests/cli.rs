@@ -44,6 +44,69 @@ fn check_accepts_a_good_config_and_prints_a_summary() {
 }
 
 #[test]
+fn check_prints_the_pools_and_the_route_table_and_refuses_a_route_to_no_pool() {
+    let pools = format!(
+        "{GOOD}[[pool]]\nname = \"shop\"\n[[pool.backend]]\nid = \"s1\"\naddress = \"127.0.0.1:9\"\n\
+         [[pool]]\nname = \"admin\"\n[[pool.backend]]\nid = \"m1\"\naddress = \"127.0.0.1:9\"\n\
+         [[route]]\npath_prefix = \"/admin\"\npool = \"admin\"\n\
+         [[route]]\nhost = \"*.example.com\"\npool = \"shop\"\n\
+         [[route]]\nhost = \"shop.example.com\"\npath_prefix = \"/cart\"\npool = \"shop\"\n"
+    );
+    let path = write_config("pools", &pools);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("s1 127.0.0.1:9 weight 1 active pool shop"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  shop: cookie \"stickyd_shop\""),
+        "{stdout}"
+    );
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("routes"))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        table,
+        [
+            "  shop.example.com /cart -> shop",
+            "  *.example.com / -> shop",
+            "  * /admin -> admin",
+            "  anything else -> default",
+        ],
+        "{stdout}"
+    );
+
+    let bad = pools.replace("pool = \"admin\"", "pool = \"nope\"");
+    let path = write_config("pools-bad", &bad);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let line = bad.lines().position(|l| l == "pool = \"nope\"").unwrap() + 1;
+    assert!(
+        stderr.starts_with(&format!("{}:{line}:8: ", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown pool \"nope\""), "{stderr}");
+}
+
+#[test]
 fn a_bad_config_exits_64_with_one_positioned_line() {
     let path = write_config(
         "bad",

@@ -106,6 +106,7 @@ async fn the_access_log_has_one_json_line_per_request_with_backend_and_affinity(
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(v[0]["path"], "/first?x=1");
+    assert_eq!(v[0]["pool"], "default");
     assert_eq!(v[0]["method"], "GET");
     assert_eq!(v[0]["status"], 200);
     assert_eq!(v[0]["backend"], "a");

@@ -287,6 +287,14 @@ proptest! {
         } else {
             prop_assert_eq!(got, default);
         }
+        // The order `stickyd check` prints is the order of the search: the first route in it
+        // that matches is the one picked.
+        let first = t
+            .in_order()
+            .into_iter()
+            .find(|r| r.host.matches(h) && under(&normal, r.path_prefix.as_bytes()))
+            .map(|r| r.pool);
+        prop_assert_eq!(first.or(default), got);
     }
 
     /// Normalising is idempotent, always yields an absolute path without `//` or dot
