@@ -615,3 +615,70 @@ async fn the_admin_api_metrics_and_access_log_name_pools() {
     assert_eq!(pools, ["\"shop\"", "\"default\""]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn each_pool_has_its_own_mode_and_placement() {
+    let (c1, c2) = (
+        TestBackend::start("c1").await,
+        TestBackend::start("c2").await,
+    );
+    let (h1, h2) = (
+        TestBackend::start("h1").await,
+        TestBackend::start("h2").await,
+    );
+    let (i1, i2) = (
+        TestBackend::start("i1").await,
+        TestBackend::start("i2").await,
+    );
+    let text = config(
+        &Cfg::default(),
+        &[&c1, &c2],
+        &[
+            pool_section("api", "[pool.affinity]\nmode = \"header\"\n", &[&h1, &h2]),
+            pool_section("ip", "[pool.affinity]\nmode = \"ip\"\n", &[&i1, &i2]),
+            route(Some("api.test"), "/", "api"),
+            route(Some("ip.test"), "/", "ip"),
+        ]
+        .concat(),
+    );
+    let lb = start(&text).await;
+    let addr = lb.local_addrs()[0];
+    // header mode: the token comes back in the header, no cookie.
+    let mut b = Browser::new(addr);
+    let got = b
+        .send("GET", "/", Bytes::new(), &[("host", "api.test")])
+        .await;
+    assert!(cookies_set(&got).is_empty(), "no cookie in header mode");
+    let token = got.headers["x-stickyd-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let home = got.backend();
+    for _ in 0..10 {
+        let got = Browser::new(addr)
+            .send(
+                "GET",
+                "/",
+                Bytes::new(),
+                &[("host", "api.test"), ("x-stickyd-session", &token)],
+            )
+            .await;
+        assert_eq!(got.backend(), home);
+    }
+    // ip mode: one client address, one backend, no token at all.
+    let first = Client::new(addr).get("ip.test", "/").await;
+    assert!(cookies_set(&first).is_empty() && !first.headers.contains_key("x-stickyd-session"));
+    for _ in 0..10 {
+        assert_eq!(
+            Client::new(addr).get("ip.test", "/").await.backend(),
+            first.backend()
+        );
+    }
+    // The default pool keeps cookie mode.
+    let got = Client::new(addr).get("other.test", "/").await;
+    assert_eq!(cookies_set(&got), ["stickyd"]);
+    let snap = lb.shared().load();
+    let ip = &snap.pools[snap.pool_named("ip").unwrap()];
+    assert_eq!(ip.live.outcomes(Outcome::Hashed), 11);
+    assert_eq!(ip.live.outcomes(Outcome::New), 0);
+}
