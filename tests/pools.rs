@@ -682,3 +682,28 @@ async fn each_pool_has_its_own_mode_and_placement() {
     assert_eq!(ip.live.outcomes(Outcome::Hashed), 11);
     assert_eq!(ip.live.outcomes(Outcome::New), 0);
 }
+
+/// The README's "Several apps" example is a valid config, routed as its comments say.
+#[test]
+fn the_readmes_several_apps_example_is_a_valid_config() {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("## Several apps").expect("the section")..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").unwrap()];
+    let text = text.replace("file:/etc/stickyd/key.current", "env:KEY");
+    let c = parse_config(&text);
+    let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["shop", "api", "admin"]);
+    assert_eq!(c.pools[0].affinity.cookie, "stickyd_shop");
+    assert_eq!(c.pools[0].health.path, "/ready");
+    let pick = |host: &str, path: &str| c.routes.pick(Some(host.as_bytes()), path.as_bytes());
+    assert_eq!(pick("shop.example.com", "/cart"), Some(0));
+    assert_eq!(pick("eu.api.example.com", "/v1/x"), Some(1));
+    assert_eq!(
+        pick("api.example.com", "/"),
+        None,
+        "a wildcard needs a deeper name"
+    );
+    assert_eq!(pick("other.example.com", "/admin/users"), Some(2));
+    assert_eq!(pick("other.example.com", "/administrator"), None);
+}

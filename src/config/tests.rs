@@ -86,6 +86,36 @@ fn a_minimal_config_takes_every_default() {
 }
 
 #[test]
+fn the_example_configs_commented_pool_works_when_uncommented() {
+    let text = include_str!("../../config/example.toml");
+    let start = text.find("# [[pool]]").expect("the pools example");
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").or(l.strip_prefix("#")).unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = format!("{}{uncommented}\n", &text[..start]);
+    let mut keys = FakeKeys::default();
+    keys.files
+        .insert(PathBuf::from("/etc/stickyd/key.current"), vec![b'k'; 48]);
+    keys.env
+        .insert("STICKYD_KEY_PREVIOUS".into(), vec![b'p'; 40]);
+    let c = parse(&text, "example.toml", Path::new("/etc/stickyd"), &keys).unwrap();
+    let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["default", "shop"]);
+    let shop = &c.pools[1];
+    assert_eq!(shop.affinity.cookie, "shop_sticky");
+    assert_eq!(shop.health.path, "/ready");
+    assert_eq!(
+        shop.balance.new_sessions,
+        crate::config::NewSessions::LeastLoaded
+    );
+    assert_eq!(shop.affinity.secrets.len(), 2, "the top-level keys");
+    assert_eq!(c.routes.pick(Some(b"shop.example.com"), b"/x"), Some(1));
+    assert_eq!(c.routes.pick(Some(b"other"), b"/x"), Some(0));
+}
+
+#[test]
 fn the_shipped_example_config_is_valid_and_documents_every_key() {
     let text = include_str!("../../config/example.toml");
     let mut keys = FakeKeys::default();
