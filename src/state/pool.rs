@@ -402,3 +402,6 @@ impl PoolLive {
         self.pools_hint.store(n as u64, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;
