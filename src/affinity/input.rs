@@ -437,4 +437,199 @@ mod tests {
             prop_assert_eq!(a, b);
         }
     }
+
+    /// Another pool's ring on the same cookie (and header): the same key, bound to that pool.
+    fn shop() -> KeyRing {
+        KeyRing::new(&[KEY], "sid\0shop")
+    }
+
+    /// This pool's ring and shop's, as a pool sharing its carrier with shop holds them.
+    fn shared() -> Rings {
+        Rings {
+            own: ring().own,
+            others: vec![shop()],
+        }
+    }
+
+    fn signed(by: &KeyRing, nonce: u64) -> String {
+        by.sign(&Claims {
+            backend_tag: [3; 8],
+            nonce,
+            issued_at: 100,
+            last_seen: 100,
+        })
+        .as_str()
+        .to_string()
+    }
+
+    /// `token` with bit `bit` of its decoded bytes flipped.
+    fn flipped(token: &str, bit: usize) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut raw = URL_SAFE_NO_PAD.decode(token).unwrap();
+        raw[bit / 8] ^= 1 << (bit % 8);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn cookie_source() -> Source {
+        Source::Cookie("sid".into())
+    }
+
+    fn header_source() -> Source {
+        Source::Header {
+            name: HeaderName::from_static("x-session"),
+            trusted: false,
+        }
+    }
+
+    /// What `rings` makes of `token` in `source`'s carrier, through `extract` and through
+    /// `read_fields`; both must agree.
+    fn classify(rings: &Rings, source: &Source, token: &str) -> Input {
+        let cookie = format!("a=1; sid={token}");
+        let pairs = match source {
+            Source::Cookie(_) => [("Cookie", cookie.as_str())],
+            _ => [("X-Session", token)],
+        };
+        let from_map = extract(source, rings, &mut headers(&pairs), PEER, |_| false);
+        let (buf, fields) = crate::h1::write::testing::fields("GET / HTTP/1.1", &pairs);
+        let from_fields = read_fields(source, rings, &buf, &fields, PEER, |_| false);
+        assert_eq!(from_map, from_fields, "{source:?} {token}");
+        from_map
+    }
+
+    #[test]
+    fn another_pools_token_is_other_pool_through_both_entries_in_both_token_modes() {
+        let theirs = signed(&shop(), 5);
+        let ours = signed(&ring().own, 6);
+        assert_eq!(
+            ring().own.verify(theirs.as_bytes()),
+            Err(Invalid::BadMac),
+            "shop's token is no token of ours"
+        );
+        for src in [cookie_source(), header_source()] {
+            assert_eq!(
+                classify(&shared(), &src, &theirs),
+                Input::Token(TokenInput::OtherPool),
+                "{src:?}"
+            );
+            match classify(&shared(), &src, &ours) {
+                Input::Token(TokenInput::Valid(v)) => {
+                    assert_eq!((v.key_index, v.claims.nonce), (0, 6), "{src:?}")
+                }
+                other => panic!("{src:?}: {other:?}"),
+            }
+            // Alone on the carrier, the same token is a forgery.
+            assert_eq!(
+                classify(&ring(), &src, &theirs),
+                Input::Token(TokenInput::Invalid(Invalid::BadMac)),
+                "{src:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_pools_token_under_a_key_this_pool_lacks_is_other_pool_too() {
+        let other_key = KeyRing::new(&[b"another-pools-key-of-at-least-32-bytes"], "sid\0shop");
+        let rings = Rings {
+            own: ring().own,
+            others: vec![shop(), other_key.clone()],
+        };
+        let theirs = signed(&other_key, 8);
+        for src in [cookie_source(), header_source()] {
+            assert_eq!(
+                classify(&rings, &src, &theirs),
+                Input::Token(TokenInput::OtherPool)
+            );
+            assert_eq!(
+                classify(&shared(), &src, &theirs),
+                Input::Token(TokenInput::Invalid(Invalid::UnknownKey)),
+                "a key no ring holds"
+            );
+        }
+    }
+
+    #[test]
+    fn forged_and_malformed_tokens_stay_what_they_are_beside_other_rings() {
+        let theirs = signed(&shop(), 5);
+        let ours = signed(&ring().own, 6);
+        for src in [cookie_source(), header_source()] {
+            for tok in [&theirs, &ours] {
+                // A bit of the MAC, of the backend tag, of the nonce.
+                for bit in [26 * 8, 41 * 8 + 7, 2 * 8 + 3, 12 * 8] {
+                    assert_eq!(
+                        classify(&shared(), &src, &flipped(tok, bit)),
+                        Input::Token(TokenInput::Invalid(Invalid::BadMac)),
+                        "{src:?} bit {bit}"
+                    );
+                }
+            }
+            for bad in ["forged", &ours[..55], &format!("{ours}A")] {
+                assert_eq!(
+                    classify(&shared(), &src, bad),
+                    Input::Token(TokenInput::Invalid(Invalid::Malformed)),
+                    "{src:?} {bad}"
+                );
+            }
+        }
+        // A trusted header is hashed, never verified, whatever the rings.
+        let trusted = Source::Header {
+            name: HeaderName::from_static("x-session"),
+            trusted: true,
+        };
+        assert!(matches!(
+            classify(&shared(), &trusted, &theirs),
+            Input::Key(_)
+        ));
+    }
+
+    proptest! {
+        /// Flipping any bit of a token, ours or the other pool's, never makes it valid nor the
+        /// other pool's: the version byte makes it malformed, the key id unknown, the rest a
+        /// bad MAC.
+        #[test]
+        fn a_flipped_bit_is_never_valid_nor_another_pools(bit in 0..8 * crate::token::RAW_LEN, theirs in any::<bool>(), header in any::<bool>()) {
+            let tok = if theirs { signed(&shop(), 5) } else { signed(&ring().own, 6) };
+            let src = if header { header_source() } else { cookie_source() };
+            let want = match bit / 8 {
+                0 => Invalid::Malformed,
+                1 => Invalid::UnknownKey,
+                _ => Invalid::BadMac,
+            };
+            prop_assert_eq!(
+                classify(&shared(), &src, &flipped(&tok, bit)),
+                Input::Token(TokenInput::Invalid(want))
+            );
+        }
+
+        /// A pool alone on its carrier never sees another pool's token, whatever it is sent:
+        /// arbitrary bytes, token-shaped text, or a valid token of any other ring.
+        #[test]
+        fn a_pool_alone_never_yields_other_pool(
+            bytes in prop::collection::vec(any::<u8>(), 0..80),
+            text in "[A-Za-z0-9_-]{56}",
+            nonce in any::<u64>(),
+            pool in "[a-z]{1,8}",
+        ) {
+            let alone = ring();
+            prop_assert_ne!(alone.verify(&bytes), TokenInput::OtherPool);
+            let other = KeyRing::new(&[KEY], &format!("sid\0{pool}"));
+            let foreign = signed(&other, nonce);
+            for src in [cookie_source(), header_source()] {
+                for tok in [&text, &foreign] {
+                    let got = classify(&alone, &src, tok);
+                    prop_assert_ne!(got, Input::Token(TokenInput::OtherPool));
+                }
+                // Not vacuous: with that ring beside it, the same foreign token is recognised.
+                let beside = Rings { own: ring().own, others: vec![other.clone()] };
+                prop_assert_eq!(
+                    classify(&beside, &src, &foreign),
+                    Input::Token(TokenInput::OtherPool)
+                );
+                prop_assert_eq!(
+                    classify(&alone, &src, &foreign),
+                    Input::Token(TokenInput::Invalid(Invalid::BadMac))
+                );
+            }
+        }
+    }
 }
