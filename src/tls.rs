@@ -443,4 +443,218 @@ mod tests {
         assert!(e.contains("no certificate"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
+
+    /// A self-signed certificate whose subject alternative names are `names` (DNS names, or IP
+    /// addresses where they parse as one), loaded as the config would load it.
+    fn cert_for(d: &Path, file: &str, names: &[&str]) -> Cert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(sans)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (d.join(format!("{file}.pem")), d.join(format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        load(&c, &k).unwrap()
+    }
+
+    /// One certificate for `a.test`, `*.b.test`, 127.0.0.1 and ::1.
+    fn multi(tag: &str) -> Cert {
+        let d = dir(tag);
+        let cert = cert_for(&d, "multi", &["a.test", "*.b.test", "127.0.0.1", "::1"]);
+        let _ = std::fs::remove_dir_all(&d);
+        cert
+    }
+
+    #[test]
+    fn served_picks_by_name_among_dns_wildcard_and_ip_names() {
+        let d = dir("served");
+        let first = cert_for(&d, "first", &["first.test"]);
+        let _ = std::fs::remove_dir_all(&d);
+        let m = multi("served-m");
+        let certs = [first.clone(), m.clone()];
+        let is = |sni: Option<&str>, want: &Cert| {
+            Arc::ptr_eq(&served(&certs, sni).expect("a certificate"), &want.0)
+        };
+        assert!(is(Some("first.test"), &first));
+        assert!(is(Some("a.test"), &m));
+        assert!(is(Some("A.Test"), &m), "names compare without case");
+        assert!(is(Some("x.b.test"), &m), "wildcard");
+        assert!(is(Some("b.test"), &first), "a wildcard needs its label");
+        assert!(is(Some("y.x.b.test"), &first), "and only one");
+        assert!(is(Some("127.0.0.1"), &m));
+        assert!(is(Some("::1"), &m));
+        assert!(is(Some("c.test"), &first), "no match: the first");
+        assert!(is(Some("not a name"), &first), "no name at all: the first");
+        assert!(is(None, &first));
+        // The first that matches wins, in the order given.
+        let both = [m.clone(), first.clone()];
+        assert!(Arc::ptr_eq(
+            &served(&both, Some("first.test")).unwrap(),
+            &first.0
+        ));
+        assert!(Arc::ptr_eq(&served(&both, Some("c.test")).unwrap(), &m.0));
+        assert!(served(&[], Some("a.test")).is_none());
+        assert!(served(&[], None).is_none());
+    }
+
+    #[test]
+    fn a_connection_covers_its_certificates_names_whatever_the_case_port_or_final_dot() {
+        let c = Covered::new(multi("cover-dns").0);
+        for host in [
+            "a.test",
+            "A.TEST",
+            "a.test:443",
+            "A.TEST:8443",
+            "a.test.",
+            "a.test.:443",
+            "x.b.test",
+            "X.B.Test:8443",
+            "x.b.test.",
+        ] {
+            assert!(c.covers(Some(host.as_bytes())), "{host}");
+        }
+        for host in [
+            "b.test",
+            "b.test:443",
+            "y.x.b.test",
+            "xb.test",
+            "c.test",
+            "a.test.c",
+            "aa.test",
+            "test",
+        ] {
+            assert!(!c.covers(Some(host.as_bytes())), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_connection_covers_its_certificates_ip_addresses_with_or_without_a_port() {
+        let c = Covered::new(multi("cover-ip").0);
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:443",
+            "[::1]",
+            "[::1]:443",
+            "[0:0:0:0:0:0:0:1]:8443",
+        ] {
+            assert!(c.covers(Some(host.as_bytes())), "{host}");
+        }
+        for host in [
+            "127.0.0.2",
+            "127.0.0.2:443",
+            "[::2]:443",
+            "[::1",
+            "::1",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(!c.covers(Some(host.as_bytes())), "{host}");
+        }
+    }
+
+    #[test]
+    fn no_host_is_covered_and_what_is_no_host_name_is_not() {
+        let c = Covered::new(multi("cover-junk").0);
+        assert!(c.covers(None), "nothing named, nothing misdirected");
+        let long = "a".repeat(300);
+        let long_labels = format!("{}a.test", "a.".repeat(150));
+        for host in [
+            "a b",
+            "a b.test",
+            "",
+            ":443",
+            ".",
+            long.as_str(),
+            long_labels.as_str(),
+            "a.test/x",
+            "*.b.test",
+        ] {
+            assert!(!c.covers(Some(host.as_bytes())), "{host:?}");
+        }
+        assert!(!c.covers(Some(b"\xff.b.test")), "not text");
+        assert!(!c.covers(Some(b"a\0.test")));
+    }
+
+    #[test]
+    fn the_memo_answers_each_host_right_when_hosts_alternate() {
+        let c = Covered::new(multi("memo").0);
+        let rounds: [(Option<&[u8]>, bool); 10] = [
+            (Some(b"a.test"), true),
+            (Some(b"c.test"), false),
+            (Some(b"A.TEST:8443"), true),
+            (Some(b"C.TEST"), false),
+            (None, true),
+            (Some(b"c.test"), false),
+            (Some(b"x.b.test"), true),
+            (Some(b"a b"), false),
+            (Some(b"x.b.test"), true),
+            (Some(b"b.test"), false),
+        ];
+        for round in 0..3 {
+            for (host, want) in rounds {
+                assert_eq!(c.covers(host), want, "round {round}: {host:?}");
+                // Asked again at once: the memo's answer, the same.
+                assert_eq!(c.covers(host), want, "round {round} again: {host:?}");
+            }
+        }
+        // Another connection's certificate: the memo is per connection.
+        let d = dir("memo-other");
+        let other = Covered::new(cert_for(&d, "c", &["c.test"]).0);
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(other.covers(Some(b"c.test")));
+        assert!(!other.covers(Some(b"a.test")));
+        assert!(c.covers(Some(b"a.test")));
+        assert!(!c.covers(Some(b"c.test")));
+    }
+
+    /// A host that routing sees as no name of the certificate is not covered either: otherwise
+    /// a client reaches the catch-all pool (no exact or wildcard route matches) through the
+    /// certificate of a site that has a pool of its own.
+    #[test]
+    #[ignore = "bug: Covered::covers strips one final dot and brackets around any address, \
+                then webpki accepts a second final dot (absolute name) and \"[127.0.0.1]\" \
+                as 127.0.0.1, while route::request_host keeps \"a.test.\" (no route matches)"]
+    fn a_host_that_routing_does_not_see_as_a_covered_name_is_not_covered() {
+        use crate::route::{HostPattern, MAX_HOST, request_host};
+        let c = Covered::new(multi("cover-routing").0);
+        let exact = HostPattern::parse("a.test").unwrap();
+        let wild = HostPattern::parse("*.b.test").unwrap();
+        for host in ["a.test..", "a.test..:443", "x.b.test.."] {
+            let mut buf = [0u8; MAX_HOST];
+            let routed = request_host(host.as_bytes(), &mut buf);
+            assert!(
+                !exact.matches(routed) && !wild.matches(routed),
+                "{host}: routing sees {routed:?}, no name of the certificate"
+            );
+            assert!(!c.covers(Some(host.as_bytes())), "{host}");
+        }
+        assert!(
+            !c.covers(Some(b"[127.0.0.1]")),
+            "brackets hold an IPv6 address only (RFC 3986 IP-literal)"
+        );
+    }
+
+    #[test]
+    fn a_connection_served_one_sites_certificate_does_not_cover_the_other_site() {
+        let d = dir("two-sites");
+        let shop = cert_for(&d, "shop", &["shop.test"]);
+        let api = cert_for(&d, "api", &["api.test", "*.api.test"]);
+        let _ = std::fs::remove_dir_all(&d);
+        let certs = [shop, api];
+        let on_shop = Covered::new(served(&certs, Some("shop.test")).unwrap());
+        let on_api = Covered::new(served(&certs, Some("v1.api.test")).unwrap());
+        assert!(on_shop.covers(Some(b"shop.test")));
+        assert!(!on_shop.covers(Some(b"api.test")), "421 for the other site");
+        assert!(on_api.covers(Some(b"api.test:443")));
+        assert!(
+            on_api.covers(Some(b"v2.api.test")),
+            "reuse within the certificate"
+        );
+        assert!(!on_api.covers(Some(b"shop.test")));
+        // Without SNI, the first certificate, and only its names.
+        let no_sni = Covered::new(served(&certs, None).unwrap());
+        assert!(no_sni.covers(Some(b"shop.test")));
+        assert!(!no_sni.covers(Some(b"api.test")));
+    }
 }
