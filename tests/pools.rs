@@ -707,3 +707,42 @@ fn the_readmes_several_apps_example_is_a_valid_config() {
     assert_eq!(pick("other.example.com", "/admin/users"), Some(2));
     assert_eq!(pick("other.example.com", "/administrator"), None);
 }
+
+#[tokio::test]
+async fn without_routes_a_tls_connection_serves_any_host_as_before_pools() {
+    let dir = temp_dir("no-routes");
+    let cert = cert_for(&dir, "shop", &["shop.test"]);
+    let a = TestBackend::start("a").await;
+    let mut text = config(&Cfg::default(), &[&a], "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = []\nlisten_tls = [\"127.0.0.1:0\"]",
+    );
+    text.push_str(&format!(
+        "[tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+        cert.cert, cert.key
+    ));
+    let lb = start(&text).await;
+    let mut tls = tls_connect(lb.local_addrs()[0], "shop.test", &cert.der, &[b"http/1.1"])
+        .await
+        .unwrap();
+    // An address, or a name the certificate does not cover: one pool, served as before.
+    assert_eq!(status_over(&mut tls, "127.0.0.1").await, 200);
+    assert_eq!(status_over(&mut tls, "other.test").await, 200);
+    assert_eq!(a.requests(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pool_named_default_keeps_the_stickyd_cookie() {
+    let a = ("a", "127.0.0.1:9".parse::<SocketAddr>().unwrap());
+    let text = format!(
+        "{}[[pool]]\nname = \"default\"\n[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n",
+        config_text(&Cfg::default(), &[]),
+        a.0,
+        a.1
+    );
+    let c = parse_config(&text);
+    assert_eq!(c.pools[0].name, "default");
+    assert_eq!(c.pools[0].affinity.cookie, "stickyd");
+    assert_eq!(c.routes.pick(Some(b"any.test"), b"/"), Some(0));
+}

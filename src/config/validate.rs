@@ -172,7 +172,9 @@ fn pools(
             format!("pool {name:?} has no backends: add [[pool.backend]] entries")
         })?;
         let mut affinity = affinity(&p.affinity)?;
-        if !written(&p.affinity.cookie) {
+        // The pool "default" (a [[pool]] of that name when there are no top-level backends)
+        // keeps today's cookie and token binding.
+        if !written(&p.affinity.cookie) && name != "default" {
             affinity.cookie = format!("stickyd_{name}");
         }
         out.push(Pool {
