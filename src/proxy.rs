@@ -240,6 +240,9 @@ impl Proxy {
         if repinned {
             live.repin();
         }
+        if let Some(why) = route.takeover {
+            live.takeover(why);
+        }
         if let Some(p) = log.as_mut() {
             p.routed(backend.id.clone(), route.outcome, repinned, status);
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Backend;
-use crate::affinity::{AdminState, Outcome, Policy, PoolView, Rings, Source};
+use crate::affinity::{AdminState, Outcome, Policy, PoolView, Rings, Source, Takeover};
 use crate::balance::{SmoothWrr, id_hash, ramp_weight};
 use crate::config::{self, Mode};
 use crate::headers::CookieAttrs;
@@ -385,6 +385,7 @@ pub struct PoolLive {
 struct PoolCounts {
     affinity: [Counter; Outcome::ALL.len()],
     repins: Counter,
+    takeovers: [Counter; Takeover::ALL.len()],
 }
 
 impl PoolLive {
@@ -415,6 +416,16 @@ impl PoolLive {
     /// Sessions moved to another backend.
     pub fn repins(&self) -> u64 {
         self.counts.sum(|c| &c.repins)
+    }
+
+    /// Counts a session taken over by its backup (replication).
+    pub fn takeover(&self, why: Takeover) {
+        self.counts.local().add(|c| &c.takeovers[why.index()], 1);
+    }
+
+    /// Sessions taken over for `why`.
+    pub fn takeovers(&self, why: Takeover) -> u64 {
+        self.counts.sum(|c| &c.takeovers[why.index()])
     }
 
     /// Sets the imbalance ratio (see [`crate::metrics::imbalance_ratio`]).
