@@ -428,11 +428,14 @@ pub fn route(
     };
 
     // Replication: a home that restarted since the token was signed, or that is being handed
-    // off, no longer holds the session's state: its first usable backup does.
+    // off, no longer holds the session's state: its first usable backup does. Times are whole
+    // seconds: a token signed in the second the restart was seen counts as older (it may have
+    // been the old process's); if it was the new one's, its state was pushed to the backup with
+    // its last change, and the takeover finds it there.
     if policy.backups > 0 {
         let lost = if pool.handoff(home) {
             Some((Takeover::Handoff, Outcome::Handoff))
-        } else if c.last_seen < pool.restarted_at(home) {
+        } else if c.last_seen <= pool.restarted_at(home) {
             Some((Takeover::Restarted, Outcome::Restarted))
         } else {
             None

@@ -650,6 +650,12 @@ fn a_lost_home_goes_to_the_backup_named_before_the_loss_with_a_takeover() {
         );
         // A token signed after the restart is the new process's: served at home.
         let fresh = pool.token(home, nonce, NOW - 100, NOW - 4);
+        let same_second = pool.token(home, nonce, NOW - 100, NOW - 5);
+        assert_eq!(
+            go(&replicated(1), &pool, same_second).unwrap().takeover,
+            Some(Takeover::Restarted),
+            "signed in the second of the restart: taken as the old process's"
+        );
         let r = go(&replicated(1), &pool, fresh).unwrap();
         assert_eq!((r.backend, r.takeover), (home, None));
         // Without replication a restart is not noticed and a handoff is a drain.
