@@ -424,3 +424,40 @@ async fn two_instances_agree_on_every_backup_and_takeover() {
     assert_eq!(one_served, two_served);
     assert_eq!(lost(&apps), 0);
 }
+
+#[tokio::test]
+async fn a_reload_turns_replication_off_and_on_without_a_restart() {
+    let apps = [ReplicaApp::start("a").await, ReplicaApp::start("b").await];
+    let mut lb = start(&config(&[&apps[0], &apps[1]], 1, "")).await;
+    let mut c = Jar::new(lb.local_addrs()[0]);
+    let home = c.send("POST", HOST, "/add?item=x").await.backend();
+    let app = apps.iter().find(|a| a.name == home).unwrap();
+    let id = sid(&c);
+    let seen = || app.last_seen.lock().unwrap()[&id].clone();
+    assert_eq!(seen().backend, home);
+    assert!(seen().backup.is_some());
+    lb.reload(parse_config(&config(&[&apps[0], &apps[1]], 0, "")))
+        .unwrap();
+    assert_eq!(
+        c.get(HOST, "/cart").await.backend(),
+        home,
+        "the session stays"
+    );
+    assert_eq!(
+        (seen().backend.as_str(), seen().backup),
+        ("", None),
+        "no header"
+    );
+    lb.reload(parse_config(&config(&[&apps[0], &apps[1]], 1, "")))
+        .unwrap();
+    c.get(HOST, "/cart").await;
+    assert!(seen().backup.is_some());
+    let m = Browser::new(lb.admin_addr().unwrap())
+        .get("/metrics")
+        .await
+        .text();
+    for reason in ["down", "removed", "restarted", "handoff"] {
+        let line = format!("stickyd_takeovers_total{{pool=\"default\",reason=\"{reason}\"}} 0");
+        assert!(m.contains(&line), "missing {line} in\n{m}");
+    }
+}

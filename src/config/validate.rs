@@ -46,7 +46,12 @@ pub(super) fn config(
     let mut affinity = affinity(&raw.affinity)?;
     let upstream = upstream(&raw.upstream)?;
     let health = health(&raw.health)?;
-    let replication = replication(&raw.replication, &raw.affinity, raw.backends.len())?;
+    let replication = replication(
+        &raw.replication,
+        &raw.affinity,
+        raw.backends.len(),
+        "default",
+    )?;
     let log = log(&raw.log, dir)?;
     let all: Vec<&raw::Backend> = raw
         .backends
@@ -187,7 +192,7 @@ fn pools(
             affinity,
             health: health(&p.health)?,
             balance: balance(&p.balance)?,
-            replication: replication(&p.replication, &p.affinity, p.backends.len())?,
+            replication: replication(&p.replication, &p.affinity, p.backends.len(), name)?,
             backends: (next..next + p.backends.len()).collect(),
         });
         next += p.backends.len();
@@ -293,6 +298,7 @@ fn replication(
     r: &raw::Replication,
     a: &raw::Affinity,
     backends: usize,
+    pool: &str,
 ) -> Result<Replication, Invalid> {
     let n = *r.backups.get_ref();
     check(n <= 2, r.backups.span(), || {
@@ -333,7 +339,8 @@ fn replication(
             r.backups.span(),
             || {
                 format!(
-                    "replication.backups = {n} needs more than {n} backend(s) in the pool; it has {backends}"
+                    "replication.backups = {n} needs more than {n} backend(s) in the pool; pool \
+                     {pool:?} has {backends} (a pool may set [pool.replication] backups = 0)"
                 )
             },
         )?;
