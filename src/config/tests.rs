@@ -137,7 +137,14 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     };
     let debug = format!("{schema:?}{tls:?}");
     for section in [
-        "server", "affinity", "balance", "upstream", "health", "log", "admin",
+        "server",
+        "affinity",
+        "balance",
+        "upstream",
+        "health",
+        "replication",
+        "log",
+        "admin",
     ] {
         assert!(
             text.contains(&format!("[{section}]")),
@@ -145,6 +152,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         );
     }
     for key in [
+        "backups",
+        "port",
         "listen",
         "listen_tls",
         "certs",
