@@ -170,6 +170,9 @@ impl Proxy {
             conn.peer.ip(),
             |ip| snap.is_trusted(ip),
         );
+        if !pool.other_cookies.is_empty() {
+            crate::headers::drop_cookies(&mut parts.headers, &pool.other_cookies);
+        }
         request::rewrite(snap, &mut parts, conn, &plan);
         let body = Replay::new(body, snap.config.server.client_timeout);
 

@@ -141,6 +141,17 @@ async fn pools_by_host_and_by_path_prefix_each_keep_their_own_affinity() {
             .is_none_or(|c| !c.to_str().unwrap().contains("stickyd_shop="))),
         "a pool's cookie never reaches its backend"
     );
+    // Every pool's cookie is in the jar now: none reaches the admin pool's backend.
+    c.get("other.test", "/admin/x").await;
+    let seen = m1.last();
+    let cookie = seen
+        .headers
+        .get("cookie")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+    assert!(
+        !cookie.contains("stickyd") && !cookie.contains("api_sid"),
+        "{cookie}"
+    );
     let snap = lb.shared().load();
     let shop = &snap.pools[pool_ix(&lb, "shop")];
     assert_eq!(shop.live.outcomes(Outcome::New), 41);

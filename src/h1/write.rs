@@ -33,6 +33,8 @@ pub struct Forward<'a> {
     pub via: Option<&'a [u8]>,
     /// The affinity cookie's name (cookie mode): its pairs are left out of `Cookie`.
     pub cookie: Option<&'a [u8]>,
+    /// Other pools' affinity cookies: left out of `Cookie` too (no backend sees a token).
+    pub other_cookies: &'a [Box<[u8]>],
     /// The token header's name (header mode): left out.
     pub token_header: Option<&'a [u8]>,
     /// Add `Connection: close`: neither connection serves anything after this request.
@@ -89,8 +91,10 @@ pub fn request_head(
                 host.get_or_insert(value);
             }
             Name::Cookie => {
-                if let Some(c) = f.cookie {
-                    match headers::strip_cookie(value, c) {
+                if f.cookie.is_some() || !f.other_cookies.is_empty() {
+                    let ours =
+                        |n: &[u8]| f.cookie == Some(n) || f.other_cookies.iter().any(|o| **o == *n);
+                    match headers::strip_cookie_where(value, ours) {
                         headers::Strip::Keep => {}
                         headers::Strip::Drop => continue,
                         headers::Strip::Rewrite => {
@@ -98,7 +102,7 @@ pub fn request_head(
                             let mark = out.len();
                             out.extend_from_slice(name);
                             out.extend_from_slice(b": ");
-                            if headers::write_without_cookie(out, value, c) {
+                            if headers::write_without_cookie_where(out, value, ours) {
                                 out.extend_from_slice(b"\r\n");
                             } else {
                                 out.truncate(mark);

@@ -62,6 +62,12 @@ pub enum Strip {
 /// [`holds_cookie`] and what it means for the field, with the usual case answered without
 /// splitting: a value without `;` is one pair, dropped whole when it is the affinity cookie.
 pub fn strip_cookie(raw: &[u8], name: &[u8]) -> Strip {
+    strip_cookie_where(raw, |n| n == name)
+}
+
+/// [`strip_cookie`] for every cookie whose name `ours` says yes to (the affinity cookies of
+/// several pools).
+pub fn strip_cookie_where(raw: &[u8], ours: impl Fn(&[u8]) -> bool) -> Strip {
     if !raw.contains(&b';') {
         // `pairs` on one piece: trimmed, the name before the first `=` (trimmed), or all of it.
         let p = raw.trim_ascii();
@@ -69,13 +75,13 @@ pub fn strip_cookie(raw: &[u8], name: &[u8]) -> Strip {
             Some(eq) => p[..eq].trim_ascii(),
             None => p,
         };
-        return if !p.is_empty() && n == name {
+        return if !p.is_empty() && ours(n) {
             Strip::Drop
         } else {
             Strip::Keep
         };
     }
-    if holds_cookie(raw, name) {
+    if pairs(raw).any(|(n, _)| ours(n)) {
         Strip::Rewrite
     } else {
         Strip::Keep
@@ -104,8 +110,17 @@ pub fn find_cookie<'a>(
 /// Only for a value that [`holds_cookie`]: any other passes as received. The one rewrite of
 /// both request paths.
 pub fn write_without_cookie(out: &mut Vec<u8>, raw: &[u8], name: &[u8]) -> bool {
+    write_without_cookie_where(out, raw, |n| n == name)
+}
+
+/// [`write_without_cookie`] leaving out every cookie whose name `ours` says yes to.
+pub fn write_without_cookie_where(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    ours: impl Fn(&[u8]) -> bool,
+) -> bool {
     let start = out.len();
-    for (n, val) in pairs(raw).filter(|(n, _)| *n != name) {
+    for (n, val) in pairs(raw).filter(|(n, _)| !ours(n)) {
         if out.len() != start {
             out.extend_from_slice(b"; ");
         }
@@ -172,6 +187,34 @@ pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Found {
         headers.append(header::COOKIE, v);
     }
     found
+}
+
+/// Removes from `headers` every cookie named in `names` (other pools' affinity cookies, which
+/// no backend of this pool may see); other cookies pass untouched, a field left empty is
+/// dropped. Touches nothing when none is there.
+pub fn drop_cookies<N: AsRef<[u8]>>(headers: &mut HeaderMap, names: &[N]) {
+    let ours = |n: &[u8]| names.iter().any(|x| x.as_ref() == n);
+    if !headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| pairs(v.as_bytes()).any(|(n, _)| ours(n)))
+    {
+        return;
+    }
+    let mut kept: Vec<HeaderValue> = Vec::new();
+    let mut rest: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        rest.clear();
+        if write_without_cookie_where(&mut rest, v.as_bytes(), ours)
+            && let Ok(v) = HeaderValue::from_bytes(&rest)
+        {
+            kept.push(v);
+        }
+    }
+    headers.remove(header::COOKIE);
+    for v in kept {
+        headers.append(header::COOKIE, v);
+    }
 }
 
 /// Attributes of the affinity cookie.
@@ -419,5 +462,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn drop_cookies_leaves_out_every_name_given_and_keeps_the_rest_in_order() {
+        let mut h = crate::headers::test_map(&[
+            ("cookie", "stickyd=t1; app=1; stickyd_shop=t2"),
+            ("cookie", "api=t3"),
+            ("cookie", "apiary=4; x"),
+        ]);
+        drop_cookies(&mut h, &[b"stickyd_shop".as_slice(), b"api".as_slice()]);
+        let left: Vec<&str> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["stickyd=t1; app=1", "apiary=4; x"]);
+        let before = h.clone();
+        drop_cookies(&mut h, &[b"none".as_slice()]);
+        assert_eq!(h, before, "nothing named: untouched");
     }
 }

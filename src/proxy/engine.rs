@@ -343,6 +343,7 @@ impl Proxy {
                     })
                     .map(|v| v.as_bytes()),
                 cookie,
+                other_cookies: &pool.other_cookies,
                 token_header,
                 close: head.close_after,
             },

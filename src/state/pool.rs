@@ -42,6 +42,9 @@ pub struct Pool {
     pub source: Source,
     /// Whether any of its backends speaks HTTP/2.
     pub has_h2: bool,
+    /// The affinity cookies of the other pools (cookie mode) that are not this pool's: left out
+    /// of requests to this pool's backends, as its own is.
+    pub other_cookies: Vec<Box<[u8]>>,
     /// Live counters, shared with every snapshot that has a pool of this name.
     pub live: Arc<PoolLive>,
     /// `[replication]`: backups named per session, and the port named for them.
@@ -176,6 +179,18 @@ pub(super) fn build(
                 least_loaded: (p.balance.new_sessions == config::NewSessions::LeastLoaded)
                     .then_some(p.balance.load_factor),
                 has_h2: members.iter().any(|&g| backends[g].h2),
+                other_cookies: {
+                    let mut names: Vec<Box<[u8]>> = Vec::new();
+                    for s in &sources {
+                        if let Source::Cookie(n) = s
+                            && sources[ix] != Source::Cookie(n.clone())
+                            && !names.iter().any(|x| **x == *n.as_bytes())
+                        {
+                            names.push(n.as_bytes().into());
+                        }
+                    }
+                    names
+                },
                 policy: p.policy(),
                 source: sources[ix].clone(),
                 cookie: CookieAttrs {

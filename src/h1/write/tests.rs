@@ -11,6 +11,7 @@ fn fwd() -> Forward<'static> {
         proto: b"http",
         via: None,
         cookie: None,
+        other_cookies: &[],
         token_header: None,
         close: false,
     }
@@ -701,6 +702,7 @@ proptest! {
             proto: if https { b"https" } else { b"http" },
             via: via.then_some(&b"1.1 stickyd"[..]),
             cookie: (mode == 1).then_some(&b"sid"[..]),
+            other_cookies: &[],
             token_header: (mode == 2).then_some(&b"x-session"[..]),
             close: false,
         };
@@ -1042,6 +1044,7 @@ proptest! {
             proto: b"http",
             via: Some(b"1.1 stickyd"),
             cookie: (mode == 1).then_some(b"sid".as_slice()),
+            other_cookies: &[],
             token_header: (mode == 2).then_some(b"x-token".as_slice()),
             close,
         };
@@ -1168,4 +1171,37 @@ fn replication_fields_go_before_the_blank_line_and_a_clients_copies_never_pass()
         },
     );
     assert!(values(&parsed(&out), "x-stickyd-backup").is_empty());
+}
+
+#[test]
+fn other_pools_affinity_cookies_are_left_out_with_the_own_one() {
+    let others: Vec<Box<[u8]>> = vec![b"stickyd_shop".as_slice().into(), b"api".as_slice().into()];
+    let f = Forward {
+        cookie: Some(b"stickyd"),
+        other_cookies: &others,
+        ..fwd()
+    };
+    let out = write_req(
+        "GET",
+        "/",
+        &[
+            ("Host", "h"),
+            ("Cookie", "stickyd=t1; app=1; stickyd_shop=t2"),
+            ("Cookie", "api=t3"),
+            ("Cookie", "apiary=4"),
+        ],
+        &f,
+    );
+    assert_eq!(
+        values(&parsed(out.as_bytes()), "cookie"),
+        ["app=1", "apiary=4"]
+    );
+    // Without a cookie of its own (header mode), the others are still left out.
+    let f = Forward {
+        cookie: None,
+        other_cookies: &others,
+        ..fwd()
+    };
+    let out = write_req("GET", "/", &[("Host", "h"), ("Cookie", "api=t3; x=1")], &f);
+    assert_eq!(values(&parsed(out.as_bytes()), "cookie"), ["x=1"]);
 }
