@@ -47,13 +47,14 @@ impl HostPattern {
             return Err("an empty host (leave `host` out to match any host)".into());
         }
         if s.starts_with('[') {
-            let ok = s.ends_with(']')
-                && s.len() > 2
-                && s[1..s.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
-            return if ok {
-                Ok(HostPattern::Exact(s.to_ascii_lowercase().into()))
-            } else {
-                Err(format!("{s:?} is not a bracketed IPv6 address"))
+            // Canonical text, as `request_host` writes a request's: `[0::1]` is `[::1]`.
+            return match s
+                .strip_prefix('[')
+                .and_then(|v| v.strip_suffix(']'))
+                .and_then(|v| v.parse::<std::net::Ipv6Addr>().ok())
+            {
+                Some(a) => Ok(HostPattern::Exact(format!("[{a}]").into())),
+                None => Err(format!("{s:?} is not a bracketed IPv6 address")),
             };
         }
         let (wild, name) = match s.strip_prefix("*.") {
@@ -288,8 +289,14 @@ impl Table {
 /// text.
 pub fn request_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str> {
     let name = if raw.first() == Some(&b'[') {
+        // An IPv6 literal in its canonical text (as routes hold it): `[0::1]` is `[::1]`. One
+        // that does not parse is no host.
         let end = raw.iter().position(|&b| b == b']')?;
-        &raw[..=end]
+        let addr: std::net::Ipv6Addr = std::str::from_utf8(&raw[1..end]).ok()?.parse().ok()?;
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        std::io::Write::write_fmt(&mut w, format_args!("[{addr}]")).ok()?;
+        let n = w.position() as usize;
+        return std::str::from_utf8(&buf[..n]).ok();
     } else {
         let end = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
         &raw[..end]

@@ -32,6 +32,16 @@ fn host_patterns_parse_lowercase_and_refuse_what_cannot_match() {
     assert_eq!(HostPattern::parse("10.0.0.1"), Ok(Exact("10.0.0.1".into())));
     assert_eq!(HostPattern::parse("[::1]"), Ok(Exact("[::1]".into())));
     assert_eq!(
+        HostPattern::parse("[0:0::0:1]"),
+        Ok(Exact("[::1]".into())),
+        "IPv6 in canonical text"
+    );
+    assert_eq!(
+        HostPattern::parse("[2001:DB8::A]"),
+        Ok(Exact("[2001:db8::a]".into()))
+    );
+    assert!(HostPattern::parse("[127.0.0.1]").is_err());
+    assert_eq!(
         HostPattern::parse("in_ternal-1"),
         Ok(Exact("in_ternal-1".into()))
     );
@@ -118,6 +128,17 @@ fn request_hosts_lose_port_case_and_final_dot() {
         Some("shop.example.com")
     );
     assert_eq!(request_host(b"[::1]:8080", &mut buf), Some("[::1]"));
+    assert_eq!(
+        request_host(b"[0::1]", &mut buf),
+        Some("[::1]"),
+        "canonical text"
+    );
+    assert_eq!(
+        request_host(b"[2001:DB8:0::A]:1", &mut buf),
+        Some("[2001:db8::a]")
+    );
+    assert_eq!(request_host(b"[nope]", &mut buf), None);
+    assert_eq!(request_host(b"[::1", &mut buf), None);
     assert_eq!(request_host(b"", &mut buf), None);
     assert_eq!(request_host(b":80", &mut buf), None);
     assert_eq!(request_host(&[b'a'; 300], &mut buf), None);
