@@ -73,6 +73,7 @@ const FORWARD: Forward<'static> = Forward {
     proto: b"http",
     via: Some(b"1.1 stickyd"),
     cookie: Some(b"stickyd"),
+    other_cookies: &[],
     token_header: None,
     close: false,
 };

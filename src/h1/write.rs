@@ -90,25 +90,23 @@ pub fn request_head(
                 }
                 host.get_or_insert(value);
             }
-            Name::Cookie => {
-                if f.cookie.is_some() || !f.other_cookies.is_empty() {
-                    let ours =
-                        |n: &[u8]| f.cookie == Some(n) || f.other_cookies.iter().any(|o| **o == *n);
-                    match headers::strip_cookie_where(value, ours) {
-                        headers::Strip::Keep => {}
-                        headers::Strip::Drop => continue,
-                        headers::Strip::Rewrite => {
-                            copy.flush(out);
-                            let mark = out.len();
-                            out.extend_from_slice(name);
-                            out.extend_from_slice(b": ");
-                            if headers::write_without_cookie_where(out, value, ours) {
-                                out.extend_from_slice(b"\r\n");
-                            } else {
-                                out.truncate(mark);
-                            }
-                            continue;
+            Name::Cookie if f.cookie.is_some() || !f.other_cookies.is_empty() => {
+                let ours =
+                    |n: &[u8]| f.cookie == Some(n) || f.other_cookies.iter().any(|o| **o == *n);
+                match headers::strip_cookie_where(value, ours) {
+                    headers::Strip::Keep => {}
+                    headers::Strip::Drop => continue,
+                    headers::Strip::Rewrite => {
+                        copy.flush(out);
+                        let mark = out.len();
+                        out.extend_from_slice(name);
+                        out.extend_from_slice(b": ");
+                        if headers::write_without_cookie_where(out, value, ours) {
+                            out.extend_from_slice(b"\r\n");
+                        } else {
+                            out.truncate(mark);
                         }
+                        continue;
                     }
                 }
             }
