@@ -315,6 +315,15 @@ pub enum NoRoute {
     PinnedDown,
 }
 
+/// Whether backend `i` takes new pins at `now`: healthy and active, and with replication not
+/// seen restarting in this very second (a token pinned to it now would carry the second of the
+/// restart, which is taken as the old process's: see [`route`]).
+fn pins_at(policy: &Policy, pool: &dyn PoolView, i: usize, now: u32) -> bool {
+    pool.healthy(i)
+        && pool.admin(i) == AdminState::Active
+        && (policy.backups == 0 || pool.restarted_at(i) < now)
+}
+
 /// Decides where one attempt goes, from what the request carried ([`input::extract`]): a
 /// token ([`route`]), a key to hash ([`route_hashed`]), or nothing (`mode = "none"`: placed as
 /// a new session, with no token issued and no session tracked).
@@ -348,7 +357,7 @@ pub fn route(
     nonce: impl FnOnce() -> u64,
 ) -> Result<Route, NoRoute> {
     let open = |i: usize| !excluded.contains(&i);
-    let placeable = |i: usize| open(i) && pool.healthy(i) && pool.admin(i) == AdminState::Active;
+    let placeable = |i: usize| open(i) && pins_at(policy, pool, i, now);
 
     let verified = match token {
         TokenInput::Absent => return place_new(policy, Outcome::New, now, pool, &open, nonce),
@@ -507,18 +516,14 @@ pub fn backups(
     policy: &Policy,
     nonce: u64,
     serving: usize,
+    now: u32,
     pool: &dyn PoolView,
     excluded: &[usize],
 ) -> [Option<usize>; 2] {
     if policy.backups == 0 {
         return [None, None];
     }
-    let usable = |i: usize| {
-        i != serving
-            && !excluded.contains(&i)
-            && pool.healthy(i)
-            && pool.admin(i) == AdminState::Active
-    };
+    let usable = |i: usize| i != serving && !excluded.contains(&i) && pins_at(policy, pool, i, now);
     let [a, b] = balance::rendezvous_top2(nonce, pool.hashes(), pool.weights(), usable);
     [a, if policy.backups > 1 { b } else { None }]
 }
@@ -569,7 +574,7 @@ fn place_new(
     nonce: impl FnOnce() -> u64,
 ) -> Result<Route, NoRoute> {
     let backend = pool
-        .next_new(&|i| open(i) && pool.healthy(i) && pool.admin(i) == AdminState::Active)
+        .next_new(&|i| open(i) && pins_at(policy, pool, i, now))
         .or_else(|| open_fallback(policy, pool, open))
         .ok_or(NoRoute::AllDown)?;
     let nonce = nonce();

@@ -93,7 +93,7 @@ pub fn explain(snap: &Snapshot, ix: usize, value: &[u8], now: u32) -> Explained 
     };
     let serving = decided.as_ref().ok().map(|r| r.backend);
     let backups = match (serving.or(home), expired) {
-        (Some(s), false) => affinity::backups(&pool.policy, c.nonce, s, &view, &excluded)
+        (Some(s), false) => affinity::backups(&pool.policy, c.nonce, s, now, &view, &excluded)
             .into_iter()
             .flatten()
             .map(member)

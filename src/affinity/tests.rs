@@ -587,14 +587,17 @@ fn backups_are_the_ranking_without_the_serving_backend_and_unusable_ones() {
         .take(2)
         .collect();
     assert_eq!(
-        backups(&replicated(2), nonce, home, &pool, &[]),
+        backups(&replicated(2), nonce, home, NOW, &pool, &[]),
         [Some(expect[0]), Some(expect[1])]
     );
     assert_eq!(
-        backups(&replicated(1), nonce, home, &pool, &[]),
+        backups(&replicated(1), nonce, home, NOW, &pool, &[]),
         [Some(expect[0]), None]
     );
-    assert_eq!(backups(&policy(), nonce, home, &pool, &[]), [None, None]);
+    assert_eq!(
+        backups(&policy(), nonce, home, NOW, &pool, &[]),
+        [None, None]
+    );
     // The first backup goes down, another is draining: they are skipped, in ranking order.
     pool.healthy[expect[0]] = false;
     pool.admin[expect[1]] = AdminState::Draining;
@@ -604,12 +607,12 @@ fn backups_are_the_ranking_without_the_serving_backend_and_unusable_ones() {
         .filter(|&i| i != home && i != expect[0] && i != expect[1])
         .collect();
     assert_eq!(
-        backups(&replicated(2), nonce, home, &pool, &[]),
+        backups(&replicated(2), nonce, home, NOW, &pool, &[]),
         [Some(usable[0]), Some(usable[1])]
     );
     // Excluded (failed in this request) too.
     assert_eq!(
-        backups(&replicated(1), nonce, home, &pool, &[usable[0]]),
+        backups(&replicated(1), nonce, home, NOW, &pool, &[usable[0]]),
         [Some(usable[1]), None]
     );
 }
@@ -619,7 +622,7 @@ fn a_lost_home_goes_to_the_backup_named_before_the_loss_with_a_takeover() {
     for nonce in 0..200u64 {
         let mut pool = Pool::new(4);
         let home = (nonce % 4) as usize;
-        let named = backups(&replicated(1), nonce, home, &pool, &[])[0].unwrap();
+        let named = backups(&replicated(1), nonce, home, NOW, &pool, &[])[0].unwrap();
         let t = pool.token(home, nonce, NOW - 100, NOW - 10);
         // Down.
         pool.healthy[home] = false;
@@ -669,7 +672,7 @@ fn when_the_first_backup_is_lost_too_the_next_one_takes_over() {
     let mut pool = Pool::new(5);
     let nonce = 7;
     let home = 0;
-    let [first, second] = backups(&replicated(2), nonce, home, &pool, &[]);
+    let [first, second] = backups(&replicated(2), nonce, home, NOW, &pool, &[]);
     let (first, second) = (first.unwrap(), second.unwrap());
     let t = pool.token(home, nonce, NOW - 100, NOW - 10);
     pool.healthy[home] = false;
@@ -727,8 +730,8 @@ proptest! {
                 b.healthy[to_b(i)] = false;
             }
         }
-        let ba = backups(&replicated(2), nonce, home, &a, &[]);
-        let bb = backups(&replicated(2), nonce, to_b(home), &b, &[]);
+        let ba = backups(&replicated(2), nonce, home, NOW, &a, &[]);
+        let bb = backups(&replicated(2), nonce, to_b(home), NOW, &b, &[]);
         prop_assert_eq!(ba.map(|x| x.map(to_b)), bb);
         a.healthy[home] = false;
         b.healthy[to_b(home)] = false;
@@ -758,7 +761,7 @@ proptest! {
                 pool.admin[i] = AdminState::Draining;
             }
         }
-        let got = backups(&replicated(k), nonce, serving, &pool, &[]);
+        let got = backups(&replicated(k), nonce, serving, NOW, &pool, &[]);
         let named: Vec<usize> = got.iter().flatten().copied().collect();
         prop_assert!(named.len() <= usize::from(k));
         for &b in &named {
@@ -771,4 +774,61 @@ proptest! {
             prop_assert_eq!(got[1], None);
         }
     }
+}
+
+#[test]
+fn a_backend_seen_restarting_this_second_takes_no_new_pin_until_the_next() {
+    let mut pool = Pool::new(3);
+    pool.restarted[1] = NOW;
+    // New sessions skip it for the rest of the second; without replication nothing changes.
+    for _ in 0..6 {
+        assert_ne!(
+            go(&replicated(1), &pool, TokenInput::Absent)
+                .unwrap()
+                .backend,
+            1
+        );
+    }
+    let picks: Vec<usize> = (0..6)
+        .map(|_| go(&policy(), &pool, TokenInput::Absent).unwrap().backend)
+        .collect();
+    assert!(picks.contains(&1));
+    // Nor is it a takeover target or named as a backup in that second.
+    for nonce in 0..50 {
+        let named = backups(&replicated(2), nonce, 0, NOW, &pool, &[]);
+        assert!(!named.contains(&Some(1)), "{named:?}");
+        assert!(
+            backups(&replicated(2), nonce, 0, NOW + 1, &pool, &[])
+                .iter()
+                .flatten()
+                .count()
+                == 2
+        );
+    }
+    // From the next second on it takes pins again.
+    let r = route(
+        &replicated(1),
+        TokenInput::Absent,
+        NOW + 1,
+        &pool,
+        &[],
+        || 3,
+    )
+    .unwrap();
+    let _ = r;
+    let later: Vec<usize> = (0..6)
+        .map(|_| {
+            route(
+                &replicated(1),
+                TokenInput::Absent,
+                NOW + 1,
+                &pool,
+                &[],
+                || 3,
+            )
+            .unwrap()
+            .backend
+        })
+        .collect();
+    assert!(later.contains(&1));
 }

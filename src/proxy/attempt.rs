@@ -155,6 +155,8 @@ pub(super) struct Retries {
     excluded: Vec<usize>,
     /// The local index of the backend of the last route.
     last: usize,
+    /// The request's unix time (seconds), as its route was decided with.
+    now: u32,
     left: u32,
     /// The failure of the previous attempt: when a retry finds no other backend, that is the
     /// answer (a 502 says more than "no backend").
@@ -168,6 +170,7 @@ impl Retries {
             pool,
             excluded: Vec::new(),
             last: 0,
+            now: 0,
             left: snap.config.upstream.retries,
             failed: None,
         }
@@ -189,7 +192,14 @@ impl Retries {
         }
         let nonce = route.session?;
         let view = pool.view(&snap.backends);
-        let named = affinity::backups(&pool.policy, nonce, self.last, &view, &self.excluded);
+        let named = affinity::backups(
+            &pool.policy,
+            nonce,
+            self.last,
+            self.now,
+            &view,
+            &self.excluded,
+        );
         Some(Replica {
             backend: snap.backends[route.backend].id.as_bytes(),
             backups: named.map(|b| b.map(|local| pool.replica_name(local))),
@@ -201,6 +211,7 @@ impl Retries {
     /// the snapshot's index (affinity decides on the pool's own indexes).
     pub fn route(&mut self, snap: &Snapshot, input: Input, now: &Now) -> Result<Route, ProxyError> {
         let pool = &snap.pools[self.pool];
+        self.now = now.unix_u32();
         match affinity::decide(
             &pool.policy,
             input,
