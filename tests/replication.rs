@@ -264,7 +264,17 @@ async fn an_app_restarted_on_its_port_gets_its_sessions_taken_over_by_their_back
         restarted as usize,
         homes.iter().filter(|h| *h == "b").count()
     );
-    // New sessions are placed on the restarted app again.
+    // New sessions are placed on the restarted app again, from the second after its restart
+    // was seen (a pin in that second would be taken for the old process's).
+    let seen_at = b_live.incarnation.restarted_at();
+    eventually("the second of the restart is over", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        now > u64::from(seen_at)
+    })
+    .await;
     let mut placed = Vec::new();
     for _ in 0..6 {
         placed.push(
