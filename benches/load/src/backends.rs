@@ -8,8 +8,11 @@
 //! With replication on (`--replicate`) they implement the app side of stickyd's replication
 //! protocol: after each request the session's state is pushed, before answering, to every
 //! backup named in `X-Stickyd-Backup` (`PUT /_stickyd/replica/{sid}`); replicas received are
-//! kept apart from live sessions; a request with `X-Stickyd-Takeover` promotes the replica
-//! (none: the session starts over, lost). Pushes, their latency and takeovers are counted.
+//! kept apart from live sessions, with the id of the backend that pushed them
+//! (`X-Replica-From`); a request with `X-Stickyd-Takeover` promotes the replica (none: the
+//! session starts over, lost). Pushes, their latency and takeovers are counted, and each
+//! takeover is reported to [`Recovery`] against the session's old home: the backend that
+//! pushed the replica, else the takeover header's value when it names another backend.
 //!
 //! A backend can be killed (listener and every connection closed, so connects are refused;
 //! its sessions and replicas are gone) and restarted on the same port (empty, with a new
@@ -47,6 +50,10 @@ pub const BACKUP_HEADER: &str = "x-stickyd-backup";
 pub const TAKEOVER_HEADER: &str = "x-stickyd-takeover";
 /// Health-check response header naming the process.
 pub const INCARNATION_HEADER: &str = "x-stickyd-incarnation";
+/// Replica push header naming the pushing backend.
+pub const REPLICA_FROM_HEADER: &str = "x-replica-from";
+/// Longest `X-Replica-From` value kept.
+const MAX_ID: usize = 64;
 /// The health-check path (stickyd's `[health] path` default; the generated config keeps it).
 pub const HEALTH_PATH: &str = "/healthz";
 /// Time allowed for one replica push (connect included).
@@ -422,16 +429,21 @@ async fn answer(inner: &Inner, process: &Process, req: Request<Incoming>) -> Res
             }
         }
     }
-    if let (Some(t), Some(old_home)) = (adv.takeover, takeover.as_deref()) {
+    if let Some(t) = adv.takeover {
         let at_us = common.epoch.elapsed().as_micros() as u64;
-        let seen = match t {
-            Takeover::Promoted => {
+        // The note on the protocol has the takeover header name the old home; stickyd may
+        // name the serving backend instead. The replica's pusher is the old home either way.
+        let named = takeover
+            .as_deref()
+            .filter(|v| *v != inner.id && !v.is_empty());
+        let (seen, old_home) = match &t {
+            Takeover::Promoted { from } => {
                 c.promoted.fetch_add(1, Ordering::Relaxed);
-                Seen::Promoted
+                (Seen::Promoted, from.as_deref().or(named))
             }
             Takeover::NoReplica => {
                 c.no_replica.fetch_add(1, Ordering::Relaxed);
-                Seen::Lost
+                (Seen::Lost, named)
             }
         };
         common.recovery.seen(old_home, at_us, seen);
@@ -464,6 +476,13 @@ async fn replica(
     };
     match *req.method() {
         Method::PUT => {
+            let from = req
+                .headers()
+                .get(REPLICA_FROM_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.len() <= MAX_ID)
+                .map(Arc::<str>::from);
             let body = match Limited::new(req.into_body(), MAX_REPLICA_BODY)
                 .collect()
                 .await
@@ -474,7 +493,7 @@ async fn replica(
             let Some(state) = crate::sessions::SessionState::decode(&body) else {
                 return plain(StatusCode::BAD_REQUEST);
             };
-            process.store.put_replica(sid, state);
+            process.store.put_replica(sid, state, from);
             inner
                 .counters
                 .replicas_received
@@ -623,7 +642,7 @@ impl Peers {
         let len = body.len();
         let req = Request::put(format!("{REPLICA_PREFIX}{}", format_sid(sid)))
             .header(HOST, addr.to_string())
-            .header("x-replica-from", from.clone())
+            .header(REPLICA_FROM_HEADER, from.clone())
             .header(CONTENT_LENGTH, len)
             .body(Full::new(body))
             .map_err(|_| PushFail::Io)?;
@@ -741,7 +760,8 @@ mod tests {
             let sid = sid_from_cookies([cookie.as_bytes()]).expect("sid cookie");
             // The push completed before `a` answered: `b` holds the third state already.
             let b_process = b.process.clone().expect("b runs");
-            assert_eq!(b_process.store.replica(sid).map(|s| s.count), Some(3));
+            let held = b_process.store.replica(sid).expect("replica on b");
+            assert_eq!((held.state.count, held.from.as_deref()), (3, Some("a")));
             let sa = a.repl_stats();
             assert_eq!((sa.pushes_ok, sa.pushes_failed()), (3, 0));
             assert_eq!(sa.push_latency.len(), 3);
@@ -755,8 +775,10 @@ mod tests {
                 "a killed process holds nothing"
             );
 
-            // Takeover on `b`: the replica is promoted, the counter goes on at 4.
-            let to_b = mk_target(b.addr, "x-stickyd-backend: b\r\nx-stickyd-takeover: a\r\n");
+            // Takeover on `b`: the replica is promoted, the counter goes on at 4. The header
+            // names the serving backend (as stickyd writes it); the kill is found through
+            // the replica's pusher.
+            let to_b = mk_target(b.addr, "x-stickyd-backend: b\r\nx-stickyd-takeover: b\r\n");
             slot = None;
             let conn = ready_conn(&mut slot, b.addr).await.expect("connect b");
             let ans = exchange(conn, &to_b, &mut user).await.expect("answer");
@@ -792,6 +814,21 @@ mod tests {
             );
             assert_eq!(b.repl_stats().no_replica, 1);
             assert_eq!(recovery.rows(0)[0].lost_takeovers, 1);
+            // The same when the header names the serving backend: the latest kill is a's.
+            let (_, h, _) = raw(
+                b.addr,
+                "GET",
+                "/",
+                &[
+                    ("cookie", "sid=00000000000000bb".into()),
+                    ("x-stickyd-takeover", "b".into()),
+                ],
+                "",
+            )
+            .await;
+            assert_eq!(h.get(COUNT_HEADER).map(String::as_str), Some("1"));
+            assert_eq!(b.repl_stats().no_replica, 2);
+            assert_eq!(recovery.rows(0)[0].lost_takeovers, 2);
             let mut lost = SessionCheck::default();
             lost.observe(Some(5));
             assert_eq!(

@@ -173,7 +173,7 @@ impl Shared {
                 }
                 if let (Served::Repinned { violation: false }, Some(p)) = (served, previous) {
                     if let Some(name) = st.tally.names.get(usize::from(p)) {
-                        self.recovery.seen(name, done_us, Seen::Failover);
+                        self.recovery.seen(Some(name), done_us, Seen::Failover);
                     }
                 }
                 let seen = if a.status < 400 {

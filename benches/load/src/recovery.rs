@@ -4,7 +4,9 @@
 //! (seen by the backends, `--replicate`).
 //!
 //! Times are microseconds since the run's epoch. An observation belongs to the latest kill of
-//! the backend it names at or before its time; only the first one after each kill is kept.
+//! the backend it names at or before its time (of any backend when it names none: a takeover
+//! without a replica does not say whose session it was); only the first one after each kill
+//! is kept.
 
 use std::sync::Mutex;
 
@@ -37,11 +39,11 @@ pub enum Seen {
 }
 
 /// Records `seen` about `backend` at `at_us` into the kill it belongs to: the latest kill of
-/// `backend` at or before `at_us`. Returns false when there is none (nothing was killed yet).
-pub fn attribute(marks: &mut [KillMark], backend: &str, at_us: u64, seen: Seen) -> bool {
+/// `backend` (`None`: of any backend) at or before `at_us`. Returns false when there is none.
+pub fn attribute(marks: &mut [KillMark], backend: Option<&str>, at_us: u64, seen: Seen) -> bool {
     let Some(m) = marks
         .iter_mut()
-        .filter(|m| m.backend == backend && m.at_us <= at_us)
+        .filter(|m| backend.is_none_or(|b| m.backend == b) && m.at_us <= at_us)
         .max_by_key(|m| m.at_us)
     else {
         return false;
@@ -111,7 +113,8 @@ impl Recovery {
         });
     }
 
-    pub fn seen(&self, backend: &str, at_us: u64, seen: Seen) {
+    /// `seen` about `backend` (`None`: unknown) at `at_us`.
+    pub fn seen(&self, backend: Option<&str>, at_us: u64, seen: Seen) {
         let mut marks = self.marks();
         if !marks.is_empty() {
             attribute(&mut marks, backend, at_us, seen);
@@ -146,23 +149,23 @@ mod tests {
             mark("b2", 8_000_000),
         ];
         assert!(
-            !attribute(&mut m, "b2", 2_999_999, Seen::Promoted),
+            !attribute(&mut m, Some("b2"), 2_999_999, Seen::Promoted),
             "before any kill of b2"
         );
         assert!(
-            !attribute(&mut m, "b1", 9_000_000, Seen::Promoted),
+            !attribute(&mut m, Some("b1"), 9_000_000, Seen::Promoted),
             "b1 was never killed"
         );
         // Out of order, as threads report: the earliest wins.
-        assert!(attribute(&mut m, "b2", 3_020_000, Seen::Promoted));
-        assert!(attribute(&mut m, "b2", 3_004_000, Seen::Promoted));
-        assert!(attribute(&mut m, "b2", 3_001_000, Seen::Failover));
-        assert!(attribute(&mut m, "b2", 3_500_000, Seen::Lost));
+        assert!(attribute(&mut m, Some("b2"), 3_020_000, Seen::Promoted));
+        assert!(attribute(&mut m, Some("b2"), 3_004_000, Seen::Promoted));
+        assert!(attribute(&mut m, Some("b2"), 3_001_000, Seen::Failover));
+        assert!(attribute(&mut m, Some("b2"), 3_500_000, Seen::Lost));
         assert!(
-            attribute(&mut m, "b2", 8_000_000, Seen::Promoted),
+            attribute(&mut m, Some("b2"), 8_000_000, Seen::Promoted),
             "at the kill itself"
         );
-        assert!(attribute(&mut m, "b3", 7_000_000, Seen::Failover));
+        assert!(attribute(&mut m, Some("b3"), 7_000_000, Seen::Failover));
         assert_eq!(m[0].first_takeover_us, Some(3_004_000));
         assert_eq!(m[0].first_failover_us, Some(3_001_000));
         assert_eq!((m[0].promoted_takeovers, m[0].lost_takeovers), (2, 1));
@@ -170,6 +173,16 @@ mod tests {
         assert_eq!(m[1].first_takeover_us, None);
         assert_eq!(m[2].first_takeover_us, Some(8_000_000));
         assert_eq!(m[2].promoted_takeovers, 1);
+        // Naming no backend: the latest kill of any backend.
+        assert!(attribute(&mut m, None, 5_000_000, Seen::Lost));
+        assert_eq!(
+            m[1].lost_takeovers, 1,
+            "b3's kill at 4 s is the latest before 5 s"
+        );
+        assert!(
+            !attribute(&mut m, None, 2_000_000, Seen::Lost),
+            "before any kill"
+        );
     }
 
     #[test]
@@ -191,11 +204,11 @@ mod tests {
     #[test]
     fn the_shared_record_ignores_observations_before_any_kill() {
         let r = Recovery::default();
-        r.seen("b2", 5, Seen::Promoted);
+        r.seen(Some("b2"), 5, Seen::Promoted);
         assert!(r.rows(0).is_empty());
         r.kill("b2", 10);
-        r.seen("b2", 15, Seen::Promoted);
-        r.seen("b2", 12, Seen::Failover);
+        r.seen(Some("b2"), 15, Seen::Promoted);
+        r.seen(Some("b2"), 12, Seen::Failover);
         let rows = r.rows(0);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].first_takeover_ms, Some(0.005));

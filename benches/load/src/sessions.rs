@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The backends' own session cookie.
@@ -122,17 +122,25 @@ impl SessionState {
     }
 }
 
+/// A replica held for another backend: the state and who pushed it (`X-Replica-From`), which
+/// is the session's home when it was pushed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replica {
+    pub state: SessionState,
+    pub from: Option<Arc<str>>,
+}
+
 /// What a takeover found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Takeover {
-    /// The replica became the live session.
-    Promoted,
+    /// The replica became the live session; `from` is the backend that pushed it.
+    Promoted { from: Option<Arc<str>> },
     /// There was no replica: the session starts empty (its state is lost).
     NoReplica,
 }
 
 /// What one request did to its session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advanced {
     pub sid: Sid,
     /// The state after this request (to answer with and to replicate).
@@ -142,8 +150,8 @@ pub struct Advanced {
     /// The request carried a `sid` this process did not know and no takeover: it started
     /// over (a new session for the app, state lost for the user).
     pub unknown: bool,
-    /// Of those, how many had a replica here that was not promoted because stickyd sent no
-    /// takeover: a sign that a failover reached the backup without one.
+    /// It was unknown, and a replica of it was here that was not promoted because stickyd
+    /// sent no takeover: a sign that a failover reached the backup without one.
     pub unknown_with_replica: bool,
     pub takeover: Option<Takeover>,
 }
@@ -151,14 +159,14 @@ pub struct Advanced {
 /// Two generations of a table: lookups move entries to the current one, and every
 /// [`SESSION_IDLE`] the previous one is dropped.
 #[derive(Debug)]
-struct Aged {
-    cur: HashMap<Sid, SessionState>,
-    old: HashMap<Sid, SessionState>,
+struct Aged<V> {
+    cur: HashMap<Sid, V>,
+    old: HashMap<Sid, V>,
     rotated: Instant,
 }
 
-impl Aged {
-    fn new(now: Instant) -> Aged {
+impl<V> Aged<V> {
+    fn new(now: Instant) -> Aged<V> {
         Aged {
             cur: HashMap::new(),
             old: HashMap::new(),
@@ -173,7 +181,7 @@ impl Aged {
         }
     }
 
-    fn get_mut(&mut self, sid: Sid) -> Option<&mut SessionState> {
+    fn get_mut(&mut self, sid: Sid) -> Option<&mut V> {
         if !self.cur.contains_key(&sid) {
             let s = self.old.remove(&sid)?;
             self.cur.insert(sid, s);
@@ -181,7 +189,7 @@ impl Aged {
         self.cur.get_mut(&sid)
     }
 
-    fn remove(&mut self, sid: Sid) -> Option<SessionState> {
+    fn remove(&mut self, sid: Sid) -> Option<V> {
         let a = self.cur.remove(&sid);
         let b = self.old.remove(&sid);
         a.or(b)
@@ -191,7 +199,7 @@ impl Aged {
         self.cur.contains_key(&sid) || self.old.contains_key(&sid)
     }
 
-    fn insert(&mut self, sid: Sid, s: SessionState) {
+    fn insert(&mut self, sid: Sid, s: V) {
         self.old.remove(&sid);
         self.cur.insert(sid, s);
     }
@@ -203,8 +211,8 @@ impl Aged {
 
 #[derive(Debug)]
 struct Shard {
-    live: Aged,
-    replicas: Aged,
+    live: Aged<SessionState>,
+    replicas: Aged<Replica>,
 }
 
 /// One process's sessions and the replicas it holds for other backends, in lock shards by
@@ -259,13 +267,12 @@ impl Store {
         if takeover && !new_cookie {
             // Promote: the replica replaces whatever this process had (a live copy here is
             // older than the home's pushes). No replica: the session starts over.
-            let promoted = sh.replicas.remove(sid);
-            out.takeover = Some(if promoted.is_some() {
-                Takeover::Promoted
-            } else {
-                Takeover::NoReplica
-            });
-            sh.live.insert(sid, promoted.unwrap_or_default());
+            let (state, takeover) = match sh.replicas.remove(sid) {
+                Some(r) => (r.state, Takeover::Promoted { from: r.from }),
+                None => (SessionState::default(), Takeover::NoReplica),
+            };
+            out.takeover = Some(takeover);
+            sh.live.insert(sid, state);
         } else if takeover {
             // A takeover without a session cookie has nothing to promote.
             out.takeover = Some(Takeover::NoReplica);
@@ -284,11 +291,11 @@ impl Store {
         out
     }
 
-    /// Stores (or replaces) the replica of `sid`.
-    pub fn put_replica(&self, sid: Sid, state: SessionState) {
+    /// Stores (or replaces) the replica of `sid`, pushed by `from`.
+    pub fn put_replica(&self, sid: Sid, state: SessionState, from: Option<Arc<str>>) {
         let mut sh = self.shard(sid);
         sh.replicas.age(Instant::now(), self.idle);
-        sh.replicas.insert(sid, state);
+        sh.replicas.insert(sid, Replica { state, from });
     }
 
     /// Forgets the replica of `sid`; whether there was one.
@@ -298,9 +305,9 @@ impl Store {
 
     /// The replica of `sid`, if held.
     #[cfg(test)]
-    pub fn replica(&self, sid: Sid) -> Option<SessionState> {
+    pub fn replica(&self, sid: Sid) -> Option<Replica> {
         let mut sh = self.shard(sid);
-        sh.replicas.get_mut(sid).copied()
+        sh.replicas.get_mut(sid).cloned()
     }
 
     /// (live sessions, replicas) held.
@@ -411,8 +418,9 @@ mod tests {
     #[test]
     fn a_takeover_promotes_the_replica_and_without_one_the_session_is_lost() {
         let st = Store::new(SESSION_IDLE);
-        st.put_replica(5, SessionState { count: 9 });
-        assert_eq!(st.replica(5), Some(SessionState { count: 9 }));
+        let home: Arc<str> = Arc::from("b1");
+        st.put_replica(5, SessionState { count: 9 }, Some(home.clone()));
+        assert_eq!(st.replica(5).map(|r| r.state.count), Some(9));
         // Without a takeover the replica is left alone: a new session.
         let a = st.advance(Some(5), false, 0);
         assert_eq!(
@@ -422,7 +430,7 @@ mod tests {
         assert_eq!(a.takeover, None);
         // The takeover replaces the live copy with the replica and removes the replica.
         let a = st.advance(Some(5), true, 0);
-        assert_eq!(a.takeover, Some(Takeover::Promoted));
+        assert_eq!(a.takeover, Some(Takeover::Promoted { from: Some(home) }));
         assert_eq!(a.state.count, 10);
         assert_eq!(st.replica(5), None);
         let a = st.advance(Some(6), true, 0);
@@ -431,7 +439,7 @@ mod tests {
         let a = st.advance(None, true, 3);
         assert_eq!(a.takeover, Some(Takeover::NoReplica));
         assert!(a.new_cookie);
-        st.put_replica(11, SessionState { count: 1 });
+        st.put_replica(11, SessionState { count: 1 }, None);
         assert!(st.delete_replica(11));
         assert!(!st.delete_replica(11));
     }
