@@ -351,6 +351,24 @@ mod tests {
         };
         let text = config_text(&spec);
         assert!(text.contains("\n[replication]\nbackups = 2\n"), "{text}");
+        // stickyd refuses backups not below the backend count: three backends for two.
+        let three = Spec {
+            backends: (1..=3)
+                .map(|i| {
+                    (
+                        format!("b{i}"),
+                        format!("127.0.0.1:300{i}").parse().expect("addr"),
+                    )
+                })
+                .collect(),
+            key_file: PathBuf::from("/tmp/x \"y\"/key"),
+            ..spec.clone()
+        };
+        let valid = config_text(&three);
+        let c = stickyd::config::parse(&valid, "gen.toml", Path::new("/"), &Keys)
+            .unwrap_or_else(|e| panic!("{e}\n{valid}"));
+        assert_eq!(c.replication.backups, 2);
+        assert_eq!(c.replication.port, None);
         let table: toml::Table = text.parse().expect("TOML");
         assert_eq!(table["replication"]["backups"].as_integer(), Some(2));
         assert_eq!(
