@@ -3,8 +3,9 @@
 //! the connection's own buffer from the target's template (request line and Host) plus the
 //! user's `Cookie` header, and sent with one write. The response is parsed with `httparse`
 //! from the connection's read buffer: status, the backend header, the session counter of the
-//! harness's own backends (`x-session-count`) and every `Set-Cookie` (into the user's jar); the body is drained (`Content-Length`, chunked, or to the end of the
-//! connection), not stored. Bytes past the response stay in the buffer for the next one.
+//! harness's own backends (`x-session-count`) and every `Set-Cookie` (into the user's jar);
+//! the body is drained (`Content-Length`, chunked, or to the end of the connection), not
+//! stored. Bytes past the response stay in the buffer for the next one.
 //!
 //! Timeouts are the caller's. A `Conn` whose exchange did not finish (an error, or a timeout
 //! that dropped it) is closed.

@@ -15,7 +15,7 @@
 //! | module | owns |
 //! |---|---|
 //! | `cli` | options, their parsers, the checked `Plan` |
-//! | `users` | seeded randomness, requests per user, cookie jar, pin/re-pin/violation rule, session counter check |
+//! | `users` | seeded randomness, requests per user, cookie jar, pin/re-pin/violation rule, state check |
 //! | `stats` | per-thread records, merging, percentiles, imbalance |
 //! | `client` | the HTTP/1.1 client connection and one request/response exchange |
 //! | `drive` | load threads: closed and open loop; shared run state and liveness |

@@ -1,6 +1,7 @@
 //! The scenario runner: at the start of measurement it snapshots the backends' counters (and
-//! zeroes their replication ones) and stickyd's CPU time, then runs the timed steps (kill, restart, add a backend, reload) and the
-//! periodic reloads until the end of the run, recording each as an event. It keeps
+//! zeroes their replication ones) and stickyd's CPU time, then runs the timed steps (kill,
+//! restart, add a backend, reload) and the periodic reloads until the end of the run,
+//! recording each as an event. It keeps
 //! [`Liveness`](crate::drive::Liveness) in step with what it does to the backends, and marks
 //! every kill (a restart of a running backend is one too) in
 //! [`Recovery`](crate::recovery::Recovery).

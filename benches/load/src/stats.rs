@@ -1,6 +1,7 @@
 //! What a load thread records (latency histograms, errors by kind, per-backend requests and
-//! sessions, affinity outcomes, sessions whose state was lost, per-second series), how threads' records are merged, and the
-//! report math on them (percentiles, imbalance, the closed-loop correction interval).
+//! sessions, affinity outcomes, sessions whose state was lost, per-second series), how
+//! threads' records are merged, and the report math on them (percentiles, imbalance, the
+//! closed-loop correction interval).
 //!
 //! Pure: no I/O, no clock. Times come in as microseconds and second indexes.
 
