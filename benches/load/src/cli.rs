@@ -28,6 +28,7 @@ time (open loop, --rate), in microseconds.
 Examples:
   cargo bench --bench load -- --duration 10s
   cargo bench --bench load -- --kill b2@3s --restart b2@6s --duration 10s
+  cargo bench --bench load -- --kill b2@3s --duration 10s --replicate
   cargo bench --bench load -- --rate 20000 --duration 30s
   cargo bench --bench load -- --fresh-only --idle-conns 5000
   cargo bench --bench load -- --target http://lb.example.internal:8080/ --concurrency 128
@@ -57,6 +58,12 @@ pub struct Args {
     /// stickyd's [balance] new_sessions: round_robin or least_loaded.
     #[arg(long, value_name = "MODE")]
     pub new_sessions: Option<String>,
+    /// Session replication with N backups (1 or 2; 1 when N is left out): stickyd gets
+    /// `[replication] backups = N`, and the own backends push each session's state to the
+    /// backups stickyd names and promote it on a takeover. Not with --haproxy, --target or
+    /// --direct.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    pub replicate: Option<u8>,
     /// stickyd's [affinity] max_life (how long a session may stay on its backend), e.g. 5s.
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub max_life: Option<Duration>,
@@ -405,6 +412,8 @@ pub struct Plan {
     pub recovery_grace: Duration,
     /// stickyd's [affinity] max_life, if set.
     pub max_life: Option<Duration>,
+    /// `--replicate`: stickyd's [replication] backups; the own backends replicate.
+    pub replicate: Option<u8>,
     /// stickyd's [balance] new_sessions, if set.
     pub new_sessions: Option<String>,
     pub idle_conns: Option<usize>,
@@ -538,11 +547,34 @@ impl Plan {
                 "--new-sessions must be round_robin or least_loaded, not {n:?}"
             ));
         }
+        if let Some(n) = args.replicate {
+            if !(1..=2).contains(&n) {
+                return Err(format!("--replicate takes 1 or 2 backups, not {n}"));
+            }
+            match &mode {
+                Mode::Stickyd { haproxy: true, .. } => {
+                    return Err("--replicate is stickyd's: HAProxy names no backups".into());
+                }
+                Mode::Target { .. } | Mode::Direct => {
+                    return Err(
+                        "--replicate needs the own backends behind stickyd (the default mode) or --backends-only".into(),
+                    );
+                }
+                Mode::Stickyd { .. } | Mode::BackendsOnly => {}
+            }
+            if matches!(mode, Mode::Stickyd { .. }) && usize::from(n) >= args.backends {
+                return Err(format!(
+                    "--replicate {n} needs more than {n} backends (--backends {})",
+                    args.backends
+                ));
+            }
+        }
         Ok(Plan {
             mode,
             model,
             new_sessions: args.new_sessions.clone(),
             max_life: args.max_life,
+            replicate: args.replicate,
             backends: if args.direct { 1 } else { args.backends },
             worker_threads: args.worker_threads,
             backend_threads: args.backend_threads,
@@ -749,7 +781,42 @@ mod tests {
         assert_eq!((p.min_requests, p.max_requests), (2, 1000));
         assert_eq!(p.backend_header, "x-backend");
         assert_eq!(p.host, None);
+        assert_eq!(p.replicate, None);
         assert_eq!(p.backend_ids(), ["b1", "b2", "b3", "b4"]);
+    }
+
+    #[test]
+    fn replicate_takes_an_optional_number_of_backups() {
+        assert_eq!(plan(&["--replicate"]).expect("valid").replicate, Some(1));
+        assert_eq!(
+            plan(&["--replicate", "2"]).expect("valid").replicate,
+            Some(2)
+        );
+        let p = plan(&["--replicate", "--kill", "b2@3s"]).expect("a flag before another");
+        assert_eq!((p.replicate, p.steps.len()), (Some(1), 1));
+        let p = plan(&["--backends-only", "--replicate"]).expect("backends only");
+        assert_eq!(p.replicate, Some(1));
+        for (extra, needle) in [
+            (&["--replicate", "0"][..], "1 or 2"),
+            (&["--replicate", "3"][..], "1 or 2"),
+            (
+                &["--replicate", "2", "--backends", "2"][..],
+                "more than 2 backends",
+            ),
+            (
+                &["--replicate", "--haproxy", "/usr/sbin/haproxy"][..],
+                "HAProxy",
+            ),
+            (
+                &["--replicate", "--target", "http://h/"][..],
+                "default mode",
+            ),
+            (&["--replicate", "--direct"][..], "default mode"),
+        ] {
+            let e = plan(extra).expect_err(&format!("{extra:?} was accepted"));
+            assert!(e.contains(needle), "{extra:?}: {e}");
+        }
+        assert!(args(&["--replicate", "x"]).is_err());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! by the task that makes the request (no driver task, no channels). A request is built into
 //! the connection's own buffer from the target's template (request line and Host) plus the
 //! user's `Cookie` header, and sent with one write. The response is parsed with `httparse`
-//! from the connection's read buffer: status, the backend header and every `Set-Cookie` (into
-//! the user's jar); the body is drained (`Content-Length`, chunked, or to the end of the
-//! connection), not stored. Bytes past the response stay in the buffer for the next one.
+//! from the connection's read buffer: status, the backend header, the session counter of the
+//! harness's own backends (`x-session-count`) and every `Set-Cookie` (into the user's jar);
+//! the body is drained (`Content-Length`, chunked, or to the end of the connection), not
+//! stored. Bytes past the response stay in the buffer for the next one.
 //!
 //! Timeouts are the caller's. A `Conn` whose exchange did not finish (an error, or a timeout
 //! that dropped it) is closed.
@@ -18,6 +19,7 @@ use http::{HeaderName, HeaderValue, Method};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::sessions::COUNT_HEADER;
 use crate::stats::Failure;
 use crate::users::{CookieJar, User};
 
@@ -71,6 +73,24 @@ impl Target {
             backend_header,
             head: Bytes::from(head),
         })
+    }
+
+    /// A target whose requests also carry `extra` (whole header lines, each ending in CRLF):
+    /// for tests that play the balancer's part.
+    #[cfg(test)]
+    pub fn with_extra_headers(
+        addr: SocketAddr,
+        host: &str,
+        path: &PathAndQuery,
+        method: Method,
+        backend_header: HeaderName,
+        extra: &str,
+    ) -> Result<Target, String> {
+        let mut t = Target::new(addr, host, path, method, backend_header)?;
+        let mut head = t.head.to_vec();
+        head.extend_from_slice(extra.as_bytes());
+        t.head = Bytes::from(head);
+        Ok(t)
     }
 }
 
@@ -144,6 +164,8 @@ pub struct Answer {
     pub status: u16,
     /// The backend header's value, if present.
     pub backend: Option<HeaderValue>,
+    /// The session counter (`x-session-count`), if present and a number.
+    pub session_count: Option<u64>,
 }
 
 /// Sends one request for `user` on `conn`, stores the response's cookies in the user's jar and
@@ -209,6 +231,7 @@ struct Head {
     body: BodyLen,
     close: bool,
     backend: Option<HeaderValue>,
+    session_count: Option<u64>,
 }
 
 /// The read buffer: `buf[start..end]` is received and not yet used.
@@ -250,6 +273,7 @@ impl Inbox {
             answer: Answer {
                 status: head.status,
                 backend: head.backend,
+                session_count: head.session_count,
             },
             close,
         })
@@ -291,6 +315,7 @@ impl Inbox {
                 body: BodyLen::None,
                 close: false,
                 backend: None,
+                session_count: None,
             }
         } else {
             examine(
@@ -398,6 +423,7 @@ fn examine(
     let mut keep_alive_token = false;
     let mut backend = None;
     let mut backend_seen = false;
+    let mut session_count = None;
     for h in headers {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"set-cookie") {
@@ -429,6 +455,8 @@ fn examine(
         } else if !backend_seen && name.eq_ignore_ascii_case(backend_header.as_str().as_bytes()) {
             backend_seen = true;
             backend = recent.get(h.value);
+        } else if session_count.is_none() && name.eq_ignore_ascii_case(COUNT_HEADER.as_bytes()) {
+            session_count = parse_length(trim(h.value));
         }
     }
     let mut close = close_token || (!http11 && !keep_alive_token);
@@ -460,6 +488,7 @@ fn examine(
         body,
         close,
         backend,
+        session_count,
     })
 }
 
@@ -784,6 +813,32 @@ mod tests {
              GET /p?q=1 HTTP/1.1\r\nhost: example.test:8080\r\ncookie: stickyd=abc; app=1\r\n\r\n"
         );
         assert!(!conn.closed && !conn.busy);
+    }
+
+    #[test]
+    fn the_session_counter_is_read_when_it_is_a_number() {
+        for (line, want) in [
+            (&b"X-Session-Count: 42\r\n"[..], Some(42)),
+            (b"x-session-count:  7 \r\nx-session-count: 9\r\n", Some(7)),
+            (b"x-session-count: -1\r\n", None),
+            (b"x-session-count: 1e3\r\n", None),
+            (b"x-session-count: 99999999999999999999999\r\n", None),
+            (b"", None),
+        ] {
+            let text = [
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".as_slice(),
+                line,
+                b"\r\n",
+            ]
+            .concat();
+            let (r, _) = one(&text, Method::GET);
+            assert_eq!(
+                r.expect("answer").session_count,
+                want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]

@@ -15,8 +15,9 @@ use tokio::task::LocalSet;
 
 use crate::cli::Model;
 use crate::client::{Answer, Conn, Target, exchange, ready_conn};
+use crate::recovery::{Recovery, Seen};
 use crate::stats::{Failure, ThreadStats};
-use crate::users::{RequestCount, Rng, User, observe};
+use crate::users::{RequestCount, Rng, Served, StateSeen, User, observe};
 
 /// When each harness backend may be counted as usable, in microseconds since [`Shared::epoch`]
 /// (`u64::MAX`: down, or not started yet). Indexes are those of [`Shared::names`]; a backend
@@ -55,6 +56,18 @@ impl Liveness {
         self.usable_from
             .get(i)
             .is_none_or(|a| a.load(Ordering::Acquire) <= since_us)
+    }
+}
+
+/// Since when a user's pinned backend must have been usable for a response from another one
+/// to be an affinity violation: since this request was sent; with replication, since the
+/// user's previous response (`answered_us`), because stickyd moves the sessions of a process
+/// that was killed after it to their backup with a takeover, even once the backend is back.
+pub fn pinned_usable_since(replicate: bool, sent_us: u64, answered_us: u64) -> u64 {
+    if replicate {
+        answered_us.min(sent_us)
+    } else {
+        sent_us
     }
 }
 
@@ -108,6 +121,11 @@ pub struct Shared {
     pub liveness: Liveness,
     /// Known backend ids, in report order.
     pub names: Vec<String>,
+    /// stickyd replicates sessions (`--replicate`): the violation rule's
+    /// [`pinned_usable_since`].
+    pub replicate: bool,
+    /// Kills and the first failover after each.
+    pub recovery: Arc<Recovery>,
 }
 
 impl Shared {
@@ -140,13 +158,33 @@ impl Shared {
                 let backend = a.backend.and_then(|v| st.tally.index(v.as_bytes()));
                 let first = !user.answered;
                 user.answered = true;
-                let since = self.us_since_epoch(at.sent);
+                let previous = user.pin;
+                let since = pinned_usable_since(
+                    self.replicate,
+                    self.us_since_epoch(at.sent),
+                    user.answered_us,
+                );
                 let served = observe(&mut user.pin, backend, |p| {
                     self.liveness.usable_since(usize::from(p), since)
                 });
+                let done_us = self.us_since_epoch(at.done);
+                if backend.is_some() {
+                    user.answered_us = done_us;
+                }
+                if let (Served::Repinned { violation: false }, Some(p)) = (served, previous) {
+                    if let Some(name) = st.tally.names.get(usize::from(p)) {
+                        self.recovery.seen(Some(name), done_us, Seen::Failover);
+                    }
+                }
+                let seen = if a.status < 400 {
+                    user.state.observe(a.session_count)
+                } else {
+                    StateSeen::Untracked
+                };
                 if recorded {
                     let latency = at.latency().as_micros() as u64;
                     st.response(sec, latency, a.status, backend, first, served);
+                    st.state(sec, seen);
                 }
                 a.status < 400
             }
@@ -499,6 +537,30 @@ mod tests {
         assert!(l.usable_since(1, 7_000));
         l.up_from(2, 3_000);
         assert!(l.usable_since(2, 3_000));
+    }
+
+    #[test]
+    fn with_replication_a_pinned_backend_killed_since_the_previous_response_was_not_usable() {
+        let l = Liveness::new(2, 0);
+        // Previous response from b2 at 1 s; b2 killed at 3 s, back at 6 s, usable from 8 s.
+        l.down(1);
+        l.up_from(1, 8_000_000);
+        let (answered, sent) = (1_000_000, 9_000_000);
+        assert!(
+            l.usable_since(1, pinned_usable_since(false, sent, answered)),
+            "without replication only the time of the request counts"
+        );
+        assert!(
+            !l.usable_since(1, pinned_usable_since(true, sent, answered)),
+            "with replication the session's process was gone: a takeover, not a violation"
+        );
+        // A session that got its previous response from the new process is held to it.
+        assert!(l.usable_since(1, pinned_usable_since(true, sent, 8_500_000)));
+        assert_eq!(
+            pinned_usable_since(true, 5, 9),
+            5,
+            "never later than the send"
+        );
     }
 
     #[test]

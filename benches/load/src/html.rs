@@ -77,6 +77,48 @@ pub fn render(r: &Report) -> String {
             ),
         ],
     );
+    if r.state.measured {
+        row(
+            &mut o,
+            &[
+                "sessions whose state was lost",
+                &format!(
+                    "{} of {} checked ({}%)",
+                    fmt_int(r.state.sessions_lost),
+                    fmt_int(r.state.sessions_checked),
+                    fmt_f(r.state.lost_pct, 3)
+                ),
+            ],
+        );
+    }
+    if let Some(rep) = &r.replication {
+        row(
+            &mut o,
+            &[
+                "takeovers",
+                &format!(
+                    "{} (replica promoted {}, no replica {})",
+                    fmt_int(rep.takeovers),
+                    fmt_int(rep.takeovers_promoted),
+                    fmt_int(rep.takeovers_no_replica)
+                ),
+            ],
+        );
+    }
+    for k in &r.recovery {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{}ms", fmt_f(v, 1)));
+        row(
+            &mut o,
+            &[
+                &format!("kill {} at {:+.3}s: first takeover", k.backend, k.kill_t_s),
+                &format!(
+                    "{} (first failover response {})",
+                    ms(k.first_takeover_ms),
+                    ms(k.first_failover_ms)
+                ),
+            ],
+        );
+    }
     if let Some(m) = &r.memory {
         row(
             &mut o,
@@ -169,6 +211,65 @@ pub fn render(r: &Report) -> String {
         r.imbalance.requests.map_or("-".into(), |v| fmt_f(v, 3)),
         r.imbalance.sessions.map_or("-".into(), |v| fmt_f(v, 3))
     );
+
+    if let Some(rep) = &r.replication {
+        let _ = write!(
+            o,
+            "<h2>Replication (backups {})</h2><p>replica pushes ok {}, failed {}; unreadable X-Stickyd-Backup {}; replicas received {}; requests without a takeover for a session whose replica was there {}</p><table>",
+            rep.backups,
+            fmt_int(rep.pushes_ok),
+            fmt_int(rep.pushes_failed),
+            fmt_int(rep.bad_backup_header),
+            fmt_int(rep.replicas_received),
+            fmt_int(rep.unknown_with_replica)
+        );
+        head(
+            &mut o,
+            &["push latency", "p50", "p90", "p99", "p99.9", "max"],
+        );
+        let p = &rep.push_latency;
+        row(
+            &mut o,
+            &[
+                "before answering",
+                &fmt_us(p.p50),
+                &fmt_us(p.p90),
+                &fmt_us(p.p99),
+                &fmt_us(p.p999),
+                &fmt_us(p.max),
+            ],
+        );
+        o.push_str("</table><table>");
+        head(
+            &mut o,
+            &[
+                "backend",
+                "promoted",
+                "no replica",
+                "pushes ok",
+                "failed",
+                "received",
+                "sessions held",
+                "replicas held",
+            ],
+        );
+        for b in &rep.backends {
+            row(
+                &mut o,
+                &[
+                    &b.id,
+                    &fmt_int(b.takeovers_promoted),
+                    &fmt_int(b.takeovers_no_replica),
+                    &fmt_int(b.pushes_ok),
+                    &fmt_int(b.pushes_failed),
+                    &fmt_int(b.replicas_received),
+                    &fmt_int(b.sessions_held as u64),
+                    &fmt_int(b.replicas_held as u64),
+                ],
+            );
+        }
+        o.push_str("</table>");
+    }
 
     o.push_str("<h2>Over time</h2>");
     for chart in charts(r) {
@@ -320,6 +421,25 @@ pub fn charts(r: &Report) -> Vec<Chart> {
             markers: markers.clone(),
         },
     ];
+    if r.state.sessions_lost > 0 {
+        out.push(Chart {
+            title: "Sessions whose state was lost, per second".into(),
+            x_label: "seconds since the start of measurement".into(),
+            y_label: "sessions first seen lost".into(),
+            x_max,
+            y_min_top: 0.0,
+            series: vec![Series {
+                name: "state lost".into(),
+                color: PALETTE[3].into(),
+                points: r
+                    .series
+                    .iter()
+                    .map(|s| (mid(s.t_s), Some(s.state_lost as f64)))
+                    .collect(),
+            }],
+            markers: markers.clone(),
+        });
+    }
     if let Some(m) = &r.memory {
         out.push(Chart {
             title: "stickyd resident memory".into(),

@@ -1,7 +1,10 @@
 //! The load-test harness behind `cargo bench --bench load`. It starts real backends and stickyd
 //! (a separate process) on loopback, or drives an existing deployment, with simulated users who
-//! keep cookie jars, and reports throughput, latency, errors, per-backend share, imbalance and
-//! affinity violations as a table, JSON and an HTML page with SVG charts. Options:
+//! keep cookie jars, and reports throughput, latency, errors, per-backend share, imbalance,
+//! affinity violations and sessions whose state was lost (the own backends keep a counter per
+//! session; with `--replicate` they replicate sessions as stickyd's protocol asks, and takeovers
+//! and the recovery time after a kill are reported) as a table, JSON and an HTML page with SVG
+//! charts. Options:
 //! `cargo bench --bench load -- --help`.
 //!
 //! It is a crate of its own (`stickyd-load`, a workspace member), so its modules' unit tests
@@ -12,11 +15,13 @@
 //! | module | owns |
 //! |---|---|
 //! | `cli` | options, their parsers, the checked `Plan` |
-//! | `users` | seeded randomness, requests per user, cookie jar, pin/re-pin/violation rule |
+//! | `users` | seeded randomness, requests per user, cookie jar, pin/re-pin/violation rule, state check |
 //! | `stats` | per-thread records, merging, percentiles, imbalance |
 //! | `client` | the HTTP/1.1 client connection and one request/response exchange |
 //! | `drive` | load threads: closed and open loop; shared run state and liveness |
-//! | `backends` | the harness's own backends (kill, restart) |
+//! | `backends` | the harness's own backends: stateful app, replication protocol, kill, restart |
+//! | `sessions` | the backends' sessions and replicas, `sid` cookie, `X-Stickyd-Backup` parsing |
+//! | `recovery` | kills and the first failover and takeover after each |
 //! | `stickyd` | stickyd's generated config and process |
 //! | `scenario` | timed kills, restarts, added backends and reloads |
 //! | `idle` | `--idle-conns` and the descriptor/port budget |
@@ -36,9 +41,11 @@ mod drive;
 mod html;
 mod idle;
 mod procfs;
+mod recovery;
 mod report;
 mod run;
 mod scenario;
+mod sessions;
 mod stats;
 mod stickyd;
 mod svg;
@@ -102,7 +109,8 @@ fn execute(plan: cli::Plan, argv: Vec<String>) -> Result<run::Finished, String> 
 }
 
 /// `cargo test --bench load`: a 1-second run of the default mode with two backends, checked
-/// for zero errors and violations and for readable report files.
+/// for zero errors, violations and sessions that lost their state, and for readable report
+/// files.
 fn smoke(stickyd: &str) -> ExitCode {
     println!("load: no options: smoke run (1s, 2 backends); `-- --help` lists the options");
     let dir = match tempfile::tempdir() {
@@ -149,6 +157,11 @@ fn smoke(stickyd: &str) -> ExitCode {
                 (
                     r.affinity.violations > 0,
                     format!("{} violations", r.affinity.violations),
+                ),
+                (!r.state.measured, "no session counter was checked".into()),
+                (
+                    r.state.sessions_lost > 0,
+                    format!("{} sessions lost their state", r.state.sessions_lost),
                 ),
                 (r.backends.len() != 2, "not 2 backends".to_string()),
                 (

@@ -8,7 +8,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::stats::{Percentiles, ThreadStats, closed_loop_interval_us, imbalance, share};
+use crate::backends::ReplStats;
+use crate::recovery::RecoveryRow;
+use crate::stats::{
+    Percentiles, ThreadStats, closed_loop_interval_us, histogram, imbalance, share,
+};
 
 /// The whole report, as written to JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +28,12 @@ pub struct Report {
     pub unknown_backend: Counts,
     pub imbalance: Imbalance,
     pub affinity: AffinityInfo,
+    /// Sessions whose state was lost, from the own backends' session counters.
+    pub state: StateInfo,
+    /// `--replicate`: takeovers and replica pushes, by the own backends.
+    pub replication: Option<ReplicationInfo>,
+    /// One row per kill (or restart of a running backend).
+    pub recovery: Vec<RecoveryRow>,
     pub memory: Option<Memory>,
     pub idle: Option<IdleReport>,
     pub cpu: CpuInfo,
@@ -176,6 +186,114 @@ pub struct AffinityInfo {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct StateInfo {
+    /// Whether responses carried a session counter (`x-session-count`, the own backends').
+    pub measured: bool,
+    /// Sessions whose counter was compared at least once (a second response).
+    pub sessions_checked: u64,
+    /// Sessions whose state was lost, each counted once.
+    pub sessions_lost: u64,
+    /// `sessions_lost` of `sessions_checked`, in percent.
+    pub lost_pct: f64,
+    /// Responses whose counter showed a loss (a session can lose its state twice).
+    pub losses: u64,
+    /// Own backends: requests for a session the backend did not have, without a takeover
+    /// (it started over).
+    pub backends_unknown_sessions: Option<u64>,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PushFailures {
+    pub connect: u64,
+    pub timeout: u64,
+    /// The backup answered with a status other than 2xx.
+    pub status: u64,
+    pub io: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplicationBackend {
+    pub id: String,
+    pub takeovers_promoted: u64,
+    pub takeovers_no_replica: u64,
+    pub pushes_ok: u64,
+    pub pushes_failed: u64,
+    pub replicas_received: u64,
+    /// Live sessions and replicas held at the end (0 when killed).
+    pub sessions_held: usize,
+    pub replicas_held: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplicationInfo {
+    /// `[replication] backups`.
+    pub backups: u8,
+    /// Requests with `X-Stickyd-Takeover`.
+    pub takeovers: u64,
+    /// Of those, the replica was promoted.
+    pub takeovers_promoted: u64,
+    /// Of those, there was no replica: the session's state was lost.
+    pub takeovers_no_replica: u64,
+    /// Requests without a takeover for a session the backend did not have live but held a
+    /// replica of (a failover that came without `X-Stickyd-Takeover`).
+    pub unknown_with_replica: u64,
+    pub pushes_ok: u64,
+    pub pushes_failed: u64,
+    pub push_failures: PushFailures,
+    /// Requests whose `X-Stickyd-Backup` the backend could not read.
+    pub bad_backup_header: u64,
+    /// Latency of successful pushes (µs), the request waits for them.
+    pub push_latency: Percentiles,
+    pub replicas_received: u64,
+    pub backends: Vec<ReplicationBackend>,
+}
+
+impl ReplicationInfo {
+    /// The sum over the own backends' counters.
+    pub fn from_backends(backups: u8, own: &[(String, ReplStats)]) -> ReplicationInfo {
+        let sum = |f: &dyn Fn(&ReplStats) -> u64| own.iter().map(|(_, s)| f(s)).sum::<u64>();
+        let mut latency = histogram();
+        for (_, s) in own {
+            let _ = latency.add(&s.push_latency);
+        }
+        let promoted = sum(&|s| s.promoted);
+        let no_replica = sum(&|s| s.no_replica);
+        ReplicationInfo {
+            backups,
+            takeovers: promoted + no_replica,
+            takeovers_promoted: promoted,
+            takeovers_no_replica: no_replica,
+            unknown_with_replica: sum(&|s| s.unknown_with_replica),
+            pushes_ok: sum(&|s| s.pushes_ok),
+            pushes_failed: sum(&ReplStats::pushes_failed),
+            push_failures: PushFailures {
+                connect: sum(&|s| s.push_connect),
+                timeout: sum(&|s| s.push_timeout),
+                status: sum(&|s| s.push_status),
+                io: sum(&|s| s.push_io),
+            },
+            bad_backup_header: sum(&|s| s.bad_backup_header),
+            push_latency: Percentiles::of(&latency),
+            replicas_received: sum(&|s| s.replicas_received),
+            backends: own
+                .iter()
+                .map(|(id, s)| ReplicationBackend {
+                    id: id.clone(),
+                    takeovers_promoted: s.promoted,
+                    takeovers_no_replica: s.no_replica,
+                    pushes_ok: s.pushes_ok,
+                    pushes_failed: s.pushes_failed(),
+                    replicas_received: s.replicas_received,
+                    sessions_held: s.sessions_held,
+                    replicas_held: s.replicas_held,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct RssSample {
     /// Seconds from the start of measurement (negative: before it).
     pub t_s: f64,
@@ -247,6 +365,8 @@ pub struct SecondRow {
     pub max_us: u64,
     /// Responses by backend, in the order of `backends`.
     pub backends: Vec<u64>,
+    /// Sessions whose state was first seen lost in this second.
+    pub state_lost: u64,
     pub rss_kib: Option<u64>,
 }
 
@@ -270,6 +390,11 @@ pub struct Facts {
     pub cpu: CpuInfo,
     pub events: Vec<Event>,
     pub periodic_reloads: Option<PeriodicReloads>,
+    /// `--replicate`: the backups per session.
+    pub replicate: Option<u8>,
+    /// The own backends' replication and session counters, by id (empty with --target).
+    pub own_repl: Vec<(String, ReplStats)>,
+    pub recovery: Vec<RecoveryRow>,
     pub notes: Vec<String>,
 }
 
@@ -311,7 +436,9 @@ impl Report {
                 f.mode.backend_header
             ));
         }
-        let rule = if f.liveness_known {
+        let rule = if f.liveness_known && f.replicate.is_some() {
+            "a violation is a response from another backend than the user's pinned one (the backend of its previous response) while the pinned backend was usable from that previous response to the end of this request; a backend is not usable while killed and for --recovery-grace after its restart, and with --replicate a kill or restart after the previous response moves the session to its backup with a takeover (not a violation)"
+        } else if f.liveness_known {
             "a violation is a response from another backend than the user's pinned one (the backend of its previous response) while the pinned backend was usable for the whole request; a backend is not usable while killed and for --recovery-grace after its restart"
         } else {
             "the harness cannot see the target's backends, so they are assumed usable all the time: every re-pin counts as a violation"
@@ -347,6 +474,7 @@ impl Report {
                     p99_us: p.p99,
                     max_us: p.max,
                     backends: s.backends.clone(),
+                    state_lost: s.state_lost,
                     rss_kib: memory.as_ref().and_then(|m| {
                         m.samples
                             .iter()
@@ -423,6 +551,20 @@ impl Report {
                 violations: stats.violations,
                 rule: rule.into(),
             },
+            state: StateInfo {
+                measured: stats.state_checked > 0,
+                sessions_checked: stats.state_checked,
+                sessions_lost: stats.state_lost,
+                lost_pct: share(stats.state_lost, stats.state_checked),
+                losses: stats.state_losses,
+                backends_unknown_sessions: (!f.own_repl.is_empty())
+                    .then(|| f.own_repl.iter().map(|(_, s)| s.unknown).sum()),
+                rule: "each response of the own backends carries the session's counter (x-session-count), one more per request; a user whose counter does not go up from one response to the next got a backend that did not have its session's state: the session is counted once as lost".into(),
+            },
+            replication: f
+                .replicate
+                .map(|n| ReplicationInfo::from_backends(n, &f.own_repl)),
+            recovery: f.recovery,
             memory,
             idle: f.idle,
             cpu: f.cpu,
@@ -665,6 +807,137 @@ impl Report {
             fmt_int(a.stayed)
         );
         let _ = writeln!(o, "  rule: {}", a.rule);
+        self.render_state(o);
+    }
+
+    /// Session state, replication and recovery after kills.
+    fn render_state(&self, o: &mut String) {
+        let st = &self.state;
+        let _ = writeln!(o, "\nSession state");
+        if st.measured {
+            let _ = writeln!(
+                o,
+                "  sessions whose state was lost {} of {} checked ({}%); counters that went back {}",
+                fmt_int(st.sessions_lost),
+                fmt_int(st.sessions_checked),
+                fmt_f(st.lost_pct, 3),
+                fmt_int(st.losses)
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  not measured: no user saw two responses with a session counter (x-session-count: the own backends send it)"
+            );
+        }
+        if let Some(n) = st.backends_unknown_sessions {
+            let _ = writeln!(
+                o,
+                "  backends: {} requests for a session they did not have, without a takeover (started over)",
+                fmt_int(n)
+            );
+        }
+        if let Some(r) = &self.replication {
+            let _ = writeln!(o, "\nReplication (backups {})", r.backups);
+            let _ = writeln!(
+                o,
+                "  takeovers {}: replica promoted {}, no replica (state lost) {}; requests without a takeover for a session whose replica was there {}",
+                fmt_int(r.takeovers),
+                fmt_int(r.takeovers_promoted),
+                fmt_int(r.takeovers_no_replica),
+                fmt_int(r.unknown_with_replica)
+            );
+            let f = &r.push_failures;
+            let _ = writeln!(
+                o,
+                "  replica pushes ok {}, failed {} (connect {}, timeout {}, status {}, reset/io {}); unreadable X-Stickyd-Backup {}; replicas received {}",
+                fmt_int(r.pushes_ok),
+                fmt_int(r.pushes_failed),
+                fmt_int(f.connect),
+                fmt_int(f.timeout),
+                fmt_int(f.status),
+                fmt_int(f.io),
+                fmt_int(r.bad_backup_header),
+                fmt_int(r.replicas_received)
+            );
+            let p = &r.push_latency;
+            let _ = writeln!(
+                o,
+                "  push latency (before answering): p50 {}, p90 {}, p99 {}, p99.9 {}, max {}",
+                fmt_us(p.p50),
+                fmt_us(p.p90),
+                fmt_us(p.p99),
+                fmt_us(p.p999),
+                fmt_us(p.max)
+            );
+            let mut rows = vec![
+                [
+                    "backend",
+                    "promoted",
+                    "no replica",
+                    "pushes ok",
+                    "failed",
+                    "received",
+                    "sessions held",
+                    "replicas held",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for b in &r.backends {
+                rows.push(vec![
+                    b.id.clone(),
+                    fmt_int(b.takeovers_promoted),
+                    fmt_int(b.takeovers_no_replica),
+                    fmt_int(b.pushes_ok),
+                    fmt_int(b.pushes_failed),
+                    fmt_int(b.replicas_received),
+                    fmt_int(b.sessions_held as u64),
+                    fmt_int(b.replicas_held as u64),
+                ]);
+            }
+            o.push_str(&table(
+                &indent(rows),
+                &[false, true, true, true, true, true, true, true],
+            ));
+        }
+        if !self.recovery.is_empty() {
+            let _ = writeln!(o, "\nRecovery (from a kill)");
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{}ms", fmt_f(v, 1)));
+            let mut rows = vec![
+                [
+                    "killed",
+                    "at",
+                    "first failover response",
+                    "first successful takeover",
+                    "promoted",
+                    "no replica",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for k in &self.recovery {
+                rows.push(vec![
+                    k.backend.clone(),
+                    format!("{:+.3}s", k.kill_t_s),
+                    ms(k.first_failover_ms),
+                    if self.replication.is_some() {
+                        ms(k.first_takeover_ms)
+                    } else {
+                        "- (no --replicate)".into()
+                    },
+                    fmt_int(k.promoted_takeovers),
+                    fmt_int(k.lost_takeovers),
+                ]);
+            }
+            o.push_str(&table(
+                &indent(rows),
+                &[false, true, true, true, true, true],
+            ));
+            let _ = writeln!(
+                o,
+                "  failover: a response from another backend to a user pinned to the killed one; takeover: a request answered with a promoted replica whose old home was the killed backend"
+            );
+        }
     }
 
     /// stickyd's memory and CPU, idle connections, harness CPU, events and notes.
@@ -981,6 +1254,9 @@ mod tests {
                 detail: String::new(),
             }],
             periodic_reloads: None,
+            replicate: None,
+            own_repl: vec![],
+            recovery: vec![],
             notes: vec![],
         }
     }
@@ -1036,6 +1312,140 @@ mod tests {
         }
         let json = serde_json::to_string(&r).expect("serializes");
         assert!(json.contains("\"series\""));
+    }
+
+    fn repl(
+        promoted: u64,
+        no_replica: u64,
+        ok: u64,
+        failed_connect: u64,
+        lat: &[u64],
+    ) -> ReplStats {
+        let mut h = histogram();
+        for v in lat {
+            h.saturating_record(*v);
+        }
+        ReplStats {
+            promoted,
+            no_replica,
+            unknown: 2,
+            unknown_with_replica: 1,
+            pushes_ok: ok,
+            push_connect: failed_connect,
+            push_timeout: 0,
+            push_status: 1,
+            push_io: 0,
+            bad_backup_header: 0,
+            replicas_received: ok,
+            push_latency: h,
+            sessions_held: 10,
+            replicas_held: 5,
+        }
+    }
+
+    #[test]
+    fn replication_lost_state_and_recovery_are_reported() {
+        let own = vec![
+            ("b1".to_string(), repl(3, 0, 100, 0, &[100, 200])),
+            ("b2".to_string(), repl(0, 0, 50, 4, &[])),
+            ("b3".to_string(), repl(2, 1, 70, 0, &[300])),
+        ];
+        let info = ReplicationInfo::from_backends(1, &own);
+        assert_eq!(
+            (
+                info.takeovers,
+                info.takeovers_promoted,
+                info.takeovers_no_replica
+            ),
+            (6, 5, 1)
+        );
+        assert_eq!((info.pushes_ok, info.pushes_failed), (220, 7));
+        assert_eq!(
+            info.push_failures,
+            PushFailures {
+                connect: 4,
+                timeout: 0,
+                status: 3,
+                io: 0
+            }
+        );
+        assert_eq!(info.push_latency.count, 3);
+        assert_eq!(info.push_latency.max, 300);
+        assert_eq!(info.unknown_with_replica, 3);
+        assert_eq!(info.backends[1].pushes_failed, 5);
+
+        let mut st = ThreadStats::new(2, &["b1".to_string()]);
+        st.response(0, 100, 200, Some(0), true, Served::Pinned);
+        st.state(0, crate::users::StateSeen::Kept { first_check: true });
+        st.state(
+            1,
+            crate::users::StateSeen::Lost {
+                first_check: true,
+                first_loss: true,
+            },
+        );
+        let mut f = facts(false, true);
+        f.replicate = Some(1);
+        f.own_repl = own;
+        f.recovery = vec![RecoveryRow {
+            backend: "b2".into(),
+            kill_t_s: 3.0,
+            first_failover_ms: Some(0.8),
+            first_takeover_ms: Some(4.25),
+            promoted_takeovers: 5,
+            lost_takeovers: 1,
+        }];
+        let r = Report::build(&st, f);
+        assert!(r.state.measured);
+        assert_eq!((r.state.sessions_checked, r.state.sessions_lost), (2, 1));
+        assert_eq!(r.state.lost_pct, 50.0);
+        assert_eq!(r.state.backends_unknown_sessions, Some(6));
+        assert_eq!(r.series[1].state_lost, 1);
+        assert!(r.affinity.rule.contains("takeover"));
+        let text = r.render_text();
+        for needle in [
+            "sessions whose state was lost 1 of 2 checked (50.000%)",
+            "Replication (backups 1)",
+            "takeovers 6: replica promoted 5, no replica (state lost) 1",
+            "replica pushes ok 220, failed 7 (connect 4, timeout 0, status 3",
+            "push latency (before answering): p50 200µs",
+            "+3.000s",
+            "0.8ms",
+            "4.2ms",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        let json: serde_json::Value = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(json["replication"]["takeovers_promoted"], 5);
+        assert_eq!(json["recovery"][0]["first_takeover_ms"], 4.25);
+        assert_eq!(json["state"]["sessions_lost"], 1);
+        let page = crate::html::render(&r);
+        for needle in [
+            "sessions whose state was lost",
+            "Replication (backups 1)",
+            "4.2ms",
+            "state lost",
+        ] {
+            assert!(page.contains(needle), "{needle} missing from the page");
+        }
+
+        // Without --replicate: no replication section, and the recovery row says why.
+        let mut f = facts(false, true);
+        f.recovery = vec![RecoveryRow {
+            backend: "b2".into(),
+            kill_t_s: 3.0,
+            first_failover_ms: Some(0.8),
+            first_takeover_ms: None,
+            promoted_takeovers: 0,
+            lost_takeovers: 0,
+        }];
+        let r = Report::build(&ThreadStats::new(1, &[]), f);
+        assert!(r.replication.is_none());
+        assert!(!r.state.measured);
+        let text = r.render_text();
+        assert!(text.contains("- (no --replicate)"), "{text}");
+        assert!(text.contains("not measured"), "{text}");
+        assert!(!text.contains("Replication ("), "{text}");
     }
 
     #[test]

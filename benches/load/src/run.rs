@@ -13,10 +13,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::backends::Backend;
+use crate::backends::{Backend, Common};
 use crate::cli::{Mode, Model, Plan};
 use crate::client::Target;
 use crate::drive::{self, Counters, Liveness, Shared};
+use crate::recovery::{Recovery, RecoveryRow};
 use crate::report::{
     CpuInfo, Facts, Harness, LoadInfo, ModeInfo, Report, RssSample, fmt_f, fmt_int,
 };
@@ -88,11 +89,13 @@ async fn run_inner(
         Mode::Direct => 1,
         _ => plan.backends,
     };
+    let recovery = Arc::new(Recovery::default());
+    let common = Common::new(plan.replicate.is_some(), epoch, recovery.clone());
     let mut backends = Vec::with_capacity(own);
     for i in 1..=own {
         let id = format!("b{i}");
         backends.push(
-            Backend::start(&id, any)
+            Backend::start(&id, any, common.clone())
                 .await
                 .map_err(|e| format!("cannot start backend {id}: {e}"))?,
         );
@@ -140,6 +143,7 @@ async fn run_inner(
                 backends: backends.iter().map(|b| (b.id.clone(), b.addr)).collect(),
                 new_sessions: plan.new_sessions.clone(),
                 max_life: plan.max_life,
+                replication: plan.replicate,
                 haproxy: *haproxy,
             };
             let target = target_for(&plan, listen, &listen.to_string())?;
@@ -195,6 +199,7 @@ async fn run_inner(
                 stickyd.as_mut(),
                 pid,
                 signals.clone(),
+                recovery.clone(),
             )
             .await?,
         );
@@ -241,8 +246,22 @@ async fn run_inner(
             )
         })
         .collect();
+    let own_repl = backends
+        .iter()
+        .map(|b| (b.id.clone(), b.repl_stats()))
+        .collect();
     let interrupted = interrupted_now();
     let mut notes = Vec::new();
+    if let Some(n) = plan.replicate {
+        notes.push(format!(
+            "--replicate: stickyd ran with [replication] backups = {n}; the own backends pushed each session's state to the backups named in X-Stickyd-Backup before answering, and promoted the replica on X-Stickyd-Takeover"
+        ));
+    }
+    if kind == "haproxy" {
+        notes.push(
+            "--haproxy: session state is checked as with stickyd (the own backends' counters); HAProxy has no replication".into(),
+        );
+    }
     if kind == "target" {
         notes.push(
             "--target: affinity violations assume every backend of the target was usable all the time"
@@ -313,6 +332,9 @@ async fn run_inner(
         },
         events: load.scenario.events.clone(),
         periodic_reloads: load.scenario.periodic.clone(),
+        replicate: plan.replicate,
+        own_repl,
+        recovery: load.recovery.clone(),
         notes,
     };
     let report = Report::build(&load.stats, facts);
@@ -391,6 +413,8 @@ struct LoadResult {
     cpu_at_end: Option<f64>,
     /// CPU seconds of the load threads.
     client_cpu_s: Option<f64>,
+    /// One row per kill.
+    recovery: Vec<RecoveryRow>,
 }
 
 impl LoadResult {
@@ -402,6 +426,7 @@ impl LoadResult {
             rss: Vec::new(),
             cpu_at_end: None,
             client_cpu_s: None,
+            recovery: Vec::new(),
         }
     }
 }
@@ -416,6 +441,7 @@ async fn load_phase(
     stickyd: Option<&mut Stickyd>,
     pid: Option<u32>,
     signals: watch::Receiver<u32>,
+    recovery: Arc<Recovery>,
 ) -> Result<LoadResult, String> {
     let start = Instant::now();
     let measure = start + plan.warmup;
@@ -436,6 +462,8 @@ async fn load_phase(
         counters: (0..plan.threads).map(|_| Counters::default()).collect(),
         liveness: Liveness::new(up, names.len().saturating_sub(up)),
         names: names.clone(),
+        replicate: plan.replicate.is_some(),
+        recovery: recovery.clone(),
     });
     let receivers = drive::spawn(&shared, plan.model, plan.threads)?;
     // True once the threads are done or the run is interrupted.
@@ -493,6 +521,7 @@ async fn load_phase(
         rss,
         cpu_at_end,
         client_cpu_s,
+        recovery: recovery.rows(measure.saturating_duration_since(epoch).as_micros() as u64),
     })
 }
 
@@ -592,7 +621,17 @@ async fn backends_only(
     mut signals: watch::Receiver<u32>,
 ) -> Result<Finished, String> {
     for b in backends {
-        println!("{} http://{}", b.id, b.addr);
+        println!(
+            "{} http://{} (incarnation {})",
+            b.id,
+            b.addr,
+            b.incarnation().unwrap_or_default()
+        );
+    }
+    if plan.replicate.is_some() {
+        println!(
+            "replication protocol on: the backends push to X-Stickyd-Backup and promote on X-Stickyd-Takeover"
+        );
     }
     println!(
         "serving for {}s (Ctrl-C to stop)",
@@ -603,11 +642,18 @@ async fn backends_only(
         _ = signals.wait_for(|n| *n >= 1) => true,
     };
     for b in backends {
+        let r = b.repl_stats();
         println!(
-            "{} served {} requests ({} health checks)",
+            "{} served {} requests ({} health checks); sessions: {} started over; replication: {} takeovers promoted, {} without a replica, {} pushes ok, {} failed, {} replicas received",
             b.id,
             fmt_int(b.served()),
-            fmt_int(b.checks())
+            fmt_int(b.checks()),
+            fmt_int(r.unknown),
+            fmt_int(r.promoted),
+            fmt_int(r.no_replica),
+            fmt_int(r.pushes_ok),
+            fmt_int(r.pushes_failed()),
+            fmt_int(r.replicas_received)
         );
     }
     Ok(Finished {

@@ -1,14 +1,17 @@
-//! The scenario runner: at the start of measurement it snapshots the backends' counters and
-//! stickyd's CPU time, then runs the timed steps (kill, restart, add a backend, reload) and the
-//! periodic reloads until the end of the run, recording each as an event. It keeps
-//! [`Liveness`](crate::drive::Liveness) in step with what it does to the backends.
+//! The scenario runner: at the start of measurement it snapshots the backends' counters (and
+//! zeroes their replication ones) and stickyd's CPU time, then runs the timed steps (kill,
+//! restart, add a backend, reload) and the periodic reloads until the end of the run,
+//! recording each as an event. It keeps
+//! [`Liveness`](crate::drive::Liveness) in step with what it does to the backends, and marks
+//! every kill (a restart of a running backend is one too) in
+//! [`Recovery`](crate::recovery::Recovery).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::backends::Backend;
+use crate::backends::{Backend, Common};
 use crate::cli::{Action, Plan};
 use crate::drive::Shared;
 use crate::procfs;
@@ -53,6 +56,9 @@ pub async fn run(
         return out;
     }
     out.served_at_measure = backends.iter().map(Backend::served).collect();
+    for b in backends.iter() {
+        b.reset_stats();
+    }
     out.cpu_at_measure = rss_pid.and_then(procfs::cpu_secs);
     let mut steps = plan.steps.iter().peekable();
     let every = plan.reload_every;
@@ -143,12 +149,19 @@ async fn apply(
             let i = find(id, backends)?;
             // Down before the first refused connect, so no refusal is judged against it.
             shared.liveness.down(i);
+            if backends[i].is_up() {
+                shared.recovery.kill(id, now_us());
+            }
             backends[i].kill().await;
             Ok(format!("{} closed", backends[i].addr))
         }
         Action::Restart(id) => {
             let i = find(id, backends)?;
             shared.liveness.down(i);
+            if backends[i].is_up() {
+                // The running process dies: its sessions are gone as in a kill.
+                shared.recovery.kill(id, now_us());
+            }
             backends[i]
                 .restart()
                 .await
@@ -166,7 +179,8 @@ async fn apply(
         Action::AddBackend(id) => {
             let stickyd = stickyd.ok_or("no stickyd to reconfigure")?;
             let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-            let b = Backend::start(id, any)
+            let common = Common::new(shared.replicate, shared.epoch, shared.recovery.clone());
+            let b = Backend::start(id, any, common)
                 .await
                 .map_err(|e| format!("cannot start {id}: {e}"))?;
             let addr = b.addr;

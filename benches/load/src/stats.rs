@@ -1,6 +1,7 @@
 //! What a load thread records (latency histograms, errors by kind, per-backend requests and
-//! sessions, affinity outcomes, per-second series), how threads' records are merged, and the
-//! report math on them (percentiles, imbalance, the closed-loop correction interval).
+//! sessions, affinity outcomes, sessions whose state was lost, per-second series), how
+//! threads' records are merged, and the report math on them (percentiles, imbalance, the
+//! closed-loop correction interval).
 //!
 //! Pure: no I/O, no clock. Times come in as microseconds and second indexes.
 
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::users::Served;
+use crate::users::{Served, StateSeen};
 
 /// Highest latency the run histograms track exactly (1 h); longer ones saturate there.
 pub const HIGH_US: u64 = 3_600_000_000;
@@ -94,6 +95,8 @@ pub struct Second {
     pub latency: Histogram<u32>,
     /// Responses by backend index (of the owning table).
     pub backends: Vec<u64>,
+    /// Sessions whose state was first seen lost in this second.
+    pub state_lost: u64,
 }
 
 impl Second {
@@ -104,6 +107,7 @@ impl Second {
             errors: 0,
             latency: second_histogram(),
             backends: Vec::new(),
+            state_lost: 0,
         }
     }
 }
@@ -173,6 +177,12 @@ pub struct ThreadStats {
     pub violations: u64,
     /// Open loop: scheduled requests never sent (the in-flight cap held them past the end).
     pub unsent: u64,
+    /// Sessions whose counter was compared at least once (a second response with one).
+    pub state_checked: u64,
+    /// Sessions whose state was lost (counted once each).
+    pub state_lost: u64,
+    /// Responses whose counter showed the state lost (a session may lose it more than once).
+    pub state_losses: u64,
 }
 
 impl ThreadStats {
@@ -193,6 +203,9 @@ impl ThreadStats {
             repins: 0,
             violations: 0,
             unsent: 0,
+            state_checked: 0,
+            state_lost: 0,
+            state_losses: 0,
         }
     }
 
@@ -264,6 +277,25 @@ impl ThreadStats {
         }
     }
 
+    /// Records what a response sent in second `sec` said about its session's state.
+    pub fn state(&mut self, sec: usize, seen: StateSeen) {
+        match seen {
+            StateSeen::Untracked | StateSeen::First => {}
+            StateSeen::Kept { first_check } => self.state_checked += u64::from(first_check),
+            StateSeen::Lost {
+                first_check,
+                first_loss,
+            } => {
+                self.state_checked += u64::from(first_check);
+                self.state_losses += 1;
+                if first_loss {
+                    self.state_lost += 1;
+                    self.second(sec).state_lost += 1;
+                }
+            }
+        }
+    }
+
     /// Records a request sent in second `sec` that got no response.
     pub fn failure(&mut self, sec: usize, f: Failure) {
         self.errors.add_failure(f);
@@ -307,6 +339,7 @@ pub fn merge(threads: Vec<ThreadStats>, order: &[String]) -> ThreadStats {
             d.responses += s.responses;
             d.ok += s.ok;
             d.errors += s.errors;
+            d.state_lost += s.state_lost;
             let _ = d.latency.add(&s.latency);
             if d.backends.len() < names.len() {
                 d.backends.resize(names.len(), 0);
@@ -330,6 +363,9 @@ pub fn merge(threads: Vec<ThreadStats>, order: &[String]) -> ThreadStats {
         m.repins += t.repins;
         m.violations += t.violations;
         m.unsent += t.unsent;
+        m.state_checked += t.state_checked;
+        m.state_lost += t.state_lost;
+        m.state_losses += t.state_losses;
     }
     for s in &mut m.seconds {
         s.backends.resize(names.len(), 0);
@@ -519,6 +555,28 @@ mod tests {
         assert_eq!(m.errors.timeout, 1);
         assert_eq!(m.latency.len(), 4);
         assert_eq!(m.seconds[2].latency.len(), 2);
+    }
+
+    #[test]
+    fn lost_state_is_counted_once_per_session_and_merged() {
+        let lost = |first_check, first_loss| StateSeen::Lost {
+            first_check,
+            first_loss,
+        };
+        let mut a = ThreadStats::new(2, &[]);
+        a.state(0, StateSeen::Untracked);
+        a.state(0, StateSeen::First);
+        a.state(0, StateSeen::Kept { first_check: true });
+        a.state(0, StateSeen::Kept { first_check: false });
+        a.state(1, lost(false, true));
+        a.state(1, lost(false, false));
+        let mut b = ThreadStats::new(2, &[]);
+        b.state(0, lost(true, true));
+        assert_eq!((a.state_checked, a.state_lost, a.state_losses), (1, 1, 2));
+        assert_eq!(a.seconds[1].state_lost, 1);
+        let m = merge(vec![a, b], &[]);
+        assert_eq!((m.state_checked, m.state_lost, m.state_losses), (2, 2, 3));
+        assert_eq!((m.seconds[0].state_lost, m.seconds[1].state_lost), (1, 1));
     }
 
     #[test]

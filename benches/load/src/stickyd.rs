@@ -31,6 +31,8 @@ pub struct Spec {
     pub new_sessions: Option<String>,
     /// `[affinity] max_life`, if set.
     pub max_life: Option<Duration>,
+    /// `[replication] backups`, if set (`--replicate`).
+    pub replication: Option<u8>,
     /// Run HAProxy with an equivalent cookie-insert config instead.
     pub haproxy: bool,
 }
@@ -82,6 +84,11 @@ pub fn config_text(spec: &Spec) -> String {
     t.push_str(&format!("\n[health]\n{HEALTH}\n[log]\nlevel = \"warn\"\n"));
     if let Some(n) = &spec.new_sessions {
         t.push_str(&format!("\n[balance]\nnew_sessions = {}\n", quote(n)));
+    }
+    if let Some(n) = spec.replication {
+        // Replicas go to each backend's own address (no `port`): the harness's backends
+        // serve PUT /_stickyd/replica/{sid} there.
+        t.push_str(&format!("\n[replication]\nbackups = {n}\n"));
     }
     for (id, addr) in &spec.backends {
         t.push_str(&format!(
@@ -303,6 +310,7 @@ mod tests {
             ],
             new_sessions: Some("least_loaded".into()),
             max_life: Some(Duration::from_secs(5)),
+            replication: None,
             haproxy: false,
         };
         let text = config_text(&spec);
@@ -324,5 +332,49 @@ mod tests {
         assert!(h.contains("bind 127.0.0.1:18080"), "{h}");
         assert!(h.contains("server b2 127.0.0.1:3002 cookie b2"), "{h}");
         assert!(h.contains("cookie SRV insert"), "{h}");
+        assert!(!text.contains("[replication]"), "{text}");
+    }
+
+    #[test]
+    fn replicate_adds_a_replication_table_with_the_backups() {
+        let spec = Spec {
+            listen: "127.0.0.1:18080".parse().expect("addr"),
+            worker_threads: 1,
+            max_connections: 10_000,
+            header_read_timeout: None,
+            key_file: PathBuf::from("/k"),
+            backends: vec![("b1".into(), "127.0.0.1:3001".parse().expect("addr"))],
+            new_sessions: None,
+            max_life: None,
+            replication: Some(2),
+            haproxy: false,
+        };
+        let text = config_text(&spec);
+        assert!(text.contains("\n[replication]\nbackups = 2\n"), "{text}");
+        // stickyd refuses backups not below the backend count: three backends for two.
+        let three = Spec {
+            backends: (1..=3)
+                .map(|i| {
+                    (
+                        format!("b{i}"),
+                        format!("127.0.0.1:300{i}").parse().expect("addr"),
+                    )
+                })
+                .collect(),
+            key_file: PathBuf::from("/tmp/x \"y\"/key"),
+            ..spec.clone()
+        };
+        let valid = config_text(&three);
+        let c = stickyd::config::parse(&valid, "gen.toml", Path::new("/"), &Keys)
+            .unwrap_or_else(|e| panic!("{e}\n{valid}"));
+        assert_eq!(c.replication.backups, 2);
+        assert_eq!(c.replication.port, None);
+        let table: toml::Table = text.parse().expect("TOML");
+        assert_eq!(table["replication"]["backups"].as_integer(), Some(2));
+        assert_eq!(
+            table["replication"].as_table().map(|t| t.len()),
+            Some(1),
+            "no port: replicas go to the backends' own addresses"
+        );
     }
 }

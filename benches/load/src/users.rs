@@ -1,6 +1,7 @@
 //! Simulated users: a seeded random source, the skewed number of requests a user makes, the
-//! user's cookie jar, and the affinity accounting of the user's responses (pin, re-pin,
-//! violation).
+//! user's cookie jar, the affinity accounting of the user's responses (pin, re-pin,
+//! violation), and the check of the session counter the harness's backends return (state
+//! kept or lost).
 //!
 //! Pure: no I/O, no clock. Whether a pinned backend was usable is passed in by the caller.
 
@@ -211,6 +212,55 @@ pub fn observe<B: Copy + PartialEq>(
     outcome
 }
 
+/// What one response's session counter (`x-session-count`) said about the session's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateSeen {
+    /// The response carried no counter: nothing to check.
+    Untracked,
+    /// The session's first counter: nothing to compare with yet.
+    First,
+    /// The counter went up: the state was kept. `first_check` on the session's first
+    /// comparison.
+    Kept { first_check: bool },
+    /// The counter did not go up: the backend that answered did not have the session's
+    /// state. `first_loss` the first time for this session.
+    Lost { first_check: bool, first_loss: bool },
+}
+
+/// The last session counter a user saw. Requests of one user go one after another, so each
+/// response's counter must be above the previous one's: one more, or more than one when a
+/// request failed after the backend counted it (its response never came). Equal or lower
+/// means the state was lost: the session started over on a backend that did not have it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCheck {
+    last: Option<u64>,
+    checked: bool,
+    lost: bool,
+}
+
+impl SessionCheck {
+    pub fn observe(&mut self, count: Option<u64>) -> StateSeen {
+        let Some(now) = count else {
+            return StateSeen::Untracked;
+        };
+        let Some(last) = self.last.replace(now) else {
+            return StateSeen::First;
+        };
+        let first_check = !self.checked;
+        self.checked = true;
+        if now > last {
+            StateSeen::Kept { first_check }
+        } else {
+            let first_loss = !self.lost;
+            self.lost = true;
+            StateSeen::Lost {
+                first_check,
+                first_loss,
+            }
+        }
+    }
+}
+
 /// One simulated user.
 #[derive(Debug)]
 pub struct User {
@@ -225,6 +275,10 @@ pub struct User {
     pub answered: bool,
     /// Never send cookies (`--fresh-only`).
     pub cookieless: bool,
+    /// The session counter check.
+    pub state: SessionCheck,
+    /// When the previous response that named a backend arrived (µs since the run's epoch).
+    pub answered_us: u64,
 }
 
 impl User {
@@ -236,6 +290,8 @@ impl User {
             started: false,
             answered: false,
             cookieless,
+            state: SessionCheck::default(),
+            answered_us: 0,
         }
     }
 
@@ -352,6 +408,48 @@ mod tests {
         let mut u = User::new(1, false);
         u.jar.store(b"a=b");
         assert_eq!(u.cookie().expect("set"), "a=b");
+    }
+
+    #[test]
+    fn a_counter_that_does_not_go_up_is_lost_state_counted_once_per_session() {
+        let mut c = SessionCheck::default();
+        assert_eq!(c.observe(None), StateSeen::Untracked);
+        assert_eq!(c.observe(Some(1)), StateSeen::First);
+        assert_eq!(
+            c.observe(None),
+            StateSeen::Untracked,
+            "a 502 has no counter"
+        );
+        assert_eq!(c.observe(Some(2)), StateSeen::Kept { first_check: true });
+        // A request the backend counted but whose response was lost: a gap is not a loss.
+        assert_eq!(c.observe(Some(4)), StateSeen::Kept { first_check: false });
+        // The session started over elsewhere.
+        assert_eq!(
+            c.observe(Some(1)),
+            StateSeen::Lost {
+                first_check: false,
+                first_loss: true
+            }
+        );
+        assert_eq!(c.observe(Some(2)), StateSeen::Kept { first_check: false });
+        // Lost again (a second failover): counted as a loss, not as another lost session.
+        assert_eq!(
+            c.observe(Some(2)),
+            StateSeen::Lost {
+                first_check: false,
+                first_loss: false
+            }
+        );
+        // Lost at the first comparison.
+        let mut c = SessionCheck::default();
+        c.observe(Some(3));
+        assert_eq!(
+            c.observe(Some(1)),
+            StateSeen::Lost {
+                first_check: true,
+                first_loss: true
+            }
+        );
     }
 
     #[test]
