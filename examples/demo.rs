@@ -770,20 +770,14 @@ fn copy_stat(copies: &[Copied]) -> String {
 /// The line saying this visit took the session over, if it did.
 fn takeover_notice(name: &str, taken_over: Option<Takeover>) -> String {
     match taken_over {
-        Some(Takeover {
-            from,
-            restored: true,
-        }) => format!(
+        Some(Takeover::Restored { from }) => format!(
             r#"<p class="notice">Taken over from {from}: your cart and counter were restored from the
 copy {name} held.</p>
 "#
         ),
-        Some(Takeover {
-            from,
-            restored: false,
-        }) => format!(
-            r#"<p class="notice lost">Taken over from {from}, but {name} held no copy of your session:
-it starts over.</p>
+        Some(Takeover::Lost) => format!(
+            r#"<p class="notice lost">Taken over, but {name} held no copy of your session: it
+starts over.</p>
 "#
         ),
         None => String::new(),

@@ -1,19 +1,20 @@
 //! The app's side of stickyd's session replication (`--replicate`): all an app adds to keep its
-//! sessions alive when an instance goes away. The rest of the demo calls in here at four points.
+//! sessions alive when an instance goes away.
 //!
 //! 1. **Replicate.** stickyd names each session's backups on every request it forwards
 //!    (`X-Stickyd-Backup: app-2=127.0.0.1:40001`). After every change the app PUTs the whole
 //!    session to each of them ([`App::replicate`]), before it answers. A backup keeps the copy
 //!    apart from its own sessions ([`receive_replica`], [`Replicas`]).
 //! 2. **Take over.** When a session's home is gone (down, removed, restarted, handed off),
-//!    stickyd sends the request to the backup with `X-Stickyd-Takeover: {old home}` and re-pins
-//!    the session there. The backup makes its copy the live session before it handles the
-//!    request ([`take_over_if_asked`]).
+//!    stickyd sends the request to the backup with `X-Stickyd-Takeover` and re-pins the session
+//!    there. The backup makes its copy the live session before it handles the request
+//!    ([`take_over_if_asked`]).
 //! 3. **Say who you are.** The health check answers with this process's incarnation, so stickyd
 //!    can tell a restart (same address, empty memory) from a blip ([`health`]).
 //!
 //! Sessions are keyed by the app's own `app_session` cookie: stickyd's cookie never reaches the
-//! app.
+//! app. The rest of the demo calls in here four times: `take_over_if_asked` first thing on every
+//! request, `App::replicate` after every change, and `receive_replica` and `health` as routes.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -32,14 +33,14 @@ use super::{
 /// stickyd's request header naming the session's backups: `app-2=127.0.0.1:40001` (comma and
 /// space between several).
 const BACKUP: &str = "x-stickyd-backup";
-/// stickyd's request header saying this request is a takeover; the value is the old home's id.
+/// stickyd's request header saying this request takes the session over from its lost home.
 const TAKEOVER: &str = "x-stickyd-takeover";
 /// stickyd's request header naming the backend that serves the request. stickyd adds it to every
 /// request it forwards, and removes a client's copy.
 const BACKEND: &str = "x-stickyd-backend";
 /// The health-check response header telling stickyd which process answers.
 const INCARNATION: &str = "x-stickyd-incarnation";
-/// Who sent a copy (for logs and curious readers; the receiver does not need it).
+/// Who sent a copy: the session's home. After a takeover the page names it.
 const REPLICA_FROM: &str = "x-replica-from";
 /// Where copies are sent: `PUT /_stickyd/replica/{session id}`.
 pub(super) const REPLICA_PATH: &str = "/_stickyd/replica/";
@@ -57,7 +58,7 @@ pub(super) struct Backup {
 
 /// Parses `X-Stickyd-Backup`: `id=host:port` entries, in stickyd's order, comma separated.
 /// Entries that do not look like that are skipped rather than failing the request.
-pub(super) fn parse_backups(value: &str) -> Vec<Backup> {
+fn parse_backups(value: &str) -> Vec<Backup> {
     value
         .split(',')
         .filter_map(|entry| entry.trim().split_once('='))
@@ -101,7 +102,7 @@ fn is_host_port(addr: &str) -> bool {
 
 /// The copies this instance holds of other instances' sessions, by session id.
 pub(super) struct Replicas {
-    copies: HashMap<String, Session>,
+    copies: HashMap<String, Replica>,
     /// Most copies kept; past it an arbitrary one is dropped for a new one.
     limit: usize,
 }
@@ -114,25 +115,34 @@ impl Replicas {
         }
     }
 
-    /// Keeps `state` as the copy of session `id`, replacing the one before: every push carries
-    /// the whole session, so the latest one is all there is to know.
-    pub(super) fn put(&mut self, id: String, state: Session) {
+    /// Keeps `copy` as the copy of session `id`, replacing the one before: every push carries
+    /// the whole session, so the latest one is all there is to know. (A browser sends one
+    /// change at a time, so pushes arrive in order; an app whose clients change a session from
+    /// several requests at once would number its copies and keep the highest.)
+    pub(super) fn put(&mut self, id: String, copy: Replica) {
         if self.copies.len() >= self.limit && !self.copies.contains_key(&id) {
             if let Some(victim) = self.copies.keys().next().cloned() {
                 self.copies.remove(&victim);
             }
         }
-        self.copies.insert(id, state);
+        self.copies.insert(id, copy);
     }
 
     /// Removes the copy of session `id` and hands it over: on a takeover it becomes live here.
-    pub(super) fn take(&mut self, id: &str) -> Option<Session> {
+    pub(super) fn take(&mut self, id: &str) -> Option<Replica> {
         self.copies.remove(id)
     }
 
     pub(super) fn len(&self) -> usize {
         self.copies.len()
     }
+}
+
+/// One copy of another instance's session.
+pub(super) struct Replica {
+    pub(super) session: Session,
+    /// The instance that sent it: the session's home when it did.
+    pub(super) from: &'static str,
 }
 
 /// The body of a push: the session as JSON.
@@ -143,7 +153,7 @@ pub(super) fn encode_copy(session: &Session) -> Bytes {
 
 /// A pushed body back into a session, if it is one this app could have made: a copy arrives
 /// from the network, so it gets the checks a form would.
-pub(super) fn decode_copy(body: &[u8]) -> Option<Session> {
+fn decode_copy(body: &[u8]) -> Option<Session> {
     let session: Session = serde_json::from_slice(body).ok()?;
     let cart_ok =
         session.cart.len() <= MAX_CART && session.cart.iter().all(|i| ITEMS.contains(&i.as_str()));
@@ -159,11 +169,11 @@ pub(super) struct Copied {
 
 /// Why a session is live here: this instance took it over (the page says so once).
 #[derive(Clone, Copy)]
-pub(super) struct Takeover {
-    /// The old home.
-    pub(super) from: &'static str,
-    /// A copy was there. Without one the session starts empty: it is lost.
-    pub(super) restored: bool,
+pub(super) enum Takeover {
+    /// From the copy that `from`, the old home, sent.
+    Restored { from: &'static str },
+    /// There was no copy: the session starts empty.
+    Lost,
 }
 
 impl App {
@@ -242,46 +252,50 @@ pub(super) async fn receive_replica(app: &App, req: Request<Incoming>) -> Respon
         return plain(StatusCode::NOT_FOUND, "not a session id\n");
     };
     let id = id.to_string();
+    let from = req
+        .headers()
+        .get(REPLICA_FROM)
+        .and_then(|v| v.to_str().ok());
+    let from = instance_named(from.unwrap_or_default()).0;
     let body = match read_body(req).await {
         Ok(body) => body,
         Err(resp) => return resp,
     };
-    let Some(state) = decode_copy(&body) else {
+    let Some(session) = decode_copy(&body) else {
         return plain(StatusCode::BAD_REQUEST, "not a session of this app\n");
     };
-    app.lock_replicas().put(id, state);
+    app.lock_replicas().put(id, Replica { session, from });
     plain(StatusCode::NO_CONTENT, "")
 }
 
 /// Protocol step 2: on `X-Stickyd-Takeover`, stickyd sends this session here because its home
-/// (named in the header) is gone, and re-pins it here. Before anything reads the session, the
-/// copy becomes the live session, replacing whatever this instance had under that id (older, if
-/// the session lived here before). No copy: the session starts empty, and is lost.
+/// is gone, and re-pins it here. Before anything reads the session, the copy becomes the live
+/// session, replacing whatever this instance had under that id (older, if the session lived
+/// here before). No copy: the session starts empty, and is lost. The header's presence is all
+/// that counts; the old home's name comes with the copy (who sent it).
 pub(super) fn take_over_if_asked(app: &App, headers: &HeaderMap) {
-    let Some(from) = headers.get(TAKEOVER).and_then(|v| v.to_str().ok()) else {
+    if !headers.contains_key(TAKEOVER) {
         return;
-    };
+    }
     let Some(id) = session_id(headers) else {
         return; // No app session yet: nothing to take over, the visit starts a new one.
     };
     let copy = app.lock_replicas().take(&id);
-    let takeover = Takeover {
-        from: instance_named(from).0,
-        restored: copy.is_some(),
+    let takeover = match &copy {
+        Some(copy) => Takeover::Restored { from: copy.from },
+        None => Takeover::Lost,
     };
-    let from = takeover.from;
-    let outcome = if takeover.restored {
-        "restored from its copy"
-    } else {
-        "no copy here, starts empty"
+    let outcome = match takeover {
+        Takeover::Restored { from } => format!("restored from the copy {from} sent"),
+        Takeover::Lost => "no copy here, it starts empty (lost)".to_string(),
     };
     println!(
-        "{} took session {} over from {from}: {outcome}",
+        "{} took session {} over: {outcome}",
         app.instance.name,
         short(&id)
     );
     app.with_session(&id, |live| {
-        *live = copy.unwrap_or_default();
+        *live = copy.map(|copy| copy.session).unwrap_or_default();
         live.taken_over = Some(takeover);
     });
 }
@@ -370,11 +384,12 @@ mod tests {
     #[test]
     fn a_copy_replaces_the_one_before_and_a_takeover_takes_it() {
         let mut replicas = Replicas::new(10);
-        replicas.put("s".into(), session(1, &["apple"]));
-        replicas.put("s".into(), session(2, &["apple", "bread"]));
+        replicas.put("s".into(), replica(1, &["apple"]));
+        replicas.put("s".into(), replica(2, &["apple", "bread"]));
         assert_eq!(replicas.len(), 1);
         let copy = replicas.take("s").unwrap();
-        assert_eq!((copy.visits, copy.cart.len()), (2, 2));
+        assert_eq!((copy.session.visits, copy.session.cart.len()), (2, 2));
+        assert_eq!(copy.from, "app-1");
         assert!(replicas.take("s").is_none());
         assert_eq!(replicas.len(), 0);
     }
@@ -383,22 +398,19 @@ mod tests {
     fn replicas_stay_under_their_limit() {
         let mut replicas = Replicas::new(3);
         for i in 0..10 {
-            replicas.put(format!("s{i}"), session(i, &[]));
+            replicas.put(format!("s{i}"), replica(i, &[]));
         }
         assert_eq!(replicas.len(), 3);
         assert!(replicas.take("s9").is_some(), "the newest copy is kept");
-        replicas.put("s9".into(), session(1, &[]));
-        replicas.put("s9".into(), session(2, &[]));
+        replicas.put("s9".into(), replica(1, &[]));
+        replicas.put("s9".into(), replica(2, &[]));
         assert_eq!(replicas.len(), 3, "replacing a copy drops no other");
     }
 
     #[test]
     fn a_copy_round_trips_without_the_takeover_note() {
         let mut s = session(7, &["coffee", "apple"]);
-        s.taken_over = Some(Takeover {
-            from: "app-1",
-            restored: true,
-        });
+        s.taken_over = Some(Takeover::Restored { from: "app-1" });
         let copy = decode_copy(&encode_copy(&s)).unwrap();
         assert_eq!(copy.visits, 7);
         assert_eq!(copy.cart, ["coffee", "apple"]);
@@ -413,6 +425,13 @@ mod tests {
         assert!(decode_copy(body.as_bytes()).is_none());
         assert!(decode_copy(b"visits=1").is_none());
         assert!(decode_copy(br#"{"visits":-1,"cart":[]}"#).is_none());
+    }
+
+    fn replica(visits: u64, cart: &[&str]) -> Replica {
+        Replica {
+            session: session(visits, cart),
+            from: "app-1",
+        }
     }
 
     fn session(visits: u64, cart: &[&str]) -> Session {
