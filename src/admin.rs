@@ -37,6 +37,7 @@
 //! whatever the token configuration. The token still matters off loopback, where the host rule
 //! alone cannot tell the operator from anyone else who can reach the port.
 
+mod explain;
 mod guard;
 
 use std::convert::Infallible;
@@ -57,10 +58,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::affinity::{AdminState, Outcome};
+use crate::affinity::{AdminState, Outcome, Takeover};
 use crate::config::Secret;
 use crate::metrics::{BackendSample, PoolSample, Readings};
-use crate::state::{Backend, Shared, Snapshot};
+use crate::state::{Backend, HandoffRefused, Shared, Snapshot};
 
 use guard::{Refusal, SEVERAL, Seen};
 
@@ -197,10 +198,28 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
             info!(backend = %id, state = ?state, "admin state set over the admin API");
             backend_json(ctx, id)
         }
+        (["backends", id, "handoff"], Method::POST) => {
+            match ctx.shared.handoff(id, crate::clock::unix_secs()) {
+                Ok(()) => {
+                    info!(backend = %id, "handoff started over the admin API: its sessions go to their backups");
+                    backend_json(ctx, id)
+                }
+                Err(HandoffRefused::NoSuchBackend) => {
+                    text(StatusCode::NOT_FOUND, "no such backend\n")
+                }
+                Err(HandoffRefused::NotReplicated) => text(
+                    StatusCode::CONFLICT,
+                    "this backend's pool does not replicate sessions ([replication] backups = 0): nothing holds a copy of them; drain it instead\n",
+                ),
+            }
+        }
+        (["route"], Method::GET) => route_json(ctx, req.uri().query()),
         (["reload"], Method::POST) => reload(ctx).await,
         (["healthz"], _) => not_allowed("GET, HEAD"),
-        (["metrics" | "backends" | "pools"], _) | (["backends", _], _) => not_allowed("GET"),
-        (["backends", _, "drain" | "enable" | "disable"], _) | (["reload"], _) => {
+        (["metrics" | "backends" | "pools" | "route"], _) | (["backends", _], _) => {
+            not_allowed("GET")
+        }
+        (["backends", _, "drain" | "enable" | "disable" | "handoff"], _) | (["reload"], _) => {
             not_allowed("POST")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -250,6 +269,63 @@ async fn reload(ctx: &Ctx) -> Resp {
         }
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
+}
+
+/// `GET /route?cookie=VALUE[&pool=NAME]`: what stickyd makes of that token (see `explain`).
+/// Without `pool`, the pool "default", else the only pool.
+fn route_json(ctx: &Ctx, query: Option<&str>) -> Resp {
+    let (mut cookie, mut pool) = (None, None);
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("cookie", v)) => cookie = Some(percent_decoded(v)),
+            Some(("pool", v)) => pool = Some(percent_decoded(v)),
+            _ => {}
+        }
+    }
+    let Some(cookie) = cookie else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "give the token: /route?cookie=VALUE (and &pool=NAME with several pools)\n",
+        );
+    };
+    let snap = ctx.shared.load();
+    let ix = match pool {
+        Some(name) => snap.pool_named(&String::from_utf8_lossy(&name)),
+        None => snap
+            .pool_named(crate::state::DEFAULT)
+            .or_else(|| (snap.pools.len() == 1).then_some(0)),
+    };
+    let Some(ix) = ix else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no such pool (name one with &pool=NAME: GET /pools lists them)\n",
+        );
+    };
+    let now = u32::try_from(crate::clock::unix_secs()).unwrap_or(u32::MAX);
+    json(StatusCode::OK, &explain::explain(&snap, ix, &cookie, now))
+}
+
+/// `%XX` escapes decoded (a token is base64url and needs none, but a client may escape it).
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn backend_json(ctx: &Ctx, id: &str) -> Resp {
@@ -351,6 +427,10 @@ pub struct BackendView {
     draining_since: Option<u64>,
     /// Draining and no request served for `drain_quiet`: safe to stop.
     drained: bool,
+    /// A handoff is in progress (replication): its sessions go to their backups.
+    handoff: bool,
+    /// The process identity its health checks last named (`X-Stickyd-Incarnation`).
+    incarnation: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -395,6 +475,8 @@ impl BackendView {
                 .draining_since()
                 .filter(|_| s.state == AdminState::Draining),
             drained: s.drained,
+            handoff: b.live.admin.handoff(),
+            incarnation: b.live.incarnation.current(),
         }
     }
 }
@@ -435,6 +517,7 @@ pub fn render_metrics(ctx: &Ctx) -> String {
             name: &p.name,
             outcomes: Outcome::ALL.map(|o| p.live.outcomes(o)),
             repins: p.live.repins(),
+            takeovers: Takeover::ALL.map(|t| p.live.takeovers(t)),
             imbalance: p.live.imbalance(),
         })
         .collect();

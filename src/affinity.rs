@@ -60,6 +60,10 @@ pub struct Policy {
     /// New sessions are pinned when the hash of their nonce is below this (`u64::MAX`: all of
     /// them); the others get an unpinned token and are placed anew on every request.
     pub sticky_below: u64,
+    /// Backups named per session (`[replication] backups`; 0: replication off). With backups,
+    /// a session whose home is lost (down, removed, restarted, handed off) is served by its
+    /// first usable backup with a [`Takeover`], and re-pinned there.
+    pub backups: u8,
 }
 
 impl Policy {
@@ -104,11 +108,17 @@ pub enum Outcome {
     /// A valid token of another pool (one whose requests carry their token the same way):
     /// ignored, and a new session placed.
     OtherPool,
+    /// Replication: a valid token whose home restarted (a new incarnation) since the token
+    /// was signed: served by its backup, with a takeover.
+    Restarted,
+    /// Replication: a valid token whose home is being handed off: served by its backup, with a
+    /// takeover.
+    Handoff,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (metrics index).
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Valid,
         Outcome::New,
         Outcome::Refreshed,
@@ -124,6 +134,8 @@ impl Outcome {
         Outcome::Hashed,
         Outcome::Unpinned,
         Outcome::OtherPool,
+        Outcome::Restarted,
+        Outcome::Handoff,
     ];
 
     /// The metric label.
@@ -144,6 +156,8 @@ impl Outcome {
             Outcome::Hashed => "hashed",
             Outcome::Unpinned => "unpinned",
             Outcome::OtherPool => "other_pool",
+            Outcome::Restarted => "restarted",
+            Outcome::Handoff => "handoff",
         }
     }
 
@@ -160,6 +174,45 @@ impl From<Invalid> for Outcome {
             Invalid::UnknownKey => Outcome::UnknownKey,
             Invalid::BadMac => Outcome::BadMac,
         }
+    }
+}
+
+/// Why a session is taken over by its backup (replication): the `reason` label of
+/// `stickyd_takeovers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Takeover {
+    /// Its home is down, disabled, or failed this request.
+    Down,
+    /// Its home was removed from the config.
+    Removed,
+    /// Its home restarted (a new incarnation) since the session was last pinned there.
+    Restarted,
+    /// Its home is being handed off (`POST /backends/{id}/handoff`).
+    Handoff,
+}
+
+impl Takeover {
+    /// Every reason, in a fixed order (metrics index).
+    pub const ALL: [Takeover; 4] = [
+        Takeover::Down,
+        Takeover::Removed,
+        Takeover::Restarted,
+        Takeover::Handoff,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Takeover::Down => "down",
+            Takeover::Removed => "removed",
+            Takeover::Restarted => "restarted",
+            Takeover::Handoff => "handoff",
+        }
+    }
+
+    /// Position in [`Takeover::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -206,6 +259,11 @@ pub trait PoolView {
     fn unpinned_tag(&self, key_index: usize) -> [u8; 8];
     /// Next backend for a new session among those `eligible` says yes to (stateful).
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize>;
+    /// Unix seconds when backend `i` was last seen with a new incarnation (0: never): a
+    /// session pinned there before then was pinned to a process that is gone.
+    fn restarted_at(&self, i: usize) -> u32;
+    /// Whether backend `i` is being handed off (its sessions go to their backups).
+    fn handoff(&self, i: usize) -> bool;
 }
 
 /// The decision for one attempt.
@@ -226,6 +284,9 @@ pub struct Route {
     /// the fallback. A refresh re-signs the same pin and does not count; neither does an
     /// unpinned token or a fallback that keeps the token (`on_pinned_down = "return"`).
     pub pins: bool,
+    /// Replication: the session is served by its backup because its home was lost; the
+    /// backend promotes its replica (`X-Stickyd-Takeover`).
+    pub takeover: Option<Takeover>,
 }
 
 impl Route {
@@ -333,6 +394,7 @@ pub fn route(
             fallback: false,
             session: Some(c.nonce),
             pins: false,
+            takeover: None,
         });
     }
     let Some(home) = pool.resolve(verified.key_index, &c.backend_tag) else {
@@ -353,6 +415,7 @@ pub fn route(
             fallback: true,
             session: Some(c.nonce),
             pins: true,
+            takeover: (policy.backups > 0).then_some(Takeover::Removed),
         });
     };
     // A token signed by an older key is re-signed by the current one as soon as it is seen.
@@ -363,6 +426,37 @@ pub fn route(
         last_seen: now,
         ..c
     };
+
+    // Replication: a home that restarted since the token was signed, or that is being handed
+    // off, no longer holds the session's state: its first usable backup does. Times are whole
+    // seconds: a token signed in the second the restart was seen counts as older (it may have
+    // been the old process's); if it was the new one's, its state was pushed to the backup with
+    // its last change, and the takeover finds it there.
+    if policy.backups > 0 {
+        let lost = if pool.handoff(home) {
+            Some((Takeover::Handoff, Outcome::Handoff))
+        } else if c.last_seen <= pool.restarted_at(home) {
+            Some((Takeover::Restarted, Outcome::Restarted))
+        } else {
+            None
+        };
+        if let Some((why, outcome)) = lost {
+            let backup = balance::rendezvous(c.nonce, pool.hashes(), pool.weights(), |i| {
+                i != home && placeable(i)
+            })
+            .or_else(|| open_fallback(policy, pool, &|i| i != home && open(i)))
+            .ok_or(NoRoute::AllDown)?;
+            return Ok(Route {
+                backend: backup,
+                outcome,
+                issue: Some(refreshed(backup)),
+                fallback: true,
+                session: Some(c.nonce),
+                pins: true,
+                takeover: Some(why),
+            });
+        }
+    }
 
     let admin = pool.admin(home);
     if open(home) && pool.healthy(home) && admin != AdminState::Disabled {
@@ -378,6 +472,7 @@ pub fn route(
             fallback: false,
             session: Some(c.nonce),
             pins: false,
+            takeover: None,
         });
     }
 
@@ -400,7 +495,32 @@ pub fn route(
         fallback: true,
         session: Some(c.nonce),
         pins: repin,
+        takeover: (policy.backups > 0 && repin).then_some(Takeover::Down),
     })
+}
+
+/// A session's backups (replication): the first `policy.backups` backends of its rendezvous
+/// ranking that are usable (healthy, active, not failed in this request), the backend serving
+/// it left out. The first one is the fallback the session gets if `serving` is lost (the same
+/// ranking as [`route`]'s), identically on every instance with the same backend ids.
+pub fn backups(
+    policy: &Policy,
+    nonce: u64,
+    serving: usize,
+    pool: &dyn PoolView,
+    excluded: &[usize],
+) -> [Option<usize>; 2] {
+    if policy.backups == 0 {
+        return [None, None];
+    }
+    let usable = |i: usize| {
+        i != serving
+            && !excluded.contains(&i)
+            && pool.healthy(i)
+            && pool.admin(i) == AdminState::Active
+    };
+    let [a, b] = balance::rendezvous_top2(nonce, pool.hashes(), pool.weights(), usable);
+    [a, if policy.backups > 1 { b } else { None }]
 }
 
 /// Placement by a key instead of a token (`ip` mode, trusted `header` mode): the weighted
@@ -424,6 +544,7 @@ pub fn route_hashed(
         fallback: false,
         session: None,
         pins: false,
+        takeover: None,
     })
 }
 
@@ -470,6 +591,7 @@ fn place_new(
         fallback: false,
         session: Some(nonce),
         pins,
+        takeover: None,
     })
 }
 

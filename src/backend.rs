@@ -11,6 +11,7 @@
 //! | [`Counters`] | in flight, requests, responses by class, failures (per worker) | request path |
 //! | [`LoadEstimate`] | recent pins (decaying) and request rate, for least_loaded | maintenance task (decay, rate), from the pins [`Sessions`] counts |
 //! | [`Sessions`] | pins since start, last request time, distinct sessions lately | request path; maintenance task (rotation) |
+//! | [`Incarnation`] | the process identity its health checks name, and when it changed (replication) | checker |
 //!
 //! The pure arithmetic that keeps the estimates current (rates, decay) is in [`rate`].
 //!
@@ -24,6 +25,7 @@
 mod admin_cell;
 mod counters;
 mod health;
+mod incarnation;
 mod load;
 pub mod rate;
 mod sessions;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 pub use admin_cell::AdminCell;
 pub use counters::Counters;
 pub use health::Health;
+pub use incarnation::Incarnation;
 pub use load::{LoadEstimate, PIN_HALF_LIFE};
 pub use sessions::Sessions;
 
@@ -54,6 +57,8 @@ pub struct BackendLive {
     pub load: LoadEstimate,
     /// Sessions served.
     pub sessions: Sessions,
+    /// Its process identity (`X-Stickyd-Incarnation`).
+    pub incarnation: Incarnation,
 }
 
 impl std::fmt::Debug for BackendLive {
@@ -78,6 +83,7 @@ impl BackendLive {
             counters: Counters::new(workers),
             load: LoadEstimate::default(),
             sessions: Sessions::new(workers),
+            incarnation: Incarnation::default(),
         }
     }
 

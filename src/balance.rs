@@ -45,16 +45,51 @@ pub fn rendezvous(
         if w == 0 || !eligible(i) {
             continue;
         }
-        let x = splitmix64(key ^ splitmix64(h));
-        // 53 random bits mapped to (0, 1]: never 0, so ln is finite.
-        let u = ((x >> 11) + 1) as f64 / (1u64 << 53) as f64;
-        let score = f64::from(w) / -u.ln();
+        let score = score(key, h, w);
         // `u == 1` gives -ln(u) == 0 and an infinite score: still a total order via `>`.
         if best.is_none_or(|(_, s)| score > s) {
             best = Some((i, score));
         }
     }
     best.map(|(i, _)| i)
+}
+
+/// The first two eligible backends of `key`'s weighted rendezvous ranking, best first: the
+/// first is [`rendezvous`]'s choice, the second is its choice with the first left out. A
+/// session's backups (replication) are these, its home left out: identical on every instance
+/// that knows the same ids and weights, and a lost backend's sessions spread over the rest in
+/// proportion to weight.
+pub fn rendezvous_top2(
+    key: u64,
+    hashes: &[u64],
+    weights: &[u32],
+    eligible: impl Fn(usize) -> bool,
+) -> [Option<usize>; 2] {
+    let mut best: [Option<(usize, f64)>; 2] = [None, None];
+    for (i, (&h, &w)) in hashes.iter().zip(weights).enumerate() {
+        if w == 0 || !eligible(i) {
+            continue;
+        }
+        let score = score(key, h, w);
+        // Ties keep the earlier index first, as `rendezvous` does.
+        if best[0].is_none_or(|(_, s)| score > s) {
+            best[1] = best[0];
+            best[0] = Some((i, score));
+        } else if best[1].is_none_or(|(_, s)| score > s) {
+            best[1] = Some((i, score));
+        }
+    }
+    best.map(|b| b.map(|(i, _)| i))
+}
+
+/// Backend `hash`'s weighted rendezvous score for `key` (`weight / -ln(u)`, see
+/// [`rendezvous`]).
+#[inline]
+fn score(key: u64, hash: u64, weight: u32) -> f64 {
+    let x = splitmix64(key ^ splitmix64(hash));
+    // 53 random bits mapped to (0, 1]: never 0, so ln is finite.
+    let u = ((x >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    f64::from(weight) / -u.ln()
 }
 
 /// Smooth weighted round robin (the nginx algorithm): over any window of `sum(weights)` picks
@@ -276,6 +311,46 @@ mod tests {
 
     fn hashes(n: usize) -> Vec<u64> {
         (0..n).map(|i| id_hash(&format!("app-{i}"))).collect()
+    }
+
+    proptest! {
+        /// The top two are rendezvous's choice, then its choice without the first: so a
+        /// session's first backup is exactly the fallback it gets when its home is lost.
+        #[test]
+        fn the_top_two_are_rendezvous_then_rendezvous_without_the_first(
+            key in any::<u64>(),
+            weights in prop::collection::vec(0u32..5, 0..9),
+            out in any::<u16>(),
+        ) {
+            let h = hashes(weights.len());
+            let eligible = |i: usize| out & (1 << i) == 0;
+            let [a, b] = rendezvous_top2(key, &h, &weights, eligible);
+            prop_assert_eq!(a, rendezvous(key, &h, &weights, eligible));
+            let without = |i: usize| eligible(i) && Some(i) != a;
+            prop_assert_eq!(b, a.and_then(|_| rendezvous(key, &h, &weights, without)));
+        }
+    }
+
+    #[test]
+    fn a_lost_backends_first_backups_spread_evenly_over_the_rest() {
+        // 6 equal backends; the sessions whose top choice is backend 0 take as first backup
+        // (their fallback when 0 is lost) each of the other five about equally.
+        let h = hashes(6);
+        let w = [1u32; 6];
+        let mut counts = [0usize; 6];
+        let mut homed = 0;
+        for key in 0..60_000u64 {
+            let [first, second] = rendezvous_top2(key, &h, &w, |_| true);
+            if first == Some(0) {
+                homed += 1;
+                counts[second.unwrap()] += 1;
+            }
+        }
+        assert_eq!(counts[0], 0);
+        let mean = homed as f64 / 5.0;
+        for &c in &counts[1..] {
+            assert!((c as f64 - mean).abs() < mean * 0.1, "{counts:?}");
+        }
     }
 
     #[test]

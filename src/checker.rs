@@ -3,6 +3,8 @@
 //! task only brings passively ejected backends back after `eject_time`.
 //!
 //! The I/O side of health; the rules live in [`crate::health`]. Each transition is logged once.
+//! A passing check's `X-Stickyd-Incarnation` is noted in the backend's live state: a change
+//! means a restarted process (replication takes its sessions over on their backups).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,10 @@ use crate::backend::BackendLive;
 use crate::config::Health;
 use crate::health::{StatusRange, Transition};
 use crate::state::Snapshot;
+
+/// The response header a backend names its process with (any opaque value, drawn once per
+/// process): a change means the backend restarted and lost its in-memory sessions.
+static INCARNATION: header::HeaderName = header::HeaderName::from_static("x-stickyd-incarnation");
 
 /// The running checkers of one snapshot; stopped when dropped.
 #[derive(Debug, Default)]
@@ -91,8 +97,17 @@ async fn run(live: Arc<BackendLive>, probe: Probe, s: Settings) {
         tick.tick().await;
         let t = if s.active {
             let result = probe.check().await;
-            if let Err(why) = &result {
-                debug!(backend = %live.id(), error = %why, "health check failed");
+            match &result {
+                Err(why) => debug!(backend = %live.id(), error = %why, "health check failed"),
+                Ok(incarnation) => {
+                    let now = u32::try_from(crate::clock::unix_secs()).unwrap_or(u32::MAX);
+                    if live.incarnation.note(incarnation.as_deref(), now) {
+                        info!(
+                            backend = %live.id(),
+                            "backend restarted (a new X-Stickyd-Incarnation): its sessions go to their backups"
+                        );
+                    }
+                }
             }
             live.health
                 .check_result(result.is_ok(), crate::clock::epoch_ms())
@@ -119,14 +134,16 @@ async fn run(live: Arc<BackendLive>, probe: Probe, s: Settings) {
 impl Probe {
     /// One check: connect, `GET path`, judge the status. The whole exchange is bounded by the
     /// timeout; the connection is not reused.
-    async fn check(&self) -> Result<(), String> {
+    /// The incarnation (`X-Stickyd-Incarnation`) of a passing check's response, if it named
+    /// one.
+    async fn check(&self) -> Result<Option<Vec<u8>>, String> {
         match tokio::time::timeout(self.timeout, self.exchange()).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
 
-    async fn exchange(&self) -> Result<(), String> {
+    async fn exchange(&self) -> Result<Option<Vec<u8>>, String> {
         let stream = crate::connect::open(&self.address, self.origin.as_ref(), self.timeout)
             .await
             .map_err(|e| e.to_string())?;
@@ -163,10 +180,13 @@ impl Probe {
             (send.send_request(req).await, driver)
         };
         driver.abort();
-        let resp = resp.map_err(|e| format!("request: {e}"));
-        let status = resp?.status().as_u16();
+        let resp = resp.map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
         if self.expect.contains(status) {
-            Ok(())
+            Ok(resp
+                .headers()
+                .get(&INCARNATION)
+                .map(|v| v.as_bytes().to_vec()))
         } else {
             Err(format!("status {status}"))
         }

@@ -60,6 +60,8 @@ pub struct Config {
     pub upstream: Upstream,
     /// `[health]`.
     pub health: Health,
+    /// `[replication]` (the pool "default"'s, and every pool's defaults).
+    pub replication: Replication,
     /// `[log]`.
     pub log: Log,
     /// `[admin]`. `None`: no admin listener.
@@ -89,6 +91,8 @@ pub struct Pool {
     pub health: Health,
     /// Its `[balance]`.
     pub balance: Balance,
+    /// Its `[replication]`.
+    pub replication: Replication,
     /// Its backends, as indexes into [`Config::backends`].
     pub backends: Vec<usize>,
 }
@@ -96,7 +100,7 @@ pub struct Pool {
 impl Pool {
     /// This pool's affinity policy, in whole seconds.
     pub fn policy(&self) -> Policy {
-        policy(&self.affinity, &self.balance)
+        policy(&self.affinity, &self.balance, &self.replication)
     }
 }
 
@@ -176,6 +180,17 @@ pub struct Balance {
     pub new_sessions: NewSessions,
     /// least_loaded's bounded-load factor, 1.0 to 100.0.
     pub load_factor: f64,
+}
+
+/// `[replication]`: session replication (issue 15). With `backups > 0` every request to a
+/// backend names the session's backups, and a session whose home is lost is served by its
+/// first usable backup with a takeover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// Backups named per session: 0 (off), 1 or 2.
+    pub backups: u8,
+    /// The port named for replication traffic; `None`: each backend's own port.
+    pub port: Option<u16>,
 }
 
 /// `[upstream]`: the connection pool to backends.
@@ -421,7 +436,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The affinity policy of one pool's `[affinity]` and `[balance]`, in whole seconds.
-pub fn policy(a: &Affinity, b: &Balance) -> Policy {
+pub fn policy(a: &Affinity, b: &Balance, r: &Replication) -> Policy {
     let max_idle = secs_u32(a.max_idle);
     Policy {
         max_idle,
@@ -438,6 +453,7 @@ pub fn policy(a: &Affinity, b: &Balance) -> Policy {
                 (f.max(0.0) * u64::MAX as f64) as u64
             }
         },
+        backups: r.backups,
     }
 }
 
@@ -449,7 +465,7 @@ fn secs_u32(d: Duration) -> u32 {
 impl Config {
     /// The affinity policy of the top-level sections (the pool "default"'s), in whole seconds.
     pub fn policy(&self) -> Policy {
-        policy(&self.affinity, &self.balance)
+        policy(&self.affinity, &self.balance, &self.replication)
     }
 
     /// A few lines describing the config, printed by `stickyd check`.

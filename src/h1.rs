@@ -88,6 +88,9 @@ pub enum Name {
     XForwardedProto,
     XForwardedHost,
     Via,
+    /// `X-Stickyd-Backend`, `X-Stickyd-Backup`, `X-Stickyd-Takeover`: replication's fields,
+    /// which only stickyd writes (a client's copies never reach a backend).
+    Replication,
     Other,
 }
 

@@ -22,10 +22,12 @@ pub use cookie::{
     CookieAttrs, Found, MAX_COOKIE_VALUE, Strip, add_set_cookie, find_cookie, holds_cookie,
     is_cookie_name, set_cookie, strip_cookie, take_cookie, write_without_cookie,
 };
-pub(crate) use forward::X_FORWARDED_FOR;
 pub use forward::{
     Forwarded, add_forwarded, client_ip, ip_value, keeps_forwarded, strip_hop_by_hop,
-    upgrade_protocol, write_forwarded_for,
+    strip_replication, upgrade_protocol, write_forwarded_for,
+};
+pub(crate) use forward::{
+    X_FORWARDED_FOR, X_STICKYD_BACKEND, X_STICKYD_BACKUP, X_STICKYD_TAKEOVER,
 };
 pub use framing::{Framing, framing, valid_host};
 // The same rules on raw bytes, for the HTTP/1 engine's parser.

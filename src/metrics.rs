@@ -180,6 +180,12 @@ pub const UPSTREAM_ERRORS: Family = family(
     Type::Counter,
     "Failed upstream attempts by kind.",
 );
+/// `{pool, reason}`, one per pool and [`crate::affinity::Takeover`].
+pub const TAKEOVERS: Family = family(
+    "stickyd_takeovers_total",
+    Type::Counter,
+    "Sessions served by their backup with a takeover (replication), by why their home was lost.",
+);
 /// `{pool}`.
 pub const IMBALANCE: Family = family(
     "stickyd_imbalance_ratio",
@@ -194,7 +200,7 @@ pub const ACCESS_LOG_DROPPED: Family = family(
 );
 
 /// Every family, in the order `Metrics::render` writes them.
-pub const FAMILIES: [Family; 20] = [
+pub const FAMILIES: [Family; 21] = [
     BUILD_INFO,
     CONNECTIONS,
     BACKEND_RESPONSES,
@@ -211,6 +217,7 @@ pub const FAMILIES: [Family; 20] = [
     REQUEST_DURATION,
     AFFINITY,
     REPINS,
+    TAKEOVERS,
     RETRIES,
     UPSTREAM_ERRORS,
     IMBALANCE,

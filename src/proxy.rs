@@ -240,6 +240,9 @@ impl Proxy {
         if repinned {
             live.repin();
         }
+        if let Some(why) = route.takeover {
+            live.takeover(why);
+        }
         if let Some(p) = log.as_mut() {
             p.routed(backend.id.clone(), route.outcome, repinned, status);
         }
@@ -252,23 +255,25 @@ impl Proxy {
 }
 
 /// The pool a request goes to, by its `host` (the Host header's value, or the authority of an
-/// absolute-form or HTTP/2 target) and `path`: the route table's pick, 404 when there is none,
-/// and 421 on a TLS connection whose certificate does not cover the host.
+/// absolute-form or HTTP/2 target) and `path`: the route table's pick, 404 when there is none.
+/// With routes, a request on a TLS connection whose certificate does not cover its host gets
+/// 421: the host chooses the pool, and no site's pool may be reached through another site's
+/// certificate. Without routes every request goes to the one pool whatever its host, as before
+/// pools existed (clients and health checkers that name an address keep working).
 fn pick_pool(
     snap: &Snapshot,
     host: Option<&[u8]>,
     path: &[u8],
     conn: &ConnInfo,
 ) -> Result<usize, ProxyError> {
+    let routes = &snap.config.routes;
     if let Some(cert) = &conn.cert
+        && !routes.routes().is_empty()
         && !cert.covers(host)
     {
         return Err(ProxyError::Misdirected);
     }
-    snap.config
-        .routes
-        .pick(host, path)
-        .ok_or(ProxyError::NoRoute)
+    routes.pick(host, path).ok_or(ProxyError::NoRoute)
 }
 
 /// A fresh session nonce: a per-thread wyrand stream seeded from std's OS-seeded `RandomState`.

@@ -166,6 +166,15 @@ impl Snapshot {
     }
 }
 
+/// Why a handoff was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandoffRefused {
+    /// No backend has that id.
+    NoSuchBackend,
+    /// Its pool has `[replication] backups = 0`.
+    NotReplicated,
+}
+
 /// State shared by every connection: the current snapshot, live backend state by id, and
 /// process-wide counters.
 #[derive(Debug)]
@@ -259,6 +268,22 @@ impl Shared {
         b.live.admin.set_api_state(state);
         b.live.admin.note_state(b.admin_state(), now);
         true
+    }
+
+    /// Starts a handoff of backend `id` (replication): it drains, and every session pinned to
+    /// it goes to its backup with a takeover on its next request. `Err` says why not: no such
+    /// backend, or its pool does not replicate (nothing holds a copy: use a drain).
+    pub(crate) fn handoff(&self, id: &str, now: u64) -> Result<(), HandoffRefused> {
+        let snap = self.load();
+        let Some(b) = snap.backends.iter().find(|b| &*b.id == id) else {
+            return Err(HandoffRefused::NoSuchBackend);
+        };
+        if snap.pools[b.pool].replication.backups == 0 {
+            return Err(HandoffRefused::NotReplicated);
+        }
+        b.live.admin.start_handoff();
+        b.live.admin.note_state(b.admin_state(), now);
+        Ok(())
     }
 
     /// Starts or stops each backend's drain clock to match its admin state (after a start or

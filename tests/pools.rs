@@ -18,41 +18,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use stickyd::affinity::Outcome;
 use support::*;
 
-/// A client with a cookie jar of every cookie (not only `stickyd`) that names a Host.
-struct Client {
-    browser: Browser,
-    jar: HashMap<String, String>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client {
-            browser: Browser::new(addr),
-            jar: HashMap::new(),
-        }
-    }
-
-    /// `GET path` with `Host: host` and the jar's cookies; keeps every cookie set.
-    async fn get(&mut self, host: &str, path: &str) -> Got {
-        let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let cookie = cookies.join("; ");
-        let mut extra = vec![("host", host)];
-        if !cookie.is_empty() {
-            extra.push(("cookie", &cookie));
-        }
-        let got = self.browser.send("GET", path, Bytes::new(), &extra).await;
-        // The jar here is ours: Browser's own (for `stickyd` only) stays empty.
-        self.browser.cookie = None;
-        for v in got.headers.get_all("set-cookie") {
-            let v = v.to_str().unwrap();
-            let pair = v.split(';').next().unwrap();
-            let (k, val) = pair.split_once('=').unwrap();
-            self.jar.insert(k.to_string(), val.to_string());
-        }
-        got
-    }
-}
-
 /// The names of the cookies a response sets.
 fn cookies_set(got: &Got) -> Vec<String> {
     got.headers
@@ -133,7 +98,7 @@ async fn pools_by_host_and_by_path_prefix_each_keep_their_own_affinity() {
     let in_pool = |got: &Got, names: &[&str]| names.contains(&got.backend().as_str());
 
     // Each host to its pool, whatever the case and port; each pool with its own cookie.
-    let mut c = Client::new(addr);
+    let mut c = Jar::new(addr);
     let got = c.get("SHOP.test:8080", "/cart").await;
     assert!(in_pool(&got, &["s1", "s2"]), "{}", got.backend());
     assert_eq!(cookies_set(&got), ["stickyd_shop"]);
@@ -161,7 +126,7 @@ async fn pools_by_host_and_by_path_prefix_each_keep_their_own_affinity() {
     // New sessions spread over each pool's own backends only.
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..40 {
-        let got = Client::new(addr).get("shop.test", "/").await;
+        let got = Jar::new(addr).get("shop.test", "/").await;
         *seen.entry(got.backend()).or_default() += 1;
     }
     assert_eq!(
@@ -201,7 +166,7 @@ async fn with_no_default_pool_a_request_no_route_matches_gets_404() {
         .concat(),
     );
     let lb = start(&text).await;
-    let mut c = Client::new(lb.local_addrs()[0]);
+    let mut c = Jar::new(lb.local_addrs()[0]);
     let got = c.get("other.test", "/").await;
     assert_eq!(got.status, 404);
     assert_eq!(got.text(), "no route for this host and path\n");
@@ -235,7 +200,7 @@ async fn a_valid_token_of_one_pool_is_a_new_session_in_another() {
     );
     let lb = start(&text).await;
     let addr = lb.local_addrs()[0];
-    let mut c = Client::new(addr);
+    let mut c = Jar::new(addr);
     let home = c.get("a.test", "/").await.backend();
     let token = c.jar["sid"].clone();
     // A's token at B: ignored, a new session placed in B and a new token issued.
@@ -261,7 +226,7 @@ async fn a_valid_token_of_one_pool_is_a_new_session_in_another() {
         1
     );
     // A's own token still works at A.
-    let mut again = Client::new(addr);
+    let mut again = Jar::new(addr);
     again.jar.insert("sid".into(), token);
     assert_eq!(again.get("a.test", "/").await.backend(), home);
     let metrics = lb.shared().outcomes(Outcome::OtherPool);
@@ -453,7 +418,7 @@ async fn a_reload_moves_a_backend_between_pools_under_load_with_no_failed_reques
         let (stop, ok, failed, wrong) = (stop.clone(), ok.clone(), failed.clone(), wrong.clone());
         clients.push(tokio::spawn(async move {
             let host = if i % 2 == 0 { "a.test" } else { "b.test" };
-            let mut c = Client::new(addr);
+            let mut c = Jar::new(addr);
             while !stop.load(Ordering::Relaxed) {
                 let got = c.get(host, "/").await;
                 if got.status == 200 {
@@ -503,11 +468,11 @@ async fn a_reload_moves_a_backend_between_pools_under_load_with_no_failed_reques
     );
     assert!(served_by_a2 > 0, "a2 served pool a before the reload");
     // After the reload, pool a has only a1: new sessions of a go there; b's spread to a2.
-    let mut c = Client::new(addr);
+    let mut c = Jar::new(addr);
     assert_eq!(c.get("a.test", "/").await.backend(), "a1");
     let mut by: HashMap<String, usize> = HashMap::new();
     for _ in 0..10 {
-        *by.entry(Client::new(addr).get("b.test", "/").await.backend())
+        *by.entry(Jar::new(addr).get("b.test", "/").await.backend())
             .or_default() += 1;
     }
     assert_eq!(by.len(), 2, "b1 and a2 share b's new sessions: {by:?}");
@@ -541,7 +506,7 @@ async fn the_admin_api_metrics_and_access_log_name_pools() {
         .concat(),
     );
     let lb = start(&text).await;
-    let mut c = Client::new(lb.local_addrs()[0]);
+    let mut c = Jar::new(lb.local_addrs()[0]);
     assert_eq!(c.get("shop.test", "/").await.backend(), "s");
     assert_eq!(c.get("x.test", "/").await.backend(), "d");
     let admin = |path: &'static str| {
@@ -666,16 +631,16 @@ async fn each_pool_has_its_own_mode_and_placement() {
         assert_eq!(got.backend(), home);
     }
     // ip mode: one client address, one backend, no token at all.
-    let first = Client::new(addr).get("ip.test", "/").await;
+    let first = Jar::new(addr).get("ip.test", "/").await;
     assert!(cookies_set(&first).is_empty() && !first.headers.contains_key("x-stickyd-session"));
     for _ in 0..10 {
         assert_eq!(
-            Client::new(addr).get("ip.test", "/").await.backend(),
+            Jar::new(addr).get("ip.test", "/").await.backend(),
             first.backend()
         );
     }
     // The default pool keeps cookie mode.
-    let got = Client::new(addr).get("other.test", "/").await;
+    let got = Jar::new(addr).get("other.test", "/").await;
     assert_eq!(cookies_set(&got), ["stickyd"]);
     let snap = lb.shared().load();
     let ip = &snap.pools[snap.pool_named("ip").unwrap()];
@@ -706,4 +671,43 @@ fn the_readmes_several_apps_example_is_a_valid_config() {
     );
     assert_eq!(pick("other.example.com", "/admin/users"), Some(2));
     assert_eq!(pick("other.example.com", "/administrator"), None);
+}
+
+#[tokio::test]
+async fn without_routes_a_tls_connection_serves_any_host_as_before_pools() {
+    let dir = temp_dir("no-routes");
+    let cert = cert_for(&dir, "shop", &["shop.test"]);
+    let a = TestBackend::start("a").await;
+    let mut text = config(&Cfg::default(), &[&a], "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = []\nlisten_tls = [\"127.0.0.1:0\"]",
+    );
+    text.push_str(&format!(
+        "[tls]\ncerts = [{{ cert = {:?}, key = {:?} }}]\n",
+        cert.cert, cert.key
+    ));
+    let lb = start(&text).await;
+    let mut tls = tls_connect(lb.local_addrs()[0], "shop.test", &cert.der, &[b"http/1.1"])
+        .await
+        .unwrap();
+    // An address, or a name the certificate does not cover: one pool, served as before.
+    assert_eq!(status_over(&mut tls, "127.0.0.1").await, 200);
+    assert_eq!(status_over(&mut tls, "other.test").await, 200);
+    assert_eq!(a.requests(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pool_named_default_keeps_the_stickyd_cookie() {
+    let a = ("a", "127.0.0.1:9".parse::<SocketAddr>().unwrap());
+    let text = format!(
+        "{}[[pool]]\nname = \"default\"\n[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n",
+        config_text(&Cfg::default(), &[]),
+        a.0,
+        a.1
+    );
+    let c = parse_config(&text);
+    assert_eq!(c.pools[0].name, "default");
+    assert_eq!(c.pools[0].affinity.cookie, "stickyd");
+    assert_eq!(c.routes.pick(Some(b"any.test"), b"/"), Some(0));
 }

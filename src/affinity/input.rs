@@ -64,7 +64,7 @@ impl Rings {
     /// What `bytes` is as a token for this pool. The other pools' rings are tried only when
     /// this pool's refuses the MAC or the key: the path of forged and foreign tokens, never of
     /// valid ones.
-    fn verify(&self, bytes: &[u8]) -> TokenInput {
+    pub(crate) fn verify(&self, bytes: &[u8]) -> TokenInput {
         match self.own.verify(bytes) {
             Ok(v) => TokenInput::Valid(v),
             Err(why @ (Invalid::BadMac | Invalid::UnknownKey)) if !self.others.is_empty() => {

@@ -13,6 +13,8 @@ struct Pool {
     hashes: Vec<u64>,
     healthy: Vec<bool>,
     admin: Vec<AdminState>,
+    restarted: Vec<u32>,
+    handoff: Vec<bool>,
     ring: KeyRing,
     rr: RefCell<SmoothWrr>,
 }
@@ -25,6 +27,8 @@ impl Pool {
             weights: vec![1; n],
             healthy: vec![true; n],
             admin: vec![AdminState::Active; n],
+            restarted: vec![0; n],
+            handoff: vec![false; n],
             ring: KeyRing::new(&[KEY], "stickyd"),
             rr: RefCell::new(SmoothWrr::new(n)),
             ids,
@@ -68,6 +72,12 @@ impl PoolView for Pool {
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         self.rr.borrow_mut().next(&self.weights, eligible)
     }
+    fn restarted_at(&self, i: usize) -> u32 {
+        self.restarted[i]
+    }
+    fn handoff(&self, i: usize) -> bool {
+        self.handoff[i]
+    }
 }
 
 fn policy() -> Policy {
@@ -79,6 +89,14 @@ fn policy() -> Policy {
         on_pinned_down: OnPinnedDown::Repin,
         all_down: AllDown::Fail,
         sticky_below: u64::MAX,
+        backups: 0,
+    }
+}
+
+fn replicated(n: u8) -> Policy {
+    Policy {
+        backups: n,
+        ..policy()
     }
 }
 
@@ -536,6 +554,221 @@ proptest! {
             }
             prop_assert!(!r.repinned() || r.fallback);
             prop_assert!(r.session.is_some());
+        }
+    }
+}
+
+// Replication (issue 15).
+
+/// The session's home in `pool` for `nonce` if it were placed by rendezvous, and its first
+/// two backups: the ranking over every backend.
+fn ranking(pool: &Pool, nonce: u64) -> Vec<usize> {
+    let mut left: Vec<usize> = (0..pool.ids.len()).collect();
+    let mut out = Vec::new();
+    while let Some(b) =
+        crate::balance::rendezvous(nonce, &pool.hashes, &pool.weights, |i| left.contains(&i))
+    {
+        out.push(b);
+        left.retain(|&i| i != b);
+    }
+    out
+}
+
+#[test]
+fn backups_are_the_ranking_without_the_serving_backend_and_unusable_ones() {
+    let mut pool = Pool::new(5);
+    let nonce = 99;
+    let rank = ranking(&pool, nonce);
+    let home = rank[2];
+    let expect: Vec<usize> = rank
+        .iter()
+        .copied()
+        .filter(|&i| i != home)
+        .take(2)
+        .collect();
+    assert_eq!(
+        backups(&replicated(2), nonce, home, &pool, &[]),
+        [Some(expect[0]), Some(expect[1])]
+    );
+    assert_eq!(
+        backups(&replicated(1), nonce, home, &pool, &[]),
+        [Some(expect[0]), None]
+    );
+    assert_eq!(backups(&policy(), nonce, home, &pool, &[]), [None, None]);
+    // The first backup goes down, another is draining: they are skipped, in ranking order.
+    pool.healthy[expect[0]] = false;
+    pool.admin[expect[1]] = AdminState::Draining;
+    let usable: Vec<usize> = rank
+        .iter()
+        .copied()
+        .filter(|&i| i != home && i != expect[0] && i != expect[1])
+        .collect();
+    assert_eq!(
+        backups(&replicated(2), nonce, home, &pool, &[]),
+        [Some(usable[0]), Some(usable[1])]
+    );
+    // Excluded (failed in this request) too.
+    assert_eq!(
+        backups(&replicated(1), nonce, home, &pool, &[usable[0]]),
+        [Some(usable[1]), None]
+    );
+}
+
+#[test]
+fn a_lost_home_goes_to_the_backup_named_before_the_loss_with_a_takeover() {
+    for nonce in 0..200u64 {
+        let mut pool = Pool::new(4);
+        let home = (nonce % 4) as usize;
+        let named = backups(&replicated(1), nonce, home, &pool, &[])[0].unwrap();
+        let t = pool.token(home, nonce, NOW - 100, NOW - 10);
+        // Down.
+        pool.healthy[home] = false;
+        let r = go(&replicated(1), &pool, t).unwrap();
+        assert_eq!(
+            (r.backend, r.outcome, r.takeover, r.pins),
+            (named, Outcome::BackendDown, Some(Takeover::Down), true)
+        );
+        assert_eq!(r.issue.unwrap().backend_tag, pool.tag(named), "re-pinned");
+        assert_eq!(r.issue.unwrap().nonce, nonce, "the same session");
+        pool.healthy[home] = true;
+        // Handed off.
+        pool.handoff[home] = true;
+        pool.admin[home] = AdminState::Draining;
+        let r = go(&replicated(1), &pool, t).unwrap();
+        assert_eq!(
+            (r.backend, r.outcome, r.takeover),
+            (named, Outcome::Handoff, Some(Takeover::Handoff))
+        );
+        pool.handoff[home] = false;
+        pool.admin[home] = AdminState::Active;
+        // Restarted after the token was signed (at NOW - 10), healthy again.
+        pool.restarted[home] = NOW - 5;
+        let r = go(&replicated(1), &pool, t).unwrap();
+        assert_eq!(
+            (r.backend, r.outcome, r.takeover),
+            (named, Outcome::Restarted, Some(Takeover::Restarted))
+        );
+        // A token signed after the restart is the new process's: served at home.
+        let fresh = pool.token(home, nonce, NOW - 100, NOW - 4);
+        let same_second = pool.token(home, nonce, NOW - 100, NOW - 5);
+        assert_eq!(
+            go(&replicated(1), &pool, same_second).unwrap().takeover,
+            Some(Takeover::Restarted),
+            "signed in the second of the restart: taken as the old process's"
+        );
+        let r = go(&replicated(1), &pool, fresh).unwrap();
+        assert_eq!((r.backend, r.takeover), (home, None));
+        // Without replication a restart is not noticed and a handoff is a drain.
+        let r = go(&policy(), &pool, t).unwrap();
+        assert_eq!((r.backend, r.takeover), (home, None));
+    }
+}
+
+#[test]
+fn when_the_first_backup_is_lost_too_the_next_one_takes_over() {
+    let mut pool = Pool::new(5);
+    let nonce = 7;
+    let home = 0;
+    let [first, second] = backups(&replicated(2), nonce, home, &pool, &[]);
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let t = pool.token(home, nonce, NOW - 100, NOW - 10);
+    pool.healthy[home] = false;
+    pool.healthy[first] = false;
+    let r = go(&replicated(2), &pool, t).unwrap();
+    assert_eq!((r.backend, r.takeover), (second, Some(Takeover::Down)));
+    // A retry after the second failed too: the next usable in the ranking, still a takeover.
+    let r = route(&replicated(2), t, NOW, &pool, &[second], || 1).unwrap();
+    assert!(![home, first, second].contains(&r.backend));
+    assert_eq!(r.takeover, Some(Takeover::Down));
+}
+
+#[test]
+fn a_removed_home_is_a_takeover_with_replication_only() {
+    let pool = Pool::new(3);
+    let mut gone = Pool::new(4);
+    gone.ids[3] = "app-gone".into();
+    let t = TokenInput::Valid(Verified {
+        key_index: 0,
+        claims: Claims {
+            backend_tag: gone.tag(3),
+            nonce: 5,
+            issued_at: NOW - 100,
+            last_seen: NOW - 10,
+        },
+    });
+    let r = go(&replicated(1), &pool, t).unwrap();
+    assert_eq!(
+        (r.outcome, r.takeover),
+        (Outcome::UnknownBackend, Some(Takeover::Removed))
+    );
+    assert_eq!(go(&policy(), &pool, t).unwrap().takeover, None);
+}
+
+proptest! {
+    /// Two instances that list the same backend ids in any order name the same backups and,
+    /// when the home is lost, take over on the same backend.
+    #[test]
+    fn instances_agree_on_backups_and_takeovers_whatever_the_order(
+        n in 3usize..8, nonce in any::<u64>(), home in 0usize..8, down in any::<u8>(), rot in 0usize..8,
+    ) {
+        let home = home % n;
+        let mut a = Pool::new(n);
+        let mut b = Pool::new(n);
+        // b lists the same ids rotated.
+        b.ids.rotate_left(rot % n);
+        b.hashes = b.ids.iter().map(|s| id_hash(s)).collect();
+        let order: Vec<usize> = (0..n)
+            .map(|i| b.ids.iter().position(|id| *id == a.ids[i]).unwrap())
+            .collect();
+        let to_b = |i: usize| order[i];
+        for i in 0..n {
+            if i != home && down & (1 << i) != 0 {
+                a.healthy[i] = false;
+                b.healthy[to_b(i)] = false;
+            }
+        }
+        let ba = backups(&replicated(2), nonce, home, &a, &[]);
+        let bb = backups(&replicated(2), nonce, to_b(home), &b, &[]);
+        prop_assert_eq!(ba.map(|x| x.map(to_b)), bb);
+        a.healthy[home] = false;
+        b.healthy[to_b(home)] = false;
+        let ra = go(&replicated(2), &a, a.token(home, nonce, NOW - 100, NOW - 10));
+        let rb = go(&replicated(2), &b, b.token(to_b(home), nonce, NOW - 100, NOW - 10));
+        match (ra, rb) {
+            (Ok(ra), Ok(rb)) => {
+                prop_assert_eq!(to_b(ra.backend), rb.backend);
+                prop_assert_eq!(Some(ra.backend), ba[0], "the first backup named before");
+                prop_assert_eq!(ra.takeover, Some(Takeover::Down));
+            }
+            (Err(_), Err(_)) => prop_assert_eq!(ba[0], None),
+            _ => prop_assert!(false, "the instances disagree"),
+        }
+    }
+
+    /// Backups never include the serving backend or an unusable one, and are distinct.
+    #[test]
+    fn backups_never_name_the_server_or_an_unusable_backend(
+        n in 1usize..9, nonce in any::<u64>(), serving in 0usize..9, down in any::<u16>(), k in 0u8..3,
+    ) {
+        let mut pool = Pool::new(n);
+        let serving = serving % n;
+        for i in 0..n {
+            pool.healthy[i] = down & (1 << i) == 0;
+            if down & (1 << (i + 8)) != 0 {
+                pool.admin[i] = AdminState::Draining;
+            }
+        }
+        let got = backups(&replicated(k), nonce, serving, &pool, &[]);
+        let named: Vec<usize> = got.iter().flatten().copied().collect();
+        prop_assert!(named.len() <= usize::from(k));
+        for &b in &named {
+            prop_assert!(b != serving && pool.healthy[b] && pool.admin[b] == AdminState::Active);
+        }
+        if let [x, y] = named[..] {
+            prop_assert_ne!(x, y);
+        }
+        if got[0].is_none() {
+            prop_assert_eq!(got[1], None);
         }
     }
 }

@@ -1,9 +1,10 @@
-//! A backend's admin state as the admin API set it, and the drain clock.
+//! A backend's admin state as the admin API set it, the drain clock, and a handoff in
+//! progress (replication: its sessions go to their backups on their next request).
 //!
 //! The config's state lives in the snapshot; this cell holds only what the API overrides, so it
 //! outlives reloads with the rest of the live state. Reads no clock: unix times come in.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use crate::affinity::AdminState;
 
@@ -14,6 +15,9 @@ pub struct AdminCell {
     api_state: AtomicU8,
     /// Unix time this backend started draining (0: not draining).
     draining_since: AtomicU64,
+    /// `POST /backends/{id}/handoff`: draining, and every session pinned here moves to its
+    /// backup with a takeover on its next request. Cleared with the API state.
+    handoff: AtomicBool,
 }
 
 fn encode(state: Option<AdminState>) -> u8 {
@@ -36,9 +40,22 @@ impl AdminCell {
         }
     }
 
-    /// Sets (or with `None` clears) the admin API's state.
+    /// Sets (or with `None` clears) the admin API's state; a handoff in progress ends with it.
     pub(crate) fn set_api_state(&self, state: Option<AdminState>) {
+        self.handoff.store(false, Ordering::Relaxed);
         self.api_state.store(encode(state), Ordering::Relaxed);
+    }
+
+    /// Starts a handoff: the API state is draining, and the sessions go to their backups.
+    pub(crate) fn start_handoff(&self) {
+        self.api_state
+            .store(encode(Some(AdminState::Draining)), Ordering::Relaxed);
+        self.handoff.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a handoff is in progress.
+    pub fn handoff(&self) -> bool {
+        self.handoff.load(Ordering::Relaxed)
     }
 
     /// Notes the state in force at unix time `now`: starts the drain clock (once) or stops it.
@@ -90,6 +107,13 @@ mod tests {
         }
         a.set_api_state(None);
         assert_eq!(a.api_state(), None);
+        a.start_handoff();
+        assert_eq!(
+            (a.api_state(), a.handoff()),
+            (Some(AdminState::Draining), true)
+        );
+        a.set_api_state(Some(AdminState::Active));
+        assert!(!a.handoff(), "enable ends a handoff");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Per-pool sections that inherit the top-level ones: before typed deserialisation, each
-//! `[[pool]]`'s `affinity`, `health` and `balance` tables get the top-level section's keys
+//! `[[pool]]`'s `affinity`, `health`, `balance` and `replication` tables get the top-level section's keys
 //! they do not set themselves. Values keep the spans of where they were written, so an error
 //! in an inherited value points at the top-level line an operator has to edit. The affinity
 //! cookie name is not inherited: each pool has its own (`stickyd_<name>` by default).
@@ -10,8 +10,12 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 /// The sections a pool inherits, and the keys of each it never inherits.
-const SECTIONS: [(&str, &[&str]); 3] =
-    [("affinity", &["cookie"]), ("health", &[]), ("balance", &[])];
+const SECTIONS: [(&str, &[&str]); 4] = [
+    ("affinity", &["cookie"]),
+    ("health", &[]),
+    ("balance", &[]),
+    ("replication", &[]),
+];
 
 fn key(name: &'static str) -> Spanned<Cow<'static, str>> {
     Spanned::new(0..0, Cow::Borrowed(name))

@@ -38,6 +38,8 @@ pub(super) struct Config {
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
+    pub replication: Replication,
+    #[serde(default)]
     pub log: Log,
     pub admin: Option<Admin>,
     pub tls: Option<Tls>,
@@ -60,8 +62,28 @@ pub(super) struct Pool {
     pub health: Health,
     #[serde(default)]
     pub balance: Balance,
+    #[serde(default)]
+    pub replication: Replication,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
+}
+
+/// `[replication]` (and `[pool.replication]`): backups named to backends for session
+/// replication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct Replication {
+    pub backups: Spanned<u32>,
+    pub port: Option<Spanned<u32>>,
+}
+
+impl Default for Replication {
+    fn default() -> Replication {
+        Replication {
+            backups: dflt(0),
+            port: None,
+        }
+    }
 }
 
 /// `[[route]]`.

@@ -137,7 +137,14 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
     };
     let debug = format!("{schema:?}{tls:?}");
     for section in [
-        "server", "affinity", "balance", "upstream", "health", "log", "admin",
+        "server",
+        "affinity",
+        "balance",
+        "upstream",
+        "health",
+        "replication",
+        "log",
+        "admin",
     ] {
         assert!(
             text.contains(&format!("[{section}]")),
@@ -145,6 +152,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         );
     }
     for key in [
+        "backups",
+        "port",
         "listen",
         "listen_tls",
         "certs",
@@ -587,6 +596,26 @@ fn every_validation_error_names_the_offending_keys_own_line_and_column() {
         (section("health", "timeout = \"0s\""), 3, 11, "must be more than 0"),
         (section("health", "rise = 0"), 3, 8, "health.rise must be at least 1"),
         (section("health", "fall = 0"), 3, 8, "health.fall must be at least 1"),
+        // [replication]
+        (section("replication", "backups = 3"), 3, 11, "must be 0, 1 or 2"),
+        (section("replication", "port = 0"), 3, 8, "replication.port must be 1 to 65535"),
+        (
+            "# line 1\n[affinity]\nmode = \"ip\"\n[replication]\nbackups = 1\n\
+             [[backend]]\nid = \"a\"\naddress = \"h:1\"\n[[backend]]\nid = \"b\"\naddress = \"h:2\"\n"
+                .into(),
+            5,
+            11,
+            "replication needs a session token",
+        ),
+        (
+            "# line 1\n[affinity]\non_pinned_down = \"return\"\n[replication]\nbackups = 1\n\
+             [[backend]]\nid = \"a\"\naddress = \"h:1\"\n[[backend]]\nid = \"b\"\naddress = \"h:2\"\n"
+                .into(),
+            5,
+            11,
+            "on_pinned_down = \"return\"",
+        ),
+        (section("replication", "backups = 1"), 3, 11, "needs more than 1 backend(s)"),
         // [log]
         (section("log", "level = \"loud=!!\""), 3, 9, "invalid log.level"),
         // [[backend]]
@@ -698,6 +727,33 @@ fn pools_and_routes_parse_with_their_defaults_and_errors_at_their_keys() {
         c.routes.pick(Some(b"other"), b"/"),
         Some(0),
         "the default pool"
+    );
+
+    // Pools inherit [replication]; an inherited value that does not fit a pool is refused at
+    // the line that set it, naming the pool.
+    let inherited = "[replication]\nbackups = 1\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n\
+                     [[backend]]\nid = \"b\"\naddress = \"h:2\"\n\
+                     [[pool]]\nname = \"one\"\n[[pool.backend]]\nid = \"o\"\naddress = \"h:3\"\n";
+    let e = parse(
+        inherited,
+        "t.toml",
+        Path::new("/etc/stickyd"),
+        &FakeKeys::default(),
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.col), (2, 11), "{e}");
+    assert!(e.message.contains("pool \"one\" has 1"), "{e}");
+    let fixed = inherited.replace(
+        "name = \"one\"\n",
+        "name = \"one\"\n[pool.replication]\nbackups = 0\n",
+    );
+    let c = parse_for_tests(&fixed);
+    assert_eq!(
+        (
+            c.pools[0].replication.backups,
+            c.pools[1].replication.backups
+        ),
+        (1, 0)
     );
 
     let pool = |body: &str| format!("# line 1\n[[pool]]\n{body}\n");

@@ -14,9 +14,10 @@ use toml::Spanned;
 
 use super::keys::{KeySource, Secret, resolve};
 use super::{
-    Admin, Affinity, Backend, Balance, Config, Health, Log, Pool, Server, Tls, Upstream,
-    parse_address, raw, trim_directives,
+    Admin, Affinity, Backend, Balance, Config, Health, Log, Mode, Pool, Replication, Server, Tls,
+    Upstream, parse_address, raw, trim_directives,
 };
+use crate::affinity::OnPinnedDown;
 use crate::headers::is_cookie_name;
 
 /// A broken rule: where (a byte range of the text) and what.
@@ -45,13 +46,19 @@ pub(super) fn config(
     let mut affinity = affinity(&raw.affinity)?;
     let upstream = upstream(&raw.upstream)?;
     let health = health(&raw.health)?;
+    let replication = replication(
+        &raw.replication,
+        &raw.affinity,
+        raw.backends.len(),
+        "default",
+    )?;
     let log = log(&raw.log, dir)?;
     let all: Vec<&raw::Backend> = raw
         .backends
         .iter()
         .chain(raw.pools.iter().flat_map(|p| &p.backends))
         .collect();
-    let mut pools = pools(&raw, &affinity, &balance, &health)?;
+    let mut pools = pools(&raw, &affinity, &balance, &health, replication)?;
     let mut backends = backends(&all)?;
     let routes = routes(&raw.routes, &pools)?;
 
@@ -118,6 +125,7 @@ pub(super) fn config(
         balance,
         upstream,
         health,
+        replication,
         log,
         admin,
         tls,
@@ -134,6 +142,7 @@ fn pools(
     affinity_top: &Affinity,
     balance_top: &Balance,
     health_top: &Health,
+    replication_top: Replication,
 ) -> Result<Vec<Pool>, Invalid> {
     let mut out = Vec::with_capacity(raw.pools.len() + 1);
     if !raw.backends.is_empty() {
@@ -142,6 +151,7 @@ fn pools(
             affinity: affinity_top.clone(),
             health: health_top.clone(),
             balance: balance_top.clone(),
+            replication: replication_top,
             backends: (0..raw.backends.len()).collect(),
         });
     }
@@ -172,7 +182,9 @@ fn pools(
             format!("pool {name:?} has no backends: add [[pool.backend]] entries")
         })?;
         let mut affinity = affinity(&p.affinity)?;
-        if !written(&p.affinity.cookie) {
+        // The pool "default" (a [[pool]] of that name when there are no top-level backends)
+        // keeps today's cookie and token binding.
+        if !written(&p.affinity.cookie) && name != "default" {
             affinity.cookie = format!("stickyd_{name}");
         }
         out.push(Pool {
@@ -180,6 +192,7 @@ fn pools(
             affinity,
             health: health(&p.health)?,
             balance: balance(&p.balance)?,
+            replication: replication(&p.replication, &p.affinity, p.backends.len(), name)?,
             backends: (next..next + p.backends.len()).collect(),
         });
         next += p.backends.len();
@@ -276,6 +289,66 @@ fn is_host(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// A pool's `[replication]`, checked against its `[affinity]` and its number of backends
+/// (`backends`; 0 for the top-level section of a config without top-level backends: it is then
+/// only the pools' default, checked in each pool).
+fn replication(
+    r: &raw::Replication,
+    a: &raw::Affinity,
+    backends: usize,
+    pool: &str,
+) -> Result<Replication, Invalid> {
+    let n = *r.backups.get_ref();
+    check(n <= 2, r.backups.span(), || {
+        format!("replication.backups must be 0, 1 or 2, not {n}")
+    })?;
+    let port = match &r.port {
+        Some(p) => {
+            let v = *p.get_ref();
+            check((1..=65535).contains(&v), p.span(), || {
+                format!("replication.port must be 1 to 65535, not {v}")
+            })?;
+            Some(v as u16)
+        }
+        None => None,
+    };
+    if n > 0 {
+        let tokens =
+            matches!(a.mode, Mode::Cookie) || (a.mode == Mode::Header && !a.header_trusted);
+        check(tokens, r.backups.span(), || {
+            "replication needs a session token: affinity mode \"cookie\" or \"header\" (not \
+             trusted), so a session keeps its backups wherever it is served"
+                .to_string()
+        })?;
+        check(
+            a.on_pinned_down == OnPinnedDown::Repin,
+            r.backups.span(),
+            || {
+                format!(
+                    "replication.backups = {n} with affinity.on_pinned_down = \"{}\": a session \
+                     whose home is lost is served by its backup and re-pinned there (a recovered \
+                     home would serve stale state); leave on_pinned_down at \"repin\"",
+                    format!("{:?}", a.on_pinned_down).to_lowercase()
+                )
+            },
+        )?;
+        check(
+            backends == 0 || (n as usize) < backends,
+            r.backups.span(),
+            || {
+                format!(
+                    "replication.backups = {n} needs more than {n} backend(s) in the pool; pool \
+                     {pool:?} has {backends} (a pool may set [pool.replication] backups = 0)"
+                )
+            },
+        )?;
+    }
+    Ok(Replication {
+        backups: n as u8,
+        port,
+    })
 }
 
 fn balance(b: &raw::Balance) -> Result<Balance, Invalid> {

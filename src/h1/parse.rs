@@ -157,6 +157,9 @@ pub fn name_kind(n: &[u8]) -> Name {
         (16, b'x') if is(n, b"x-forwarded-host") => Name::XForwardedHost,
         (17, b't') if is(n, b"transfer-encoding") => Name::TransferEncoding,
         (17, b'x') if is(n, b"x-forwarded-proto") => Name::XForwardedProto,
+        (16, b'x') if is(n, b"x-stickyd-backup") => Name::Replication,
+        (17, b'x') if is(n, b"x-stickyd-backend") => Name::Replication,
+        (18, b'x') if is(n, b"x-stickyd-takeover") => Name::Replication,
         _ => Name::Other,
     }
 }
@@ -1184,6 +1187,10 @@ mod tests {
             ("X-Forwarded-Host", Name::XForwardedHost),
             ("Transfer-Encoding", Name::TransferEncoding),
             ("x-forwarded-PROTO", Name::XForwardedProto),
+            ("X-Stickyd-Backend", Name::Replication),
+            ("x-stickyd-BACKUP", Name::Replication),
+            ("X-Stickyd-Takeover", Name::Replication),
+            ("X-Stickyd-Backups", Name::Other),
             ("Hosts", Name::Other),
             ("tf", Name::Other),
             ("Content-Type", Name::Other),

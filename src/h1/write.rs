@@ -127,6 +127,8 @@ pub fn request_head(
                     continue;
                 }
             }
+            // Only stickyd names a session's backend, backups and takeover.
+            Name::Replication => continue,
             _ => {}
         }
         copy.field(out, fl);
@@ -158,6 +160,40 @@ pub fn request_head(
         field(out, b"Upgrade", proto.of(buf));
     } else if f.close {
         out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a request head tells its backend under replication (`[replication] backups > 0`):
+/// the backend serving it, the session's backups, and whether it takes the session over.
+#[derive(Debug, Clone, Copy)]
+pub struct Replica<'a> {
+    /// The serving backend's id.
+    pub backend: &'a [u8],
+    /// The backups in order, each `id=host:port`; `None` past the last.
+    pub backups: [Option<&'a [u8]>; 2],
+    /// The serving backend takes the session over from its lost home.
+    pub takeover: bool,
+}
+
+/// Adds `r`'s fields to a request head written by [`request_head`] (which ends with the blank
+/// line: the fields go before it): `X-Stickyd-Backend`, `X-Stickyd-Backup` when there is a
+/// backup, `X-Stickyd-Takeover` (naming the serving backend) on a takeover. `head` is the
+/// head's length in `out`.
+pub fn replica_fields(out: &mut Vec<u8>, head: usize, r: &Replica<'_>) {
+    out.truncate(head.saturating_sub(2));
+    field(out, b"X-Stickyd-Backend", r.backend);
+    if let Some(first) = r.backups[0] {
+        out.extend_from_slice(b"X-Stickyd-Backup: ");
+        out.extend_from_slice(first);
+        if let Some(second) = r.backups[1] {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(second);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if r.takeover {
+        field(out, b"X-Stickyd-Takeover", r.backend);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -388,7 +424,7 @@ pub(crate) mod testing {
 
     /// The engine's name for a header name (ASCII case-insensitive).
     pub fn classify(name: &[u8]) -> Name {
-        const NAMES: [(&str, Name); 17] = [
+        const NAMES: [(&str, Name); 20] = [
             ("host", Name::Host),
             ("content-length", Name::ContentLength),
             ("transfer-encoding", Name::TransferEncoding),
@@ -406,6 +442,9 @@ pub(crate) mod testing {
             ("x-forwarded-proto", Name::XForwardedProto),
             ("x-forwarded-host", Name::XForwardedHost),
             ("via", Name::Via),
+            ("x-stickyd-backend", Name::Replication),
+            ("x-stickyd-backup", Name::Replication),
+            ("x-stickyd-takeover", Name::Replication),
         ];
         NAMES
             .iter()

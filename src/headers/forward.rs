@@ -157,6 +157,21 @@ pub fn keeps_forwarded(trusted: bool, present: bool) -> bool {
 }
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Replication: the backend serving the request (only stickyd writes it).
+pub(crate) static X_STICKYD_BACKEND: HeaderName = HeaderName::from_static("x-stickyd-backend");
+/// Replication: the session's backups, `id=host:port, ...` (only stickyd writes it).
+pub(crate) static X_STICKYD_BACKUP: HeaderName = HeaderName::from_static("x-stickyd-backup");
+/// Replication: the serving backend takes the session over (only stickyd writes it).
+pub(crate) static X_STICKYD_TAKEOVER: HeaderName = HeaderName::from_static("x-stickyd-takeover");
+
+/// Removes replication's fields, which only stickyd writes: a client's copies never reach a
+/// backend, replication on or off.
+pub fn strip_replication(headers: &mut http::HeaderMap) {
+    for name in [&X_STICKYD_BACKEND, &X_STICKYD_BACKUP, &X_STICKYD_TAKEOVER] {
+        headers.remove(name);
+    }
+}
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 

@@ -10,9 +10,9 @@ use super::{
     ACCESS_LOG_DROPPED, AFFINITY, BACKEND_ADMIN_STATE, BACKEND_DRAINED, BACKEND_FAILURES,
     BACKEND_IN_FLIGHT, BACKEND_PINS, BACKEND_REQUESTS, BACKEND_RESPONSES, BACKEND_SESSIONS,
     BACKEND_UP, BACKEND_WEIGHT, BUILD_INFO, CONNECTIONS, Family, IMBALANCE, LATENCY_BUCKETS,
-    Metrics, REPINS, REQUEST_DURATION, RESPONSES, RETRIES, UPSTREAM_ERRORS,
+    Metrics, REPINS, REQUEST_DURATION, RESPONSES, RETRIES, TAKEOVERS, UPSTREAM_ERRORS,
 };
-use crate::affinity::{AdminState, Outcome};
+use crate::affinity::{AdminState, Outcome, Takeover};
 use crate::error::UpstreamKind;
 
 /// One backend's values for the exposition, read once from its live state by the caller.
@@ -53,6 +53,8 @@ pub(crate) struct PoolSample<'a> {
     pub outcomes: [u64; Outcome::ALL.len()],
     /// Sessions moved to another backend.
     pub repins: u64,
+    /// Takeovers by reason, in [`Takeover::ALL`] order.
+    pub takeovers: [u64; Takeover::ALL.len()],
     /// max/mean of its usable backends' recent request rates.
     pub imbalance: f64,
 }
@@ -131,6 +133,16 @@ impl Metrics {
         w.header(&REPINS);
         for p in r.pools {
             w.sample(REPINS.name, &[("pool", p.name)], p.repins);
+        }
+        w.header(&TAKEOVERS);
+        for p in r.pools {
+            for (t, n) in Takeover::ALL.iter().zip(p.takeovers) {
+                w.sample(
+                    TAKEOVERS.name,
+                    &[("pool", p.name), ("reason", t.as_str())],
+                    n,
+                );
+            }
         }
         w.header(&RETRIES);
         w.sample(RETRIES.name, &[], self.retries());
@@ -310,12 +322,14 @@ mod tests {
                 name: "default",
                 outcomes,
                 repins: 1,
+                takeovers: [2, 0, 1, 0],
                 imbalance: 1.25,
             },
             PoolSample {
                 name: "shop",
                 outcomes: [0; Outcome::ALL.len()],
                 repins: 0,
+                takeovers: [0; Takeover::ALL.len()],
                 imbalance: 0.0,
             },
         ];
@@ -409,6 +423,9 @@ stickyd_upstream_errors_total{kind=\"timeout\"} 1
             "stickyd_affinity_total{pool=\"shop\",outcome=\"bad_mac\"} 0\n",
             "stickyd_repins_total{pool=\"default\"} 1\n",
             "stickyd_repins_total{pool=\"shop\"} 0\n",
+            "stickyd_takeovers_total{pool=\"default\",reason=\"down\"} 2\n",
+            "stickyd_takeovers_total{pool=\"default\",reason=\"restarted\"} 1\n",
+            "stickyd_takeovers_total{pool=\"shop\",reason=\"handoff\"} 0\n",
             "stickyd_retries_total 2\n",
             "stickyd_imbalance_ratio{pool=\"default\"} 1.25\n",
             "stickyd_imbalance_ratio{pool=\"shop\"} 0\n",

@@ -6,17 +6,19 @@
 //! any response byte, and the client's body has not been read ([`ProxyError::retryable`]).
 
 use http::Request;
+use http::header::HeaderValue;
 use http::request::Parts;
 use hyper::body::Incoming;
 use tracing::{debug, warn};
 
 use super::request::{Plan, clone_parts};
 use super::{Proxy, nonce};
-use crate::affinity::{self, Input, NoRoute, Route};
+use crate::affinity::{self, Input, NoRoute, Outcome, Route};
 use crate::backend::InFlight;
 use crate::body::{ClientFailure, Replay};
 use crate::clock::Now;
 use crate::error::ProxyError;
+use crate::h1::write::Replica;
 use crate::health::Transition;
 use crate::state::{Backend, Snapshot};
 use crate::upstream::{Lease, Target};
@@ -57,6 +59,10 @@ impl Proxy {
             } else {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
+            let mut head = head;
+            if let Some(r) = tries.replica(snap, &route) {
+                set_replica(&mut head.headers, &r);
+            }
             let guard = InFlight::start(&backend.live);
             let req = Request::from_parts(head, body.take());
             // An upgrade goes on a connection of its own (always HTTP/1.1); anything else on
@@ -117,6 +123,29 @@ impl Proxy {
     }
 }
 
+/// Sets replication's fields on a hyper request head (the header map's twin of
+/// `h1::write::replica_fields`).
+fn set_replica(h: &mut http::HeaderMap, r: &Replica<'_>) {
+    use crate::headers::{X_STICKYD_BACKEND, X_STICKYD_BACKUP, X_STICKYD_TAKEOVER};
+    let Ok(backend) = HeaderValue::from_bytes(r.backend) else {
+        return;
+    };
+    if let Some(first) = r.backups[0] {
+        let mut v = first.to_vec();
+        if let Some(second) = r.backups[1] {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(second);
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            h.insert(X_STICKYD_BACKUP.clone(), v);
+        }
+    }
+    if r.takeover {
+        h.insert(X_STICKYD_TAKEOVER.clone(), backend.clone());
+    }
+    h.insert(X_STICKYD_BACKEND.clone(), backend);
+}
+
 /// One request's attempts, for both request paths (hyper's and the HTTP/1 engine's): its pool,
 /// the backends that failed it, the retries left, and the last failure.
 pub(super) struct Retries {
@@ -147,6 +176,25 @@ impl Retries {
     /// Whether a retry is left.
     pub fn left(&self) -> bool {
         self.left > 0
+    }
+
+    /// What the backend of `route` (the last route) is told under replication: itself, the
+    /// session's backups (the backends that failed this request left out) and whether it takes
+    /// the session over. `None` with replication off, and for requests without a pinned
+    /// session (an unpinned one moves on every request: no backend holds it).
+    pub fn replica<'s>(&self, snap: &'s Snapshot, route: &Route) -> Option<Replica<'s>> {
+        let pool = &snap.pools[self.pool];
+        if pool.policy.backups == 0 || route.outcome == Outcome::Unpinned {
+            return None;
+        }
+        let nonce = route.session?;
+        let view = pool.view(&snap.backends);
+        let named = affinity::backups(&pool.policy, nonce, self.last, &view, &self.excluded);
+        Some(Replica {
+            backend: snap.backends[route.backend].id.as_bytes(),
+            backups: named.map(|b| b.map(|local| pool.replica_name(local))),
+            takeover: route.takeover.is_some(),
+        })
     }
 
     /// Where the next attempt goes, the backends that failed excluded. The route's backend is

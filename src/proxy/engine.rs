@@ -421,6 +421,9 @@ impl Proxy {
             let backend = &snap.backends[route.backend];
             let guard = InFlight::start(&backend.live);
             c.up.truncate(head_len);
+            if let Some(r) = tries.replica(snap, &route) {
+                write::replica_fields(&mut c.up, head_len, &r);
+            }
             let sent = self
                 .send_h1(snap, c, head, route.backend, backend, now.mono)
                 .await;

@@ -110,6 +110,7 @@ fn check_request(parts: &Parts) -> Result<(), ProxyError> {
 /// Host kept (or taken from the h2 authority), X-Forwarded-*, Via, HTTP/1.1.
 fn rewrite_head(snap: &Snapshot, parts: &mut Parts, conn: &ConnInfo) {
     headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_replication(&mut parts.headers);
     // An absolute-form target (or h2's :authority) names the host: a Host header that says
     // otherwise is replaced (RFC 9112 section 3.2.2), so the backend reads one host only.
     if let Some(a) = parts.uri.authority()

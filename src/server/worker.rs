@@ -307,8 +307,9 @@ impl Accept {
                 // connection's task holds only the engine's state.
                 if tls {
                     Box::pin(async move {
-                        if let Some(stream) = handshake(stream, peer, &serving.proxy).await {
-                            info.cert = served_with(&stream, &serving.proxy);
+                        if let Some((stream, cert)) = handshake(stream, peer, &serving.proxy).await
+                        {
+                            info.cert = cert;
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                 let t = serving.proxy.shared().load().config.server.client_timeout;
                                 serve(SendTimeout::new(stream, t), info, &serving).await;
@@ -339,24 +340,31 @@ fn is_resource_error(e: &io::Error) -> bool {
 }
 
 /// The TLS handshake, in the connection's own task, with the current certificates and the
-/// configured deadline. A failed or slow handshake just closes the connection (logged at debug:
-/// scanners and bad clients must not flood the log).
+/// configured deadline; with the stream, the certificate it was served with (the resolver's
+/// pick for its SNI, from the same certificates: a reload during the handshake cannot change
+/// which). A failed or slow handshake just closes the connection (logged at debug: scanners and
+/// bad clients must not flood the log).
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: &Proxy,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let snap = proxy.shared().load();
-    let tls = snap.config.tls.as_ref()?;
-    let (cfg, deadline) = (tls.server_config.clone(), tls.handshake_timeout);
-    drop(snap);
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<crate::tls::Covered>,
+)> {
+    let config = proxy.shared().load().config.clone();
+    let tls = config.tls.as_ref()?;
     match tokio::time::timeout(
-        deadline,
-        tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
+        tls.handshake_timeout,
+        tokio_rustls::TlsAcceptor::from(tls.server_config.clone()).accept(stream),
     )
     .await
     {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(s)) => {
+            let cert = crate::tls::served(&tls.certs, s.get_ref().1.server_name())
+                .map(crate::tls::Covered::new);
+            Some((s, cert))
+        }
         Ok(Err(e)) => {
             debug!(peer = %peer, error = %e, "TLS handshake failed");
             None
@@ -366,16 +374,6 @@ async fn handshake(
             None
         }
     }
-}
-
-/// The certificate `stream`'s handshake was served with (the resolver's pick for its SNI).
-fn served_with(
-    stream: &tokio_rustls::server::TlsStream<TcpStream>,
-    proxy: &Proxy,
-) -> Option<crate::tls::Covered> {
-    let snap = proxy.shared().load();
-    let certs = &snap.config.tls.as_ref()?.certs;
-    crate::tls::served(certs, stream.get_ref().1.server_name()).map(crate::tls::Covered::new)
 }
 
 /// Serves one client connection with the HTTP/1 engine until it ends, or hands it to hyper

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Backend;
-use crate::affinity::{AdminState, Outcome, Policy, PoolView, Rings, Source};
+use crate::affinity::{AdminState, Outcome, Policy, PoolView, Rings, Source, Takeover};
 use crate::balance::{SmoothWrr, id_hash, ramp_weight};
 use crate::config::{self, Mode};
 use crate::headers::CookieAttrs;
@@ -44,6 +44,11 @@ pub struct Pool {
     pub has_h2: bool,
     /// Live counters, shared with every snapshot that has a pool of this name.
     pub live: Arc<PoolLive>,
+    /// `[replication]`: backups named per session, and the port named for them.
+    pub replication: config::Replication,
+    /// Each member as `X-Stickyd-Backup` names it: `id=host:port` (the replication port when
+    /// set, else the backend's own).
+    replica_names: Vec<Box<[u8]>>,
     weights: Vec<u32>,
     hashes: Vec<u64>,
     /// Tag of each member under the signing key.
@@ -180,6 +185,11 @@ pub(super) fn build(
                 },
                 rings: Rings { own, others },
                 live,
+                replication: p.replication,
+                replica_names: members
+                    .iter()
+                    .map(|&g| replica_name(&backends[g], p.replication.port))
+                    .collect(),
                 members,
                 name,
             }
@@ -187,7 +197,20 @@ pub(super) fn build(
         .collect()
 }
 
+/// `id=host:port` of `b` for `X-Stickyd-Backup`: its address's host with `port`, or its own
+/// port.
+fn replica_name(b: &Backend, port: Option<u16>) -> Box<[u8]> {
+    let a = &b.authority;
+    let port = port.or(a.port_u16()).unwrap_or(80);
+    format!("{}={}:{port}", b.id, a.host()).into_bytes().into()
+}
+
 impl Pool {
+    /// Member `local` as `X-Stickyd-Backup` names it (`id=host:port`).
+    pub fn replica_name(&self, local: usize) -> &[u8] {
+        &self.replica_names[local]
+    }
+
     /// The snapshot's index of member `local`.
     pub fn global(&self, local: usize) -> usize {
         self.members[local]
@@ -236,6 +259,12 @@ impl PoolView for View<'_> {
     }
     fn unpinned_tag(&self, k: usize) -> [u8; 8] {
         self.pool.unpinned.get(k).copied().unwrap_or([0; 8])
+    }
+    fn restarted_at(&self, i: usize) -> u32 {
+        self.backend(i).live.incarnation.restarted_at()
+    }
+    fn handoff(&self, i: usize) -> bool {
+        self.backend(i).live.admin.handoff()
     }
     fn next_new(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         let p = self.pool;
@@ -356,6 +385,7 @@ pub struct PoolLive {
 struct PoolCounts {
     affinity: [Counter; Outcome::ALL.len()],
     repins: Counter,
+    takeovers: [Counter; Takeover::ALL.len()],
 }
 
 impl PoolLive {
@@ -386,6 +416,16 @@ impl PoolLive {
     /// Sessions moved to another backend.
     pub fn repins(&self) -> u64 {
         self.counts.sum(|c| &c.repins)
+    }
+
+    /// Counts a session taken over by its backup (replication).
+    pub fn takeover(&self, why: Takeover) {
+        self.counts.local().add(|c| &c.takeovers[why.index()], 1);
+    }
+
+    /// Sessions taken over for `why`.
+    pub fn takeovers(&self, why: Takeover) -> u64 {
+        self.counts.sum(|c| &c.takeovers[why.index()])
     }
 
     /// Sets the imbalance ratio (see [`crate::metrics::imbalance_ratio`]).

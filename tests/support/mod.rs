@@ -6,6 +6,8 @@
 //! requests, binds no fixed port, and needs no file but the ones it writes itself.
 #![allow(dead_code)]
 
+pub mod replica;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -534,6 +536,58 @@ impl Browser {
 
     pub async fn get(&mut self, path: &str) -> Got {
         self.send("GET", path, Bytes::new(), &[]).await
+    }
+}
+
+/// A client with a cookie jar of every cookie (not only `stickyd`) that names a Host.
+pub struct Jar {
+    browser: Browser,
+    pub jar: HashMap<String, String>,
+}
+
+impl Jar {
+    pub fn new(addr: SocketAddr) -> Jar {
+        Jar {
+            browser: Browser::new(addr),
+            jar: HashMap::new(),
+        }
+    }
+
+    /// `GET path` with `Host: host` and the jar's cookies; keeps every cookie set.
+    pub async fn get(&mut self, host: &str, path: &str) -> Got {
+        self.send("GET", host, path).await
+    }
+
+    /// `method path` with `Host: host` and the jar's cookies; keeps every cookie set.
+    pub async fn send(&mut self, method: &str, host: &str, path: &str) -> Got {
+        self.send_with(method, host, path, &[]).await
+    }
+
+    /// [`Jar::send`] with `headers` added.
+    pub async fn send_with(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Got {
+        let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie = cookies.join("; ");
+        let mut extra = vec![("host", host)];
+        extra.extend_from_slice(headers);
+        if !cookie.is_empty() {
+            extra.push(("cookie", &cookie));
+        }
+        let got = self.browser.send(method, path, Bytes::new(), &extra).await;
+        // The jar here is ours: Browser's own (for `stickyd` only) stays empty.
+        self.browser.cookie = None;
+        for v in got.headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let pair = v.split(';').next().unwrap();
+            let (k, val) = pair.split_once('=').unwrap();
+            self.jar.insert(k.to_string(), val.to_string());
+        }
+        got
     }
 }
 

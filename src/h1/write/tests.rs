@@ -1106,3 +1106,66 @@ fn a_cookie_field_holding_only_the_affinity_cookie_is_dropped_and_the_rest_copie
     );
     assert!(!out.contains("sid"), "{out}");
 }
+
+#[test]
+fn replication_fields_go_before_the_blank_line_and_a_clients_copies_never_pass() {
+    let (buf, head, fields) = request(
+        "GET",
+        "/",
+        &[
+            ("Host", "h"),
+            ("X-Stickyd-Takeover", "forged"),
+            ("x-stickyd-backup", "z=10.0.0.1:1"),
+            ("X-STICKYD-BACKEND", "z"),
+        ],
+    );
+    let mut out = Vec::new();
+    request_head(&mut out, &buf, &head, &fields, &fwd());
+    let plain = String::from_utf8(out.clone()).unwrap();
+    assert!(!plain.to_ascii_lowercase().contains("x-stickyd"), "{plain}");
+    let len = out.len();
+    replica_fields(
+        &mut out,
+        len,
+        &Replica {
+            backend: b"app-1",
+            backups: [Some(b"app-3=10.0.0.13:7000"), Some(b"app-4=10.0.0.14:7000")],
+            takeover: true,
+        },
+    );
+    let f = parsed(&out);
+    assert_eq!(values(&f, "x-stickyd-backend"), ["app-1"]);
+    assert_eq!(
+        values(&f, "x-stickyd-backup"),
+        ["app-3=10.0.0.13:7000, app-4=10.0.0.14:7000"]
+    );
+    assert_eq!(values(&f, "x-stickyd-takeover"), ["app-1"]);
+    assert!(out.ends_with(b"\r\n\r\n") && !out.ends_with(b"\r\n\r\n\r\n"));
+    // One backup, no takeover; written again over the same head (a retry).
+    out.truncate(len);
+    replica_fields(
+        &mut out,
+        len,
+        &Replica {
+            backend: b"app-2",
+            backups: [Some(b"app-1=h:1"), None],
+            takeover: false,
+        },
+    );
+    let f = parsed(&out);
+    assert_eq!(values(&f, "x-stickyd-backend"), ["app-2"]);
+    assert_eq!(values(&f, "x-stickyd-backup"), ["app-1=h:1"]);
+    assert!(values(&f, "x-stickyd-takeover").is_empty());
+    // No usable backup: only the backend is named.
+    out.truncate(len);
+    replica_fields(
+        &mut out,
+        len,
+        &Replica {
+            backend: b"app-2",
+            backups: [None, None],
+            takeover: false,
+        },
+    );
+    assert!(values(&parsed(&out), "x-stickyd-backup").is_empty());
+}
