@@ -740,12 +740,17 @@ carry on there. {name} comes back after {secs} s, empty; you stay on {backup}.</
         );
     }
     let why = match copies.first() {
-        Some(Copied { backup, .. }) => format!("this visit could not be copied to {backup}"),
+        // Right after an instance stops, stickyd names it until its health checks see it down.
+        Some(Copied { backup, .. }) => format!(
+            "this visit could not be copied to {backup}, the backup stickyd named (if {backup} \
+             just stopped, stickyd names another once its health checks see it down, in about \
+             2 s: reload)"
+        ),
         None => "stickyd named no backup (no other instance is up)".to_string(),
     };
     format!(
-        r#"<p class="help">Your session has no copy: {why}, so stopping {name} now would
-lose it. {name} comes back after {secs} s, empty.</p>"#
+        r#"<p class="help">No copy is up to date: {why}. Stopping {name} now would lose this
+visit's changes. {name} comes back after {secs} s, empty.</p>"#
     )
 }
 
