@@ -1,7 +1,8 @@
 //! stickyd demo: three instances of a small stateful web app behind stickyd, all on loopback.
 //!
 //! Run it with `cargo run --release --example demo` (add `-- --listen ADDR` to move stickyd off
-//! 127.0.0.1:8080) and open the printed address in a browser.
+//! 127.0.0.1:8080, `-- --replicate` for session replication) and open the printed address in a
+//! browser.
 //!
 //! What it shows: each app instance keeps its sessions (a visit counter and a cart) in its own
 //! memory, keyed by the app's own `app_session` cookie, as many real apps do. Without affinity a
@@ -15,6 +16,12 @@
 //! instance and pins the browser there. The counter and the cart start over: they lived in the
 //! stopped process's memory. That is the trade-off of sticky sessions, made visible.
 //!
+//! With `--replicate` stickyd names a backup for every session (`X-Stickyd-Backup`), and the app
+//! copies the session there after every change. When the instance stops, stickyd sends the
+//! browser to that backup with `X-Stickyd-Takeover`, and the backup turns its copy into the live
+//! session: the counter and the cart carry on. The app's side of that protocol is all in
+//! `demo/replica.rs`, the example to copy.
+//!
 //! The app is plain hyper 1.x: one accept loop per instance, one task per connection.
 
 use std::collections::HashMap;
@@ -27,15 +34,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+// The crate root of an example looks for modules beside it, in examples/: point at ours.
+#[path = "demo/replica.rs"]
+mod replica;
+use replica::{
+    Copied, REPLICA_PATH, Replicas, Takeover, backups_named, encode_copy, health, new_incarnation,
+    receive_replica, take_over_if_asked,
+};
 
 /// Where stickyd listens unless `--listen` says otherwise.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -47,7 +65,8 @@ const INSTANCES: [(&str, &str); 3] = [
 ];
 /// How long a stopped instance stays away.
 const RESTART_AFTER: Duration = Duration::from_secs(30);
-/// Sessions kept per instance: a curl loop without a cookie jar makes one per request.
+/// Sessions kept per instance: a curl loop without a cookie jar makes one per request. Also the
+/// number of other instances' session copies kept.
 const MAX_SESSIONS: usize = 10_000;
 /// Items kept per cart.
 const MAX_CART: usize = 20;
@@ -55,10 +74,11 @@ const MAX_CART: usize = 20;
 const ITEMS: [&str; 3] = ["apple", "bread", "coffee"];
 /// The app's own session cookie (stickyd's is called `stickyd`).
 const SESSION_COOKIE: &str = "app_session";
-/// Largest request body the app reads (the cart form is about 12 bytes).
+/// Largest request body the app reads (the cart form is about 12 bytes, a session copy with a
+/// full cart about 200).
 const MAX_BODY: usize = 1024;
 
-const USAGE: &str = "usage: cargo run --release --example demo [-- --listen ADDR]";
+const USAGE: &str = "usage: cargo run --release --example demo [-- [--listen ADDR] [--replicate]]";
 
 type Body = Full<Bytes>;
 
@@ -66,11 +86,18 @@ type Body = Full<Bytes>;
 // Start-up: three app instances, then stickyd in front of them.
 // ---------------------------------------------------------------------------------------------
 
+/// What the command line asks for.
+struct Options {
+    listen: SocketAddr,
+    /// `--replicate`: stickyd names backups and the instances copy their sessions there.
+    replicate: bool,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     init_logging();
-    let listen = match parse_args() {
-        Ok(Some(addr)) => addr,
+    let options = match parse_args() {
+        Ok(Some(options)) => options,
         Ok(None) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -80,7 +107,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(listen).await {
+    match run(options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo: {e}");
@@ -102,26 +129,29 @@ fn init_logging() {
         .init();
 }
 
-/// The stickyd listen address from `--listen ADDR`, or `None` for `--help`.
-fn parse_args() -> Result<Option<SocketAddr>, String> {
+/// The options from `--listen ADDR` and `--replicate`, or `None` for `--help`.
+fn parse_args() -> Result<Option<Options>, String> {
     let mut listen = DEFAULT_LISTEN.to_string();
+    let mut replicate = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?,
+            "--replicate" => replicate = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     // Parsed here, so the address is known to be safe to paste into the TOML below.
-    listen
+    let listen = listen
         .parse()
-        .map(Some)
-        .map_err(|_| format!("--listen {listen:?} is not an address like {DEFAULT_LISTEN}"))
+        .map_err(|_| format!("--listen {listen:?} is not an address like {DEFAULT_LISTEN}"))?;
+    Ok(Some(Options { listen, replicate }))
 }
 
 /// Runs the whole demo until Ctrl-C (or SIGTERM).
-async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let Options { listen, replicate } = options;
     let mut instances = Vec::new();
     for (name, colour) in INSTANCES {
         // Port 0: the system picks a free port, so the demo never clashes with anything.
@@ -130,12 +160,13 @@ async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
             name,
             colour,
             addr: listener.local_addr()?,
+            replicate,
         });
         tokio::spawn(run_instance(instance.clone(), listener));
         instances.push(instance);
     }
 
-    let text = stickyd_config(listen, &instances);
+    let text = stickyd_config(listen, &instances, replicate);
     let config = stickyd::config::parse(
         &text,
         "demo config",
@@ -153,7 +184,7 @@ async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         Some(addr) => format!("http://{addr}/"),
         None => format!("http://{listen}/"),
     };
-    print_banner(&url, &instances);
+    print_banner(&url, &instances, replicate);
 
     shutdown_signal().await?;
     println!("stopping stickyd");
@@ -164,7 +195,9 @@ async fn run(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 /// The stickyd config: every key not set here keeps the default documented in
 /// `config/example.toml`. Health checks are quicker than the defaults so the demo reacts fast.
 /// No `[affinity] keys`: stickyd makes a random signing key at start (and logs a warning).
-fn stickyd_config(listen: SocketAddr, instances: &[Arc<Instance>]) -> String {
+/// With `replicate`, one backup per session; its address is the instance's own (no `port`: the
+/// instances share 127.0.0.1, so they could not share one replication port).
+fn stickyd_config(listen: SocketAddr, instances: &[Arc<Instance>], replicate: bool) -> String {
     let backends: String = instances
         .iter()
         .map(|i| {
@@ -174,6 +207,11 @@ fn stickyd_config(listen: SocketAddr, instances: &[Arc<Instance>]) -> String {
             )
         })
         .collect();
+    let replication = if replicate {
+        "\n[replication]\nbackups = 1\n"
+    } else {
+        ""
+    };
     format!(
         r#"[server]
 listen = ["{listen}"]
@@ -184,17 +222,31 @@ interval = "1s"
 timeout = "500ms"
 rise = 2
 fall = 2
-{backends}"#
+{replication}{backends}"#
     )
 }
 
-fn print_banner(url: &str, instances: &[Arc<Instance>]) {
-    println!("stickyd demo: three app instances behind stickyd");
+fn print_banner(url: &str, instances: &[Arc<Instance>], replicate: bool) {
+    if replicate {
+        println!("stickyd demo: three app instances behind stickyd, with session replication");
+    } else {
+        println!("stickyd demo: three app instances behind stickyd");
+    }
     for i in instances {
         println!("  {} {}", i.name, i.addr);
     }
     println!("Open {url} in a browser and reload: you stay on one instance, the counter grows.");
-    println!("Press \"Stop this instance\": stickyd moves you to another instance.");
+    if replicate {
+        println!(
+            "After every change the instance copies your session to the backup stickyd names."
+        );
+        println!(
+            "Press \"Stop this instance\": stickyd moves you to that backup, and your cart and \
+             counter carry on there."
+        );
+    } else {
+        println!("Press \"Stop this instance\": stickyd moves you to another instance.");
+    }
     println!("Or with curl:  curl -s -c /tmp/jar -b /tmp/jar {url} | grep -o 'app-[0-9]'");
     println!("Ctrl-C to stop.");
 }
@@ -217,33 +269,62 @@ struct Instance {
     name: &'static str,
     colour: &'static str,
     addr: SocketAddr,
+    /// Replication is on: serve copies, push them, take sessions over.
+    replicate: bool,
 }
 
-/// One life of an instance, from start to "Stop this instance". Its sessions die with it.
+/// One life of an instance, from start to "Stop this instance". Its sessions die with it, and
+/// so do the copies it held of other instances' sessions.
 struct App {
     instance: Arc<Instance>,
+    /// Drawn at every start and sent on health checks, so stickyd can tell that the process
+    /// behind the address changed (see [`health`]).
+    incarnation: String,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Copies of other instances' sessions, pushed here because stickyd named this instance
+    /// their backup. Kept apart from `sessions`: a copy only becomes live on a takeover.
+    replicas: Mutex<Replicas>,
+    /// Sends this instance's copies to the backups (keeps connections open between pushes).
+    client: Client<HttpConnector, Body>,
     stop: watch::Sender<bool>,
 }
 
-/// What the app remembers about one visitor.
-#[derive(Default)]
+/// What the app remembers about one visitor. The two counted fields are what a copy carries.
+#[derive(Default, Serialize, Deserialize)]
 struct Session {
     visits: u64,
     cart: Vec<String>,
+    /// Set when this instance took the session over; the next page says so once. Not copied:
+    /// it is about this instance, not the session.
+    #[serde(skip)]
+    taken_over: Option<Takeover>,
 }
 
 /// Serves `instance` forever: after each stop it waits, re-binds the same address and starts
-/// again with no sessions.
+/// again with no sessions and a new incarnation.
 async fn run_instance(instance: Arc<Instance>, mut listener: TcpListener) {
     loop {
-        let lost = serve_until_stopped(instance.clone(), listener).await;
-        let plural = if lost == 1 { "" } else { "s" };
-        println!(
-            "{} stopped ({lost} session{plural} lost); it comes back in {} s",
-            instance.name,
-            RESTART_AFTER.as_secs()
-        );
+        let (sessions, copies) =
+            serve_until_stopped(instance.clone(), listener, new_incarnation()).await;
+        let s = plural(sessions);
+        let secs = RESTART_AFTER.as_secs();
+        if instance.replicate {
+            let copies = if copies == 1 {
+                "1 copy".to_string()
+            } else {
+                format!("{copies} copies")
+            };
+            println!(
+                "{} stopped ({sessions} session{s} copied to backups; {copies} of other \
+                 instances' sessions gone with it); it comes back in {secs} s",
+                instance.name,
+            );
+        } else {
+            println!(
+                "{} stopped ({sessions} session{s} lost); it comes back in {secs} s",
+                instance.name,
+            );
+        }
         tokio::time::sleep(RESTART_AFTER).await;
         listener = rebind(instance.addr).await;
         println!(
@@ -253,14 +334,28 @@ async fn run_instance(instance: Arc<Instance>, mut listener: TcpListener) {
     }
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// Accepts connections until a `POST /stop`, then closes the listener and every connection
 /// (idle keep-alive ones included), so the next connect to this address is refused. Returns how
-/// many sessions were lost.
-async fn serve_until_stopped(instance: Arc<Instance>, listener: TcpListener) -> usize {
+/// many sessions, and how many copies of other instances' sessions, were held.
+async fn serve_until_stopped(
+    instance: Arc<Instance>,
+    listener: TcpListener,
+    incarnation: String,
+) -> (usize, usize) {
+    if instance.replicate {
+        println!("{} runs as incarnation {incarnation}", instance.name);
+    }
     let (stop, mut stopped) = watch::channel(false);
     let app = Arc::new(App {
         instance,
+        incarnation,
         sessions: Mutex::default(),
+        replicas: Mutex::new(Replicas::new(MAX_SESSIONS)),
+        client: Client::builder(TokioExecutor::new()).build_http(),
         stop,
     });
     let mut connections = JoinSet::new();
@@ -284,10 +379,12 @@ async fn serve_until_stopped(instance: Arc<Instance>, listener: TcpListener) -> 
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
-    app.sessions
+    let sessions = app
+        .sessions
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .len()
+        .len();
+    (sessions, app.lock_replicas().len())
 }
 
 /// Serves HTTP/1.1 on one connection until the client leaves or the instance stops. On stop the
@@ -322,33 +419,50 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
 // ---------------------------------------------------------------------------------------------
 
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if app.instance.replicate {
+        // Before anything reads the session: it may be one this instance must take over.
+        take_over_if_asked(&app, req.headers());
+    }
+    let replica_path = app.instance.replicate && req.uri().path().starts_with(REPLICA_PATH);
     let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => home(&app, &req),
-        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/") => home(&app, req).await,
+        (&Method::GET, "/healthz") => health(&app),
         (&Method::POST, "/cart") => add_to_cart(&app, req).await,
         (&Method::POST, "/stop") => stop(&app, req).await,
+        (&Method::PUT, _) if replica_path => receive_replica(&app, req).await,
         (_, "/" | "/healthz" | "/cart" | "/stop") => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
+        _ if replica_path => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
 }
 
-/// `GET /`: counts the visit and shows the page. A first visit gets a new `app_session` cookie.
-fn home(app: &App, req: &Request<Incoming>) -> Response<Body> {
-    let (id, is_new) = match session_id(req) {
+/// `GET /`: counts the visit, copies the session to its backup and shows the page. A first
+/// visit gets a new `app_session` cookie.
+async fn home(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let (id, is_new) = match session_id(req.headers()) {
         Some(id) => (id, false),
         None => match new_session_id() {
             Some(id) => (id, true),
             None => return plain(StatusCode::INTERNAL_SERVER_ERROR, "no randomness\n"),
         },
     };
-    let (visits, cart) = app.with_session(&id, |s| {
+    let backups = backups_named(req.headers());
+    let (visits, cart, taken_over, copy) = app.with_session(&id, |s| {
         s.visits += 1;
-        (s.visits, s.cart.clone())
+        let copy = app.instance.replicate.then(|| encode_copy(s));
+        (s.visits, s.cart.clone(), s.taken_over.take(), copy)
     });
-    let mut resp = html(StatusCode::OK, home_page(&app.instance, visits, &cart));
+    let copies = app.replicate(&backups, &id, copy).await;
+    let page = PageState {
+        visits,
+        cart: &cart,
+        taken_over,
+        copies: &copies,
+    };
+    let mut resp = html(StatusCode::OK, home_page(&app.instance, &page));
     if is_new {
         let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
         if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -358,20 +472,24 @@ fn home(app: &App, req: &Request<Incoming>) -> Response<Body> {
     resp
 }
 
-/// `POST /cart` with the form field `item`: adds a known item, then redirects back to `/`.
+/// `POST /cart` with the form field `item`: adds a known item, copies the session to its
+/// backup, then redirects back to `/`.
 async fn add_to_cart(app: &App, req: Request<Incoming>) -> Response<Body> {
-    let id = session_id(&req);
+    let id = session_id(req.headers());
+    let backups = backups_named(req.headers());
     let form = match read_form(req).await {
         Ok(form) => form,
         Err(resp) => return resp,
     };
     let item = form_value(&form, "item").and_then(|v| ITEMS.into_iter().find(|known| *known == v));
     if let (Some(id), Some(item)) = (id, item) {
-        app.with_session(&id, |s| {
+        let copy = app.with_session(&id, |s| {
             if s.cart.len() < MAX_CART {
                 s.cart.push(item.to_string());
             }
+            app.instance.replicate.then(|| encode_copy(s))
         });
+        app.replicate(&backups, &id, copy).await;
     }
     redirect_home()
 }
@@ -395,13 +513,18 @@ async fn stop(app: &App, req: Request<Incoming>) -> Response<Body> {
 
 /// The body of a small `application/x-www-form-urlencoded` form, or the response refusing it.
 async fn read_form(req: Request<Incoming>) -> Result<String, Response<Body>> {
-    let refused = || plain(StatusCode::BAD_REQUEST, "bad or too large form\n");
-    let body = Limited::new(req.into_body(), MAX_BODY)
+    let body = read_body(req).await?;
+    String::from_utf8(body.to_vec())
+        .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad or too large body\n"))
+}
+
+/// The body, up to MAX_BODY bytes, or the response refusing it.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|_| refused())?
-        .to_bytes();
-    String::from_utf8(body.to_vec()).map_err(|_| refused())
+        .map(|body| body.to_bytes())
+        .map_err(|_| plain(StatusCode::BAD_REQUEST, "bad or too large body\n"))
 }
 
 /// The value of form field `key`. Not URL-decoded: every value this app accepts is plain ASCII.
@@ -432,11 +555,15 @@ impl App {
         }
         f(sessions.entry(id.to_string()).or_default())
     }
+
+    fn lock_replicas(&self) -> std::sync::MutexGuard<'_, Replicas> {
+        self.replicas.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-/// The `app_session` cookie, if it looks like one this app issues (32 hex digits).
-fn session_id(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
+/// The `app_session` cookie, if it looks like one this app issues.
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -444,13 +571,23 @@ fn session_id(req: &Request<Incoming>) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value)
-        .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|v| is_session_id(v))
         .map(str::to_string)
+}
+
+/// 32 hex digits, as [`new_session_id`] makes them.
+fn is_session_id(v: &str) -> bool {
+    v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A new random session id: 128 bits as 32 hex digits.
 fn new_session_id() -> Option<String> {
-    let mut bytes = [0u8; 16];
+    random_hex::<16>()
+}
+
+/// `N` random bytes as hex digits.
+fn random_hex<const N: usize>() -> Option<String> {
+    let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).ok()?;
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -477,6 +614,15 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
     resp
 }
 
+/// The instance called `id` as (name, colour), so that a name from a header is shown only if it
+/// is one of the demo's own (nothing on the pages is HTML-escaped).
+fn instance_named(id: &str) -> (&'static str, &'static str) {
+    INSTANCES
+        .into_iter()
+        .find(|(name, _)| *name == id)
+        .unwrap_or(("another instance", "#71717a"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pages. Everything interpolated below is the demo's own text (instance names, colours,
 // addresses, items from ITEMS), so nothing needs HTML escaping.
@@ -497,6 +643,9 @@ h1 { margin: 0; color: var(--c); font-size: 5rem; line-height: 1.05 }
 .chips { display: flex; flex-wrap: wrap; gap: .35rem; min-height: 1.8rem; margin: .4rem 0 }
 .chip { padding: .1rem .7rem; background: #f4f4f5; border-radius: 999px; font-size: .9rem }
 .muted { color: #a1a1aa }
+.notice { margin: 0 0 1rem; padding: .7rem 1rem; border-radius: 10px; background: #ecfdf5;
+          color: #065f46 }
+.notice.lost { background: #fef2f2; color: #991b1b }
 form { display: flex; gap: .5rem; margin: .6rem 0 }
 select, button { font: inherit; padding: .4rem .9rem; border-radius: 8px }
 select { border: 1px solid #d4d4d8; background: #fff }
@@ -507,8 +656,21 @@ code { padding: 0 .3em; background: #f4f4f5; border-radius: 4px }
 a { color: var(--c) }
 ";
 
-fn home_page(instance: &Instance, visits: u64, cart: &[String]) -> String {
-    let Instance { name, colour, addr } = instance;
+/// What the home page shows of the visitor's session.
+struct PageState<'a> {
+    visits: u64,
+    cart: &'a [String],
+    /// This request took the session over from another instance.
+    taken_over: Option<Takeover>,
+    /// Where the session was copied after this visit (empty without replication).
+    copies: &'a [Copied],
+}
+
+fn home_page(instance: &Instance, page: &PageState<'_>) -> String {
+    let Instance {
+        name, colour, addr, ..
+    } = instance;
+    let cart = page.cart;
     let chips: String = if cart.is_empty() {
         r#"<span class="muted">empty</span>"#.to_string()
     } else {
@@ -521,6 +683,16 @@ fn home_page(instance: &Instance, visits: u64, cart: &[String]) -> String {
         .map(|item| format!("<option>{item}</option>"))
         .collect();
     let items = cart.len();
+    let visits = page.visits;
+    let (notice, copy_stat, help) = if instance.replicate {
+        (
+            takeover_notice(name, page.taken_over),
+            copy_stat(page.copies),
+            replicated_help(name, page.copies),
+        )
+    } else {
+        (String::new(), String::new(), plain_help(name))
+    };
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
@@ -529,10 +701,10 @@ fn home_page(instance: &Instance, visits: u64, cart: &[String]) -> String {
 <p class="label">served by</p>
 <h1>{name}</h1>
 <p class="addr">{addr}</p>
-<div class="stats">
+{notice}<div class="stats">
   <div class="stat">visits in this session<strong>{visits}</strong></div>
   <div class="stat">items in the cart<strong>{items}</strong></div>
-</div>
+{copy_stat}</div>
 <div class="chips">{chips}</div>
 <form method="post" action="/cart"><select name="item">{options}</select><button>Add to cart</button></form>
 <p class="help"><b>Reload</b>: you stay on {name} and the counter grows. The <code>stickyd</code>
@@ -540,17 +712,99 @@ cookie, set by the load balancer, pins your browser to this instance; the <code>
 cookie is the app's own, and only {name} knows what it stands for.</p>
 <form method="post" action="/stop"><input type="hidden" name="instance" value="{name}">
 <button class="stop">Stop this instance</button></form>
-<p class="help">Then reload: stickyd moves you to another instance, where the counter and the cart
-start over, because they lived in {name}'s memory. {name} comes back after {secs} s, empty;
-you stay where stickyd moved you.</p>
+{help}
 </main></body></html>
 "#,
+    )
+}
+
+/// The help under "Stop this instance" without replication.
+fn plain_help(name: &str) -> String {
+    format!(
+        r#"<p class="help">Then reload: stickyd moves you to another instance, where the counter and the cart
+start over, because they lived in {name}'s memory. {name} comes back after {secs} s, empty;
+you stay where stickyd moved you.</p>"#,
         secs = RESTART_AFTER.as_secs(),
     )
 }
 
+/// The help under "Stop this instance" with replication: where the copy is, and what happens.
+fn replicated_help(name: &str, copies: &[Copied]) -> String {
+    let secs = RESTART_AFTER.as_secs();
+    if let Some(Copied { backup, .. }) = copies.iter().find(|c| c.ok) {
+        return format!(
+            r#"<p class="help">After every change {name} sends a copy of your session to {backup}, the
+backup stickyd names in the <code>X-Stickyd-Backup</code> header. Stop {name} and reload:
+stickyd sends you to {backup} with <code>X-Stickyd-Takeover</code>, and your counter and cart
+carry on there. {name} comes back after {secs} s, empty; you stay on {backup}.</p>"#
+        );
+    }
+    let why = match copies.first() {
+        // Right after an instance stops, stickyd names it until its health checks see it down.
+        Some(Copied { backup, .. }) => format!(
+            "this visit could not be copied to {backup}, the backup stickyd named (if {backup} \
+             just stopped, stickyd names another once its health checks see it down, in about \
+             2 s: reload)"
+        ),
+        None => "stickyd named no backup (no other instance is up)".to_string(),
+    };
+    format!(
+        r#"<p class="help">No copy is up to date: {why}. Stopping {name} now would lose this
+visit's changes. {name} comes back after {secs} s, empty.</p>"#
+    )
+}
+
+/// The third stat with replication: which instance holds the copy of this session.
+fn copy_stat(copies: &[Copied]) -> String {
+    let held: Vec<String> = copies
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| {
+            let (name, colour) = instance_named(c.backup);
+            format!(r#"<span style="color: {colour}">{name}</span>"#)
+        })
+        .collect();
+    let value = if held.is_empty() {
+        r#"<span class="muted">none</span>"#.to_string()
+    } else {
+        held.join(", ")
+    };
+    format!("  <div class=\"stat\">copy of the session on<strong>{value}</strong></div>\n")
+}
+
+/// The line saying this visit took the session over, if it did.
+fn takeover_notice(name: &str, taken_over: Option<Takeover>) -> String {
+    match taken_over {
+        Some(Takeover::Restored { from }) => format!(
+            r#"<p class="notice">Taken over from {from}: your cart and counter were restored from the
+copy {name} held.</p>
+"#
+        ),
+        Some(Takeover::Lost) => format!(
+            r#"<p class="notice lost">Taken over, but {name} held no copy of your session: it
+starts over.</p>
+"#
+        ),
+        None => String::new(),
+    }
+}
+
 fn stopped_page(instance: &Instance) -> String {
     let Instance { name, colour, .. } = instance;
+    let secs = RESTART_AFTER.as_secs();
+    let what = if instance.replicate {
+        format!(
+            "{name} stopped. Every session it served has a copy on its backup: <a href=\"/\">Reload</a> \
+             and stickyd sends you to yours, where your cart and counter carry on. The copies \
+             {name} held for the others are gone; they send new ones to the next backup stickyd \
+             names. {name} comes back after {secs} s, empty, as a new incarnation."
+        )
+    } else {
+        format!(
+            "{name} stopped; its sessions are gone with it. <a href=\"/\">Reload</a> to be \
+             moved to another instance. {name} comes back after {secs} s."
+        )
+    };
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
@@ -558,10 +812,37 @@ fn stopped_page(instance: &Instance) -> String {
 <body><main style="--c: {colour}">
 <p class="label">stopped</p>
 <h1>{name}</h1>
-<p class="help">{name} stopped; its sessions are gone with it. <a href="/">Reload</a> to be
-moved to another instance. {name} comes back after {secs} s.</p>
+<p class="help">{what}</p>
 </main></body></html>
 "#,
-        secs = RESTART_AFTER.as_secs(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_demos_own_instance_names_reach_a_page() {
+        assert_eq!(instance_named("app-2"), INSTANCES[1]);
+        assert_eq!(instance_named("<script>").0, "another instance");
+    }
+
+    #[test]
+    fn the_config_has_replication_only_when_asked() {
+        let instance = Arc::new(Instance {
+            name: "app-1",
+            colour: "#000",
+            addr: "127.0.0.1:1".parse().unwrap(),
+            replicate: true,
+        });
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let on = stickyd_config(listen, &[instance.clone()], true);
+        let off = stickyd_config(listen, &[instance], false);
+        assert!(on.contains("\n[replication]\nbackups = 1\n"));
+        assert!(!off.contains("replication"));
+        let on: toml::Table = on.parse().unwrap();
+        assert_eq!(on["replication"]["backups"].as_integer(), Some(1));
+        assert_eq!(on["backend"].as_array().map(Vec::len), Some(1));
+    }
 }
