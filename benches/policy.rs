@@ -30,6 +30,7 @@ fn token_value() -> String {
         nonce: 0x1234_5678_9abc_def0,
         issued_at: NOW - 600,
         last_seen: NOW - 60,
+        backup_tag: [0; 8],
     };
     ring.sign(&claims).as_str().to_string()
 }
@@ -215,6 +216,7 @@ fn pinned(snap: &Snapshot, home: usize) -> TokenInput {
         nonce: 0x5eed_f00d_5e55_1011,
         issued_at: NOW - 600,
         last_seen: NOW - 60,
+        backup_tag: [0; 8],
     };
     let ring = &snap.pools[0].rings.own;
     let encoded = ring.sign(&claims);

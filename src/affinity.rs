@@ -16,7 +16,7 @@
 mod input;
 
 use crate::balance;
-use crate::token::{Claims, Invalid, Verified};
+use crate::token::{Claims, Invalid, NO_BACKUP, Verified};
 
 pub use input::{Input, Rings, Source, extract, read_fields};
 
@@ -356,6 +356,66 @@ pub fn route(
     excluded: &[usize],
     nonce: impl FnOnce() -> u64,
 ) -> Result<Route, NoRoute> {
+    let r = route_token(policy, token, now, pool, excluded, nonce)?;
+    Ok(name_backups(policy, r, token, now, pool, excluded))
+}
+
+/// Replication: the backups of the session's route named ([`backups`]) and the first recorded
+/// in the token: in the one it issues, or, when it issues none, in a re-issued one if the token
+/// recorded another (so a later takeover goes to exactly the backup the app last copied to).
+fn name_backups(
+    policy: &Policy,
+    mut r: Route,
+    token: TokenInput,
+    now: u32,
+    pool: &dyn PoolView,
+    excluded: &[usize],
+) -> Route {
+    if policy.backups == 0 || r.outcome == Outcome::Unpinned {
+        return r;
+    }
+    let Some(nonce) = r.session else {
+        return r;
+    };
+    // The same backups the request path names to the backend (`Retries::replica`).
+    let first = backups(policy, nonce, r.backend, now, pool, excluded)[0];
+    let want = first.map_or(NO_BACKUP, |b| pool.tag(b));
+    match (&mut r.issue, token) {
+        (Some(c), _) => c.backup_tag = want,
+        (None, TokenInput::Valid(v)) => {
+            if recorded_backup(pool, &v) != first {
+                r.issue = Some(Claims {
+                    backend_tag: pool.tag(r.backend),
+                    last_seen: now,
+                    backup_tag: want,
+                    ..v.claims
+                });
+                if r.outcome == Outcome::Valid {
+                    r.outcome = Outcome::Refreshed;
+                }
+            }
+        }
+        (None, _) => {}
+    }
+    r
+}
+
+/// The backup a token recorded (replication), if it names a backend of the pool.
+fn recorded_backup(pool: &dyn PoolView, v: &Verified) -> Option<usize> {
+    (v.claims.backup_tag != NO_BACKUP)
+        .then(|| pool.resolve(v.key_index, &v.claims.backup_tag))
+        .flatten()
+}
+
+/// [`route`] before the backups are named.
+fn route_token(
+    policy: &Policy,
+    token: TokenInput,
+    now: u32,
+    pool: &dyn PoolView,
+    excluded: &[usize],
+    nonce: impl FnOnce() -> u64,
+) -> Result<Route, NoRoute> {
     let open = |i: usize| !excluded.contains(&i);
     let placeable = |i: usize| open(i) && pins_at(policy, pool, i, now);
 
@@ -410,7 +470,7 @@ pub fn route(
         // Its backend was removed from the pool: the same deterministic fallback as for a dead
         // one (every instance and every parallel request agree), whatever on_pinned_down says,
         // since that backend is not coming back.
-        let fallback = balance::rendezvous(c.nonce, pool.hashes(), pool.weights(), placeable)
+        let fallback = takeover_target(policy, pool, &verified, None, &placeable)
             .or_else(|| open_fallback(policy, pool, &open))
             .ok_or(NoRoute::AllDown)?;
         return Ok(Route {
@@ -450,11 +510,9 @@ pub fn route(
             None
         };
         if let Some((why, outcome)) = lost {
-            let backup = balance::rendezvous(c.nonce, pool.hashes(), pool.weights(), |i| {
-                i != home && placeable(i)
-            })
-            .or_else(|| open_fallback(policy, pool, &|i| i != home && open(i)))
-            .ok_or(NoRoute::AllDown)?;
+            let backup = takeover_target(policy, pool, &verified, Some(home), &placeable)
+                .or_else(|| open_fallback(policy, pool, &|i| i != home && open(i)))
+                .ok_or(NoRoute::AllDown)?;
             return Ok(Route {
                 backend: backup,
                 outcome,
@@ -488,7 +546,7 @@ pub fn route(
     if policy.on_pinned_down == OnPinnedDown::Fail {
         return Err(NoRoute::PinnedDown);
     }
-    let fallback = balance::rendezvous(c.nonce, pool.hashes(), pool.weights(), placeable)
+    let fallback = takeover_target(policy, pool, &verified, Some(home), &placeable)
         .or_else(|| open_fallback(policy, pool, &open))
         .ok_or(NoRoute::AllDown)?;
     let repin = policy.on_pinned_down != OnPinnedDown::Return;
@@ -506,6 +564,25 @@ pub fn route(
         pins: repin,
         takeover: (policy.backups > 0 && repin).then_some(Takeover::Down),
     })
+}
+
+/// Where a session whose home is lost goes: with replication, the backup its token recorded
+/// (the one the app last copied the session to) while it is usable, else the first usable
+/// backend of its rendezvous ranking (the home left out): the same choice on every instance.
+fn takeover_target(
+    policy: &Policy,
+    pool: &dyn PoolView,
+    v: &Verified,
+    home: Option<usize>,
+    placeable: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
+    let usable = |i: usize| Some(i) != home && placeable(i);
+    let recorded = if policy.backups > 0 {
+        recorded_backup(pool, v).filter(|&b| usable(b))
+    } else {
+        None
+    };
+    recorded.or_else(|| balance::rendezvous(v.claims.nonce, pool.hashes(), pool.weights(), usable))
 }
 
 /// A session's backups (replication): the first `policy.backups` backends of its rendezvous
@@ -592,6 +669,7 @@ fn place_new(
             nonce,
             issued_at: now,
             last_seen: now,
+            backup_tag: NO_BACKUP,
         }),
         fallback: false,
         session: Some(nonce),

@@ -11,12 +11,23 @@
 //! | 0x01 | u8    | 8 bytes     | u64 BE      | u32 BE     | u32 BE     | 16 bytes   |
 //! ```
 //!
+//! Version 2 (50 bytes, 67 characters) adds the tag of the session's first backup, for session
+//! replication: the backup named to the app when the token was signed, so a takeover goes to
+//! exactly the backend that holds the session's copy. A token without a backup is version 1.
+//!
+//! ```text
+//! 0      1       2             10           18        26        30          34          50
+//! | ver  | keyid | backend_tag | backup_tag | nonce   | issued  | last_seen | mac        |
+//! | 0x02 | u8    | 8 bytes     | 8 bytes    | u64 BE  | u32 BE  | u32 BE    | 16 bytes   |
+//! ```
+//!
 //! * `keyid` is derived from the secret itself (first byte of SHA-256 over a label and the
 //!   secret), so it does not depend on the order of the ring or on which instance signs.
 //! * `backend_tag` is the first 8 bytes of HMAC(key, "backend:" + id): opaque, and stable when
 //!   backends are reordered or re-addressed.
-//! * `mac` is HMAC-SHA256(key, cookie name | "=" | bytes 0..26) truncated to 16 bytes, checked in
-//!   constant time.
+//! * `backup_tag` (version 2) is a backend tag as `backend_tag` is.
+//! * `mac` is HMAC-SHA256(key, cookie name | "=" | the bytes before it) truncated to 16 bytes,
+//!   checked in constant time.
 //!
 //! The house pattern for a format module (copy it for the next one): the layout drawn above
 //! and versioned by its first byte; keys precomputed once per snapshot; no allocation on
@@ -30,16 +41,23 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The only token version this build issues and accepts.
+/// The version of a token without a backup.
 pub const VERSION: u8 = 1;
-/// Length of a decoded token.
+/// The version of a token that names the session's backup (replication).
+pub const VERSION_BACKUP: u8 = 2;
+/// Length of a decoded version 1 token.
 pub const RAW_LEN: usize = 42;
-/// Length of an encoded token (the cookie value).
+/// Length of an encoded version 1 token (the cookie value).
 pub const ENCODED_LEN: usize = 56;
+/// Length of a decoded version 2 token.
+pub const RAW_LEN_BACKUP: usize = 50;
+/// Length of an encoded version 2 token.
+pub const ENCODED_LEN_BACKUP: usize = 67;
 /// Minimum secret length in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
-const PAYLOAD_LEN: usize = 26;
 const MAC_LEN: usize = 16;
+/// No backup: the `backup_tag` of a version 1 token.
+pub const NO_BACKUP: [u8; 8] = [0; 8];
 
 /// What a token asserts once its MAC is verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +70,9 @@ pub struct Claims {
     pub issued_at: u32,
     /// Unix seconds of the last refresh (bounds `max_idle`).
     pub last_seen: u32,
+    /// Opaque tag of the session's first backup when the token was signed (replication), or
+    /// [`NO_BACKUP`].
+    pub backup_tag: [u8; 8],
 }
 
 /// A token whose MAC checked out under the key at `key_index` in the ring.
@@ -76,13 +97,14 @@ pub enum Invalid {
 
 /// An encoded token, ready to be placed in a `Set-Cookie` value without allocating.
 #[derive(Clone, Copy)]
-pub struct Encoded([u8; ENCODED_LEN]);
+pub struct Encoded([u8; ENCODED_LEN_BACKUP], u8);
 
 impl Encoded {
     /// The cookie value as text.
     pub fn as_str(&self) -> &str {
         // The buffer only ever holds base64url output, which is ASCII.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(self.0.get(..usize::from(self.1)).unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -169,55 +191,73 @@ impl KeyRing {
         tag
     }
 
-    /// Signs `claims` with the first key. `claims.backend_tag` must be a tag under key 0.
+    /// Signs `claims` with the first key: version 1, or version 2 when it names a backup.
+    /// `claims.backend_tag` (and `backup_tag`) must be tags under key 0.
     pub fn sign(&self, claims: &Claims) -> Encoded {
         let key = &self.keys[0];
-        let mut raw = [0u8; RAW_LEN];
-        raw[0] = VERSION;
+        let mut raw = [0u8; RAW_LEN_BACKUP];
         raw[1] = key.id;
         raw[2..10].copy_from_slice(&claims.backend_tag);
-        raw[10..18].copy_from_slice(&claims.nonce.to_be_bytes());
-        raw[18..22].copy_from_slice(&claims.issued_at.to_be_bytes());
-        raw[22..26].copy_from_slice(&claims.last_seen.to_be_bytes());
+        let (len, at) = if claims.backup_tag == NO_BACKUP {
+            raw[0] = VERSION;
+            (RAW_LEN, 10)
+        } else {
+            raw[0] = VERSION_BACKUP;
+            raw[10..18].copy_from_slice(&claims.backup_tag);
+            (RAW_LEN_BACKUP, 18)
+        };
+        raw[at..at + 8].copy_from_slice(&claims.nonce.to_be_bytes());
+        raw[at + 8..at + 12].copy_from_slice(&claims.issued_at.to_be_bytes());
+        raw[at + 12..at + 16].copy_from_slice(&claims.last_seen.to_be_bytes());
+        let payload = len - MAC_LEN;
         let mut m = key.mac.clone();
-        m.update(&raw[..PAYLOAD_LEN]);
-        raw[PAYLOAD_LEN..].copy_from_slice(&m.finalize().into_bytes()[..MAC_LEN]);
-        let mut out = [0u8; ENCODED_LEN];
+        m.update(&raw[..payload]);
+        raw[payload..len].copy_from_slice(&m.finalize().into_bytes()[..MAC_LEN]);
+        let mut out = [0u8; ENCODED_LEN_BACKUP];
         let n = URL_SAFE_NO_PAD
-            .encode_slice(raw, &mut out)
-            .expect("42 bytes encode to exactly 56 characters");
-        debug_assert_eq!(n, ENCODED_LEN);
-        Encoded(out)
+            .encode_slice(&raw[..len], &mut out)
+            .expect("42 or 50 bytes encode to 56 or 67 characters");
+        debug_assert!(n == ENCODED_LEN || n == ENCODED_LEN_BACKUP);
+        Encoded(out, n as u8)
     }
 
     /// Decodes and verifies a cookie value. Never panics, whatever the input.
     pub fn verify(&self, value: &[u8]) -> Result<Verified, Invalid> {
-        if value.len() != ENCODED_LEN {
-            return Err(Invalid::Malformed);
-        }
-        let mut raw = [0u8; RAW_LEN + 3];
+        let (version, len) = match value.len() {
+            ENCODED_LEN => (VERSION, RAW_LEN),
+            ENCODED_LEN_BACKUP => (VERSION_BACKUP, RAW_LEN_BACKUP),
+            _ => return Err(Invalid::Malformed),
+        };
+        let mut raw = [0u8; RAW_LEN_BACKUP + 3];
         match URL_SAFE_NO_PAD.decode_slice(value, &mut raw) {
-            Ok(RAW_LEN) => {}
+            Ok(n) if n == len => {}
             _ => return Err(Invalid::Malformed),
         }
-        if raw[0] != VERSION {
+        if raw[0] != version {
             return Err(Invalid::Malformed);
         }
+        let (backup_tag, at) = if version == VERSION {
+            (NO_BACKUP, 10)
+        } else {
+            (to8(&raw[10..18]), 18)
+        };
+        let payload = len - MAC_LEN;
         let id = raw[1];
         let mut known = false;
         // Two secrets may share a one-byte id; try each candidate (a ring holds a handful).
         for (key_index, key) in self.keys.iter().enumerate().filter(|(_, k)| k.id == id) {
             known = true;
             let mut m = key.mac.clone();
-            m.update(&raw[..PAYLOAD_LEN]);
-            if m.verify_truncated_left(&raw[PAYLOAD_LEN..RAW_LEN]).is_ok() {
+            m.update(&raw[..payload]);
+            if m.verify_truncated_left(&raw[payload..len]).is_ok() {
                 return Ok(Verified {
                     key_index,
                     claims: Claims {
-                        backend_tag: raw[2..10].try_into().expect("8 bytes"),
-                        nonce: u64::from_be_bytes(raw[10..18].try_into().expect("8 bytes")),
-                        issued_at: u32::from_be_bytes(raw[18..22].try_into().expect("4 bytes")),
-                        last_seen: u32::from_be_bytes(raw[22..26].try_into().expect("4 bytes")),
+                        backend_tag: to8(&raw[2..10]),
+                        nonce: u64::from_be_bytes(to8(&raw[at..at + 8])),
+                        issued_at: u32::from_be_bytes(to4(&raw[at + 8..at + 12])),
+                        last_seen: u32::from_be_bytes(to4(&raw[at + 12..at + 16])),
+                        backup_tag,
                     },
                 });
             }
@@ -228,6 +268,20 @@ impl KeyRing {
             Invalid::UnknownKey
         })
     }
+}
+
+/// The 8 bytes of `b` (8 long by construction: a slice of a fixed layout).
+fn to8(b: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&b[..8]);
+    out
+}
+
+/// The 4 bytes of `b` (4 long by construction).
+fn to4(b: &[u8]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    out.copy_from_slice(&b[..4]);
+    out
 }
 
 #[cfg(test)]
@@ -244,6 +298,7 @@ mod tests {
             nonce: 0x0102_0304_0506_0708,
             issued_at: 1_700_000_000,
             last_seen: 1_700_000_100,
+            backup_tag: [0; 8],
         }
     }
 
@@ -420,10 +475,14 @@ mod tests {
 
         #[test]
         fn round_trip_holds_for_any_claims(tag in any::<[u8; 8]>(), nonce in any::<u64>(),
-                                           issued in any::<u32>(), seen in any::<u32>()) {
+                                           issued in any::<u32>(), seen in any::<u32>(),
+                                           backup in any::<[u8; 8]>(), with_backup in any::<bool>()) {
             let ring = KeyRing::new(&[A, B], "stickyd");
-            let c = Claims { backend_tag: tag, nonce, issued_at: issued, last_seen: seen };
+            let backup_tag = if with_backup { backup } else { NO_BACKUP };
+            let c = Claims { backend_tag: tag, nonce, issued_at: issued, last_seen: seen, backup_tag };
             let t = ring.sign(&c);
+            let len = if backup_tag == NO_BACKUP { ENCODED_LEN } else { ENCODED_LEN_BACKUP };
+            prop_assert_eq!(t.as_str().len(), len);
             prop_assert_eq!(ring.verify(t.as_str().as_bytes()), Ok(Verified { key_index: 0, claims: c }));
         }
     }

@@ -17,6 +17,7 @@ fn claims_for(ring: &KeyRing, id: &str, issued_at: u32, last_seen: u32) -> Claim
         nonce: 77,
         issued_at,
         last_seen,
+        backup_tag: [0; 8],
     }
 }
 

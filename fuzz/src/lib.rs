@@ -68,6 +68,7 @@ pub fn token(data: &[u8]) -> Result<Verified, Invalid> {
         nonce: u64::from_be_bytes(b[8..16].try_into().expect("8 bytes")),
         issued_at: u32::from_be_bytes(b[16..20].try_into().expect("4 bytes")),
         last_seen: u32::from_be_bytes(b[20..24].try_into().expect("4 bytes")),
+        backup_tag: [0; 8],
     };
     let t = ring.sign(&claims);
     let t = t.as_str().as_bytes();

@@ -210,6 +210,7 @@ mod tests {
                 nonce: 42,
                 issued_at: 100,
                 last_seen: 100,
+                backup_tag: [0; 8],
             })
             .as_str()
             .to_string()
@@ -457,6 +458,7 @@ mod tests {
             nonce,
             issued_at: 100,
             last_seen: 100,
+            backup_tag: [0; 8],
         })
         .as_str()
         .to_string()

@@ -42,6 +42,7 @@ impl Pool {
                 nonce,
                 issued_at,
                 last_seen,
+                backup_tag: [0; 8],
             },
         })
     }
@@ -283,6 +284,7 @@ fn a_token_from_an_older_key_is_resigned_at_once() {
             nonce: 5,
             issued_at: NOW - 10,
             last_seen: NOW - 10,
+            backup_tag: [0; 8],
         },
     });
     let r = go(&policy(), &pool, t).unwrap();
@@ -427,6 +429,7 @@ fn cookie_max_age_is_the_rest_of_max_life() {
         nonce: 0,
         issued_at: NOW - 100,
         last_seen: NOW,
+        backup_tag: [0; 8],
     };
     assert_eq!(cookie_max_age(&policy(), &c, NOW), 86_300);
     assert_eq!(cookie_max_age(&policy(), &c, NOW + 100_000), 0);
@@ -697,6 +700,7 @@ fn a_removed_home_is_a_takeover_with_replication_only() {
             nonce: 5,
             issued_at: NOW - 100,
             last_seen: NOW - 10,
+            backup_tag: [0; 8],
         },
     });
     let r = go(&replicated(1), &pool, t).unwrap();
@@ -831,4 +835,94 @@ fn a_backend_seen_restarting_this_second_takes_no_new_pin_until_the_next() {
         })
         .collect();
     assert!(later.contains(&1));
+}
+
+/// `t` (a token) with `backup` recorded as its backup.
+fn with_backup(pool: &Pool, t: TokenInput, backup: usize) -> TokenInput {
+    match t {
+        TokenInput::Valid(mut v) => {
+            v.claims.backup_tag = pool.tag(backup);
+            TokenInput::Valid(v)
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn the_token_records_the_backup_named_and_is_reissued_when_it_changes() {
+    let mut pool = Pool::new(4);
+    let nonce = 11;
+    let rank = ranking(&pool, nonce);
+    let home = rank[3];
+    let (first, second) = (rank[0], rank[1]);
+    // A new session's token records its first backup.
+    let r = route(&replicated(1), TokenInput::Absent, NOW, &pool, &[], || {
+        nonce
+    })
+    .unwrap();
+    let named = backups(&replicated(1), nonce, r.backend, NOW, &pool, &[])[0].unwrap();
+    assert_eq!(r.issue.unwrap().backup_tag, pool.tag(named));
+    // Served at home with the backup it recorded: no cookie.
+    let t = with_backup(&pool, pool.token(home, nonce, NOW - 100, NOW - 10), first);
+    let r = go(&replicated(1), &pool, t).unwrap();
+    assert_eq!(
+        (r.backend, r.issue, r.outcome),
+        (home, None, Outcome::Valid)
+    );
+    // The first backup goes down: the session names the second, and its cookie says so.
+    pool.healthy[first] = false;
+    let r = go(&replicated(1), &pool, t).unwrap();
+    assert_eq!((r.backend, r.outcome), (home, Outcome::Refreshed));
+    let c = r.issue.unwrap();
+    assert_eq!(
+        (c.backup_tag, c.backend_tag),
+        (pool.tag(second), pool.tag(home))
+    );
+    assert_eq!((c.nonce, c.issued_at, c.last_seen), (nonce, NOW - 100, NOW));
+    // A token from before replication (no backup) gets one on its next request.
+    pool.healthy[first] = true;
+    let old = pool.token(home, nonce, NOW - 100, NOW - 10);
+    let r = go(&replicated(1), &pool, old).unwrap();
+    assert_eq!(r.issue.unwrap().backup_tag, pool.tag(first));
+    // Without replication no backup is recorded, and tokens stay version 1.
+    let r = go(&policy(), &pool, TokenInput::Absent).unwrap();
+    assert_eq!(r.issue.unwrap().backup_tag, crate::token::NO_BACKUP);
+}
+
+#[test]
+fn a_takeover_goes_to_the_recorded_backup_even_after_a_better_ranked_one_recovers() {
+    // The demo's case: the session was copied to the second of its ranking while the first was
+    // down; the first recovers; the session makes no request; then its home is lost.
+    let mut pool = Pool::new(4);
+    let nonce = 23;
+    let rank = ranking(&pool, nonce);
+    let home = rank[3];
+    let (first, second) = (rank[0], rank[1]);
+    let t = with_backup(&pool, pool.token(home, nonce, NOW - 100, NOW - 10), second);
+    pool.healthy[home] = false;
+    let r = go(&replicated(1), &pool, t).unwrap();
+    assert_eq!(
+        (r.backend, r.takeover),
+        (second, Some(Takeover::Down)),
+        "the backup holding the copy, not the recovered {first}"
+    );
+    // Re-pinned there, the token records the new home's own first backup.
+    let c = r.issue.unwrap();
+    assert_eq!(c.backend_tag, pool.tag(second));
+    let next = backups(&replicated(1), nonce, second, NOW, &pool, &[])[0].unwrap();
+    assert_eq!(c.backup_tag, pool.tag(next));
+    // The recorded backup lost too: the ranking's first usable takes over.
+    pool.healthy[second] = false;
+    let r = go(&replicated(1), &pool, t).unwrap();
+    assert_eq!((r.backend, r.takeover), (first, Some(Takeover::Down)));
+    // The same for a handoff and a restart of the home.
+    pool.healthy[second] = true;
+    pool.healthy[home] = true;
+    pool.handoff[home] = true;
+    pool.admin[home] = AdminState::Draining;
+    assert_eq!(go(&replicated(1), &pool, t).unwrap().backend, second);
+    pool.handoff[home] = false;
+    pool.admin[home] = AdminState::Active;
+    pool.restarted[home] = NOW - 5;
+    assert_eq!(go(&replicated(1), &pool, t).unwrap().backend, second);
 }

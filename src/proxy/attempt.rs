@@ -191,6 +191,7 @@ impl Retries {
             return None;
         }
         let nonce = route.session?;
+        // The backups affinity recorded in the token, computed again with the same inputs.
         let view = pool.view(&snap.backends);
         let named = affinity::backups(
             &pool.policy,

@@ -58,6 +58,7 @@ fn claims(tag: [u8; 8]) -> Claims {
         nonce: 7,
         issued_at: 1_000,
         last_seen: 1_000,
+        backup_tag: [0; 8],
     }
 }
 
