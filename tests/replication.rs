@@ -22,7 +22,7 @@ fn config(apps: &[&ReplicaApp], backups: u8, extra: &str) -> String {
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[affinity]\nkeys = [\"env:KEY\"]\n\
          [health]\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n\
          [upstream]\nretries = 1\n[replication]\nbackups = {backups}\n{extra}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
+         [admin]\nlisten = \"127.0.0.1:0\"\ndrain_quiet = \"1s\"\n"
     );
     for a in apps {
         t.push_str(&format!(
@@ -325,6 +325,20 @@ async fn a_handoff_empties_a_backend_without_losing_a_cart() {
     // New sessions avoid b, and its drained flag comes once it is quiet (drain_quiet).
     let mut new = shoppers(addr, 10, 1).await;
     assert!(!check_carts(&mut new).await.1.contains(&"b".to_string()));
+    // Quiet for drain_quiet (1 s here): reported drained, safe to stop.
+    let b_live = lb.shared().load().backends[1].live.clone();
+    let mut drained = false;
+    for _ in 0..300 {
+        let got = Browser::new(admin).get("/backends/b").await;
+        let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        if v["drained"].as_bool() == Some(true) {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(drained, "b reported drained once quiet");
+    assert!(b_live.admin.handoff());
     // Enable ends the handoff.
     let got = Browser::new(admin)
         .send("POST", "/backends/b/enable", Default::default(), &[])
