@@ -165,6 +165,10 @@ pub struct Affinity {
     pub secure: Option<bool>,
     /// Cookie `Domain`, when set.
     pub domain: Option<String>,
+    /// Cookie `SameSite`.
+    pub same_site: crate::headers::SameSite,
+    /// Cookie `Partitioned` (CHIPS).
+    pub partitioned: bool,
 }
 
 /// `[balance]`: placement of new sessions, and what happens when nothing is up.

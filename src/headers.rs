@@ -19,9 +19,9 @@ mod forward;
 mod framing;
 
 pub use cookie::{
-    CookieAttrs, Found, MAX_COOKIE_VALUE, Strip, add_set_cookie, drop_cookies, find_cookie,
-    holds_cookie, is_cookie_name, set_cookie, strip_cookie, strip_cookie_where, take_cookie,
-    write_without_cookie, write_without_cookie_where,
+    CookieAttrs, Found, MAX_COOKIE_VALUE, SameSite, Strip, add_set_cookie, drop_cookies,
+    find_cookie, holds_cookie, is_cookie_name, set_cookie, strip_cookie, strip_cookie_where,
+    take_cookie, write_without_cookie, write_without_cookie_where,
 };
 pub use forward::{
     Forwarded, add_forwarded, client_ip, ip_value, keeps_forwarded, strip_hop_by_hop,

@@ -155,6 +155,8 @@ pub(super) struct Affinity {
     pub on_pinned_down: OnPinnedDown,
     pub secure: Option<bool>,
     pub domain: Option<Spanned<String>>,
+    pub same_site: Spanned<crate::headers::SameSite>,
+    pub partitioned: Spanned<bool>,
 }
 
 impl Default for Affinity {
@@ -173,6 +175,8 @@ impl Default for Affinity {
             on_pinned_down: OnPinnedDown::Repin,
             secure: None,
             domain: None,
+            same_site: dflt(crate::headers::SameSite::Lax),
+            partitioned: dflt(false),
         }
     }
 }

@@ -116,6 +116,46 @@ fn the_example_configs_commented_pool_works_when_uncommented() {
 }
 
 #[test]
+fn same_site_none_and_partitioned_are_accepted_with_secure_and_reach_the_pools() {
+    let c = parse_for_tests(
+        "[affinity]\nsame_site = \"none\"\npartitioned = true\nsecure = true\n\
+         [[backend]]\nid = \"a\"\naddress = \"h:1\"\n\
+         [[pool]]\nname = \"p\"\n[pool.affinity]\nsame_site = \"strict\"\npartitioned = false\n\
+         [[pool.backend]]\nid = \"b\"\naddress = \"h:2\"\n",
+    );
+    use crate::headers::SameSite;
+    assert_eq!(
+        (
+            c.pools[0].affinity.same_site,
+            c.pools[0].affinity.partitioned
+        ),
+        (SameSite::None, true)
+    );
+    assert_eq!(
+        (
+            c.pools[1].affinity.same_site,
+            c.pools[1].affinity.partitioned
+        ),
+        (SameSite::Strict, false)
+    );
+    // TLS listeners only: the default Secure (on TLS) is every cookie.
+    let tls_only = "[server]\nlisten = []\n[affinity]\nsame_site = \"none\"\n\
+                    [[backend]]\nid = \"a\"\naddress = \"h:1\"\n";
+    let e = parse(
+        tls_only,
+        "t.toml",
+        Path::new("/etc/stickyd"),
+        &FakeKeys::default(),
+    );
+    assert!(
+        e.as_ref()
+            .err()
+            .is_none_or(|e| !e.message.contains("same_site")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn the_shipped_example_config_is_valid_and_documents_every_key() {
     let text = include_str!("../../config/example.toml");
     let mut keys = FakeKeys::default();
@@ -181,6 +221,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "on_pinned_down",
         "secure",
         "domain",
+        "same_site",
+        "partitioned",
         "all_down",
         "retry_after",
         "slow_start",
@@ -596,6 +638,19 @@ fn every_validation_error_names_the_offending_keys_own_line_and_column() {
         (section("health", "timeout = \"0s\""), 3, 11, "must be more than 0"),
         (section("health", "rise = 0"), 3, 8, "health.rise must be at least 1"),
         (section("health", "fall = 0"), 3, 8, "health.fall must be at least 1"),
+        // [affinity] same_site and partitioned need Secure
+        (
+            section("affinity", "same_site = \"none\""),
+            3,
+            13,
+            "same_site = \"none\" needs Secure",
+        ),
+        (
+            section("affinity", "secure = false\npartitioned = true"),
+            4,
+            15,
+            "affinity.partitioned needs Secure on every cookie, not affinity.secure = false",
+        ),
         // [replication]
         (section("replication", "backups = 3"), 3, 11, "must be 0, 1 or 2"),
         (section("replication", "port = 0"), 3, 8, "replication.port must be 1 to 65535"),

@@ -44,6 +44,10 @@ pub(super) fn config(
     let balance = balance(&raw.balance)?;
     let server = server(&raw.server, raw.tls.as_ref())?;
     let mut affinity = affinity(&raw.affinity)?;
+    let plain = !server.listen.is_empty();
+    for a in std::iter::once(&raw.affinity).chain(raw.pools.iter().map(|p| &p.affinity)) {
+        cookie_security(a, plain)?;
+    }
     let upstream = upstream(&raw.upstream)?;
     let health = health(&raw.health)?;
     let replication = replication(
@@ -419,6 +423,41 @@ fn server(s: &raw::Server, tls: Option<&raw::Tls>) -> Result<Server, Invalid> {
 }
 
 /// `[affinity]` without its secrets, which are loaded once every rule holds.
+/// `SameSite=None` and `Partitioned` need `Secure` on every cookie issued (browsers drop the
+/// cookie otherwise): `secure = true`, or the default (Secure on TLS) with TLS listeners only.
+/// Refused at the attribute that needs it.
+fn cookie_security(a: &raw::Affinity, plain_listeners: bool) -> Result<(), Invalid> {
+    let secure_always = match a.secure {
+        Some(s) => s,
+        None => !plain_listeners,
+    };
+    let why = || {
+        if a.secure == Some(false) {
+            "affinity.secure = false"
+        } else {
+            "plain (non-TLS) listeners with affinity.secure unset"
+        }
+    };
+    if *a.same_site.get_ref() == crate::headers::SameSite::None {
+        check(secure_always, a.same_site.span(), || {
+            format!(
+                "affinity.same_site = \"none\" needs Secure on every cookie (browsers drop it \
+                 otherwise), not {}: set affinity.secure = true",
+                why()
+            )
+        })?;
+    }
+    if *a.partitioned.get_ref() {
+        check(secure_always, a.partitioned.span(), || {
+            format!(
+                "affinity.partitioned needs Secure on every cookie, not {}: set affinity.secure = true",
+                why()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn affinity(a: &raw::Affinity) -> Result<Affinity, Invalid> {
     let sf = *a.sticky_fraction.get_ref();
     check((0.0..=1.0).contains(&sf), a.sticky_fraction.span(), || {
@@ -480,6 +519,8 @@ fn affinity(a: &raw::Affinity) -> Result<Affinity, Invalid> {
         on_pinned_down: a.on_pinned_down,
         secure: a.secure,
         domain: a.domain.as_ref().map(|d| d.get_ref().clone()),
+        same_site: *a.same_site.get_ref(),
+        partitioned: *a.partitioned.get_ref(),
     })
 }
 

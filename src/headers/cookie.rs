@@ -226,6 +226,34 @@ pub struct CookieAttrs {
     pub secure: Option<bool>,
     /// Optional `Domain`.
     pub domain: Option<String>,
+    /// `SameSite`.
+    pub same_site: SameSite,
+    /// `Partitioned` (CHIPS: the cookie is kept per top-level site).
+    pub partitioned: bool,
+}
+
+/// The `SameSite` attribute of the affinity cookie (`[affinity] same_site`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// `Lax`: sent on top-level navigations from other sites (the default).
+    #[default]
+    Lax,
+    /// `Strict`: sent only on requests from the same site.
+    Strict,
+    /// `None`: sent on cross-site requests too (embedded apps); browsers require `Secure`.
+    None,
+}
+
+impl SameSite {
+    /// The attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 /// The `Set-Cookie` value for token `value` with `max_age` seconds left, for a client on a TLS
@@ -241,9 +269,13 @@ pub fn set_cookie(attrs: &CookieAttrs, value: &str, max_age: u32, tls: bool) -> 
         s.push_str("; Domain=");
         s.push_str(d);
     }
-    s.push_str("; HttpOnly; SameSite=Lax");
+    s.push_str("; HttpOnly; SameSite=");
+    s.push_str(attrs.same_site.as_str());
     if attrs.secure.unwrap_or(tls) {
         s.push_str("; Secure");
+    }
+    if attrs.partitioned {
+        s.push_str("; Partitioned");
     }
     // Name and domain are validated as cookie tokens at config load; value is base64url.
     HeaderValue::from_str(&s).expect("validated cookie attributes form a valid header")
@@ -368,6 +400,8 @@ mod tests {
             name: "stickyd".into(),
             secure: None,
             domain: None,
+            same_site: SameSite::Lax,
+            partitioned: false,
         };
         assert_eq!(
             set_cookie(&a, "TOK", 3600, false),
@@ -382,10 +416,31 @@ mod tests {
             name: "sid".into(),
             secure: Some(true),
             domain: Some("example.com".into()),
+            same_site: SameSite::Lax,
+            partitioned: false,
         };
         assert_eq!(
             set_cookie(&a, "T", 5, false),
             "sid=T; Path=/; Max-Age=5; Domain=example.com; HttpOnly; SameSite=Lax; Secure"
+        );
+        let embedded = CookieAttrs {
+            same_site: SameSite::None,
+            partitioned: true,
+            ..a.clone()
+        };
+        assert_eq!(
+            set_cookie(&embedded, "T", 5, false),
+            "sid=T; Path=/; Max-Age=5; Domain=example.com; HttpOnly; SameSite=None; Secure; Partitioned"
+        );
+        let strict = CookieAttrs {
+            same_site: SameSite::Strict,
+            ..a.clone()
+        };
+        assert!(
+            set_cookie(&strict, "T", 5, true)
+                .to_str()
+                .unwrap()
+                .contains("; SameSite=Strict;")
         );
         let never = CookieAttrs {
             secure: Some(false),

@@ -197,6 +197,8 @@ pub(super) fn build(
                     name: p.affinity.cookie.clone(),
                     secure: p.affinity.secure,
                     domain: p.affinity.domain.clone(),
+                    same_site: p.affinity.same_site,
+                    partitioned: p.affinity.partitioned,
                 },
                 rings: Rings { own, others },
                 live,
