@@ -138,7 +138,12 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
         );
         return r;
     }
-    if let Some(t) = &ctx.token
+    // The platform's probes (a kubelet, a cloud balancer) carry no token: alive and ready
+    // answer without one, and say nothing else.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz")
+        && matches!(*req.method(), Method::GET | Method::HEAD);
+    if !probe
+        && let Some(t) = &ctx.token
         && !authorized(req.headers().get(header::AUTHORIZATION), &t.0)
     {
         let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
@@ -150,11 +155,22 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match (segs.as_slice(), method) {
-        (["healthz"], Method::GET | Method::HEAD) => {
+        // Alive: the process answers (liveness). Draining is not a failure to restart for.
+        (["healthz"], Method::GET | Method::HEAD) => text(StatusCode::OK, "ok\n"),
+        // Ready for new traffic (readiness): not stopping, and some backend can serve.
+        (["readyz"], Method::GET | Method::HEAD) => {
             if *ctx.stopping.borrow() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !ctx
+                .shared
+                .load()
+                .backends
+                .iter()
+                .any(|b| b.live.health.is_up() && b.admin_state() != AdminState::Disabled)
+            {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no usable backend\n")
             } else {
-                text(StatusCode::OK, "ok\n")
+                text(StatusCode::OK, "ready\n")
             }
         }
         (["metrics"], Method::GET) => {
@@ -215,7 +231,7 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
         }
         (["route"], Method::GET) => route_json(ctx, req.uri().query()),
         (["reload"], Method::POST) => reload(ctx).await,
-        (["healthz"], _) => not_allowed("GET, HEAD"),
+        (["healthz" | "readyz"], _) => not_allowed("GET, HEAD"),
         (["metrics" | "backends" | "pools" | "route"], _) | (["backends", _], _) => {
             not_allowed("GET")
         }

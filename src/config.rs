@@ -125,6 +125,9 @@ pub struct Server {
     pub max_headers: usize,
     /// Time in-flight requests get to finish on SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, `/readyz` answers 503 and everything is served as before for this long
+    /// (while the platform stops sending traffic), then the drain of `shutdown_grace` begins.
+    pub shutdown_delay: Duration,
     /// Peers whose X-Forwarded-* headers are trusted and appended to.
     pub trusted_proxies: Vec<Cidr>,
     /// Add `Via: <version> stickyd` to forwarded requests.

@@ -234,6 +234,13 @@ impl Running {
         self.max_conns as usize - self.conns.available_permits()
     }
 
+    /// The first step of a shutdown with `[server] shutdown_delay`: `/readyz` answers 503 from
+    /// now on, and everything else is served as before, so the platform takes this instance out
+    /// of rotation before [`Running::shutdown`] stops accepting.
+    pub fn not_ready(&self) {
+        let _ = self.stopping.send(true);
+    }
+
     /// Graceful shutdown: stop accepting, let every connection finish its in-flight requests
     /// (HTTP/1 closes after the current response, HTTP/2 sends GOAWAY), and after `grace` close
     /// whatever is left. Returns the number of connections that had to be cut.
@@ -274,7 +281,6 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let grace = config.server.shutdown_grace;
     let notify = crate::notify::Notifier::from_env();
     let mut running = start(config).await?;
     notify.ready(&status_line(&running));
@@ -300,8 +306,22 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
             }
         }
     }
-    info!(grace = ?grace, "shutting down");
     notify.stopping();
+    // As the config is now (a reload may have changed them).
+    let (delay, grace) = {
+        let s = &running.shared().load().config.server;
+        (s.shutdown_delay, s.shutdown_grace)
+    };
+    if !delay.is_zero() {
+        info!(delay = ?delay, "not ready: serving on until the delay is over, then draining");
+        running.not_ready();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = term.recv() => warn!("second signal: draining now"),
+            _ = int.recv() => warn!("second signal: draining now"),
+        }
+    }
+    info!(grace = ?grace, "shutting down");
     tokio::select! {
         cut = running.shutdown(grace) => {
             if cut > 0 {

@@ -204,11 +204,20 @@ async fn a_token_guards_every_call() {
     )
     .await;
     let admin = lb.admin_addr().unwrap();
-    for path in ["/healthz", "/metrics", "/backends"] {
+    for path in ["/metrics", "/backends", "/pools", "/route?cookie=x"] {
         let got = Browser::new(admin).get(path).await;
         assert_eq!(got.status, 401, "{path}");
         assert_eq!(got.headers["www-authenticate"], "Bearer");
     }
+    // The platform's probes carry no token: alive and ready answer without one.
+    for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let got = Browser::new(admin).get(path).await;
+        assert_eq!((got.status, got.text().as_str()), (200, body), "{path}");
+    }
+    let post = Browser::new(admin)
+        .send("POST", "/readyz", Bytes::new(), &[])
+        .await;
+    assert_eq!(post.status, 401, "only GET and HEAD of the probes are open");
     let wrong = Browser::new(admin)
         .send(
             "GET",
@@ -510,4 +519,41 @@ async fn a_request_without_host_is_served() {
         );
         assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
     }
+}
+
+#[tokio::test]
+async fn readyz_says_not_ready_without_a_usable_backend_and_once_stopping() {
+    let a = TestBackend::start("a").await;
+    let lb = stickyd(
+        &Cfg {
+            admin: Some(""),
+            ..Cfg::default()
+        },
+        &pool(&[&a]),
+    )
+    .await;
+    assert_eq!(call(&lb, "GET", "/readyz").await.status, 200);
+    let got = Browser::new(lb.admin_addr().unwrap())
+        .send("POST", "/backends/a/disable", Bytes::new(), &[])
+        .await;
+    assert_eq!(got.status, 200);
+    let got = call(&lb, "GET", "/readyz").await;
+    assert_eq!(
+        (got.status, got.text().as_str()),
+        (503, "no usable backend\n")
+    );
+    assert_eq!(call(&lb, "GET", "/healthz").await.status, 200, "alive");
+    Browser::new(lb.admin_addr().unwrap())
+        .send("POST", "/backends/a/enable", Bytes::new(), &[])
+        .await;
+    assert_eq!(call(&lb, "GET", "/readyz").await.status, 200);
+    lb.not_ready();
+    let got = call(&lb, "GET", "/readyz").await;
+    assert_eq!((got.status, got.text().as_str()), (503, "draining\n"));
+    assert_eq!(call(&lb, "GET", "/healthz").await.status, 200);
+    // Still serving.
+    assert_eq!(
+        Browser::new(lb.local_addrs()[0]).get("/").await.backend(),
+        "a"
+    );
 }

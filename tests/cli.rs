@@ -210,6 +210,77 @@ fn sigterm_stops_the_daemon_with_status_0() {
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
 
+#[test]
+fn with_a_shutdown_delay_sigterm_makes_it_unready_first_and_it_serves_on_until_drained() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = GOOD
+        .replace("127.0.0.1:9", &backend.local_addr().unwrap().to_string())
+        .replace(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nshutdown_delay = \"1h\"\n",
+        )
+        + "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"file:key\"\n";
+    let path = write_config("delay", &text);
+    let (mut child, lines) = daemon(&path);
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stickyd kept logging")
+    };
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        let l = next();
+        let at = l
+            .split("address=")
+            .nth(1)
+            .map(|a| a.split_whitespace().next().unwrap().to_string());
+        if l.contains("admin API listening") {
+            admin = at;
+        } else if l.contains("listening") {
+            addr = at;
+        }
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
+    // The probes answer without the token; the rest still needs it.
+    assert!(http(&admin, "GET", "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http(&admin, "GET", "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http(&admin, "GET", "/backends").starts_with("HTTP/1.1 401"));
+
+    kill_process(Pid::from_child(&child.0), Signal::TERM).unwrap();
+    while !next().contains("not ready") {}
+    // Not ready, still alive, and still serving new connections.
+    let ready = http(&admin, "GET", "/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.ends_with("draining\n"),
+        "{ready}"
+    );
+    assert!(http(&admin, "GET", "/healthz").starts_with("HTTP/1.1 200"));
+    let mut client = TcpStream::connect(&addr).unwrap();
+    client
+        .write_all(b"GET /late HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let (mut up, _) = backend.accept().unwrap();
+    let mut head = [0u8; 1024];
+    let n = up.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"GET /late HTTP/1.1"));
+    up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .unwrap();
+    let mut resp = String::new();
+    client.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    // A second signal ends the delay: it drains and exits 0.
+    kill_process(Pid::from_child(&child.0), Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "stickyd did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
 /// Starts the daemon on `path` with info logs; its log lines arrive through the channel, so
 /// that every wait on them can have a deadline.
 fn daemon(path: &std::path::Path) -> (Reaped, std::sync::mpsc::Receiver<String>) {

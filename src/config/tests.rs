@@ -205,6 +205,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "max_header_bytes",
         "max_headers",
         "shutdown_grace",
+        "shutdown_delay",
         "trusted_proxies",
         "via",
         "h2_max_concurrent_streams",

@@ -416,6 +416,7 @@ fn server(s: &raw::Server, tls: Option<&raw::Tls>) -> Result<Server, Invalid> {
         max_header_bytes: hb,
         max_headers: mh,
         shutdown_grace: s.shutdown_grace.0,
+        shutdown_delay: s.shutdown_delay.0,
         trusted_proxies: s.trusted_proxies.clone(),
         via: s.via,
         h2_max_concurrent_streams: s.h2_max_concurrent_streams,
