@@ -31,6 +31,7 @@ fn token_value() -> String {
         issued_at: NOW - 600,
         last_seen: NOW - 60,
         backup_tag: [0; 8],
+        backup2_tag: [0; 8],
     };
     ring.sign(&claims).as_str().to_string()
 }
@@ -217,6 +218,7 @@ fn pinned(snap: &Snapshot, home: usize) -> TokenInput {
         issued_at: NOW - 600,
         last_seen: NOW - 60,
         backup_tag: [0; 8],
+        backup2_tag: [0; 8],
     };
     let ring = &snap.pools[0].rings.own;
     let encoded = ring.sign(&claims);

@@ -287,9 +287,21 @@ pub struct Route {
     /// Replication: the session is served by its backup because its home was lost; the
     /// backend promotes its replica (`X-Stickyd-Takeover`).
     pub takeover: Option<Takeover>,
+    /// Replication: the session's backups for `backend`, named to it and recorded in the token
+    /// ([`Route::backups`]); `u32::MAX` past the last (compact: a connection's task holds it).
+    pub named: [u32; 2],
 }
 
+/// No backup named.
+const NONE_NAMED: [u32; 2] = [u32::MAX; 2];
+
 impl Route {
+    /// The session's backups named with this route (replication), as indexes in the pool.
+    pub fn backups(&self) -> [Option<usize>; 2] {
+        self.named
+            .map(|b| (b != u32::MAX).then(|| usize::try_from(b).unwrap_or(usize::MAX)))
+    }
+
     /// Whether a valid session was moved for good: served by the fallback and pinned there.
     pub fn repinned(&self) -> bool {
         self.fallback && self.pins
@@ -377,17 +389,24 @@ fn name_backups(
     let Some(nonce) = r.session else {
         return r;
     };
-    // The same backups the request path names to the backend (`Retries::replica`).
-    let first = backups(policy, nonce, r.backend, now, pool, excluded)[0];
-    let want = first.map_or(NO_BACKUP, |b| pool.tag(b));
+    // A new session left unpinned by sticky_fraction has no home to keep copies for.
+    if r.issue
+        .is_some_and(|c| c.backend_tag == pool.unpinned_tag(0))
+    {
+        return r;
+    }
+    let named = backups(policy, nonce, r.backend, now, pool, excluded);
+    r.named = named.map(|b| b.map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX)));
+    let tags = named.map(|b| b.map_or(NO_BACKUP, |i| pool.tag(i)));
     match (&mut r.issue, token) {
-        (Some(c), _) => c.backup_tag = want,
+        (Some(c), _) => [c.backup_tag, c.backup2_tag] = tags,
         (None, TokenInput::Valid(v)) => {
-            if recorded_backup(pool, &v) != first {
+            if recorded_backups(pool, &v) != named {
                 r.issue = Some(Claims {
                     backend_tag: pool.tag(r.backend),
                     last_seen: now,
-                    backup_tag: want,
+                    backup_tag: tags[0],
+                    backup2_tag: tags[1],
                     ..v.claims
                 });
                 if r.outcome == Outcome::Valid {
@@ -400,11 +419,13 @@ fn name_backups(
     r
 }
 
-/// The backup a token recorded (replication), if it names a backend of the pool.
-fn recorded_backup(pool: &dyn PoolView, v: &Verified) -> Option<usize> {
-    (v.claims.backup_tag != NO_BACKUP)
-        .then(|| pool.resolve(v.key_index, &v.claims.backup_tag))
-        .flatten()
+/// The backups a token recorded (replication), each if it names a backend of the pool.
+fn recorded_backups(pool: &dyn PoolView, v: &Verified) -> [Option<usize>; 2] {
+    [v.claims.backup_tag, v.claims.backup2_tag].map(|t| {
+        (t != NO_BACKUP)
+            .then(|| pool.resolve(v.key_index, &t))
+            .flatten()
+    })
 }
 
 /// [`route`] before the backups are named.
@@ -464,6 +485,7 @@ fn route_token(
             session: Some(c.nonce),
             pins: false,
             takeover: None,
+            named: NONE_NAMED,
         });
     }
     let Some(home) = pool.resolve(verified.key_index, &c.backend_tag) else {
@@ -485,6 +507,7 @@ fn route_token(
             session: Some(c.nonce),
             pins: true,
             takeover: (policy.backups > 0).then_some(Takeover::Removed),
+            named: NONE_NAMED,
         });
     };
     // A token signed by an older key is re-signed by the current one as soon as it is seen.
@@ -521,6 +544,7 @@ fn route_token(
                 session: Some(c.nonce),
                 pins: true,
                 takeover: Some(why),
+                named: NONE_NAMED,
             });
         }
     }
@@ -540,6 +564,7 @@ fn route_token(
             session: Some(c.nonce),
             pins: false,
             takeover: None,
+            named: NONE_NAMED,
         });
     }
 
@@ -563,12 +588,14 @@ fn route_token(
         session: Some(c.nonce),
         pins: repin,
         takeover: (policy.backups > 0 && repin).then_some(Takeover::Down),
+        named: NONE_NAMED,
     })
 }
 
-/// Where a session whose home is lost goes: with replication, the backup its token recorded
-/// (the one the app last copied the session to) while it is usable, else the first usable
-/// backend of its rendezvous ranking (the home left out): the same choice on every instance.
+/// Where a session whose home is lost goes: with replication, the first backup its token
+/// recorded (the ones the app last copied the session to) that is usable, else the first
+/// usable backend of its rendezvous ranking (the home left out): the same choice on every
+/// instance.
 fn takeover_target(
     policy: &Policy,
     pool: &dyn PoolView,
@@ -578,7 +605,10 @@ fn takeover_target(
 ) -> Option<usize> {
     let usable = |i: usize| Some(i) != home && placeable(i);
     let recorded = if policy.backups > 0 {
-        recorded_backup(pool, v).filter(|&b| usable(b))
+        recorded_backups(pool, v)
+            .into_iter()
+            .flatten()
+            .find(|&b| usable(b))
     } else {
         None
     };
@@ -627,6 +657,7 @@ pub fn route_hashed(
         session: None,
         pins: false,
         takeover: None,
+        named: NONE_NAMED,
     })
 }
 
@@ -670,11 +701,13 @@ fn place_new(
             issued_at: now,
             last_seen: now,
             backup_tag: NO_BACKUP,
+            backup2_tag: NO_BACKUP,
         }),
         fallback: false,
         session: Some(nonce),
         pins,
         takeover: None,
+        named: NONE_NAMED,
     })
 }
 

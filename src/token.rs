@@ -11,21 +11,22 @@
 //! | 0x01 | u8    | 8 bytes     | u64 BE      | u32 BE     | u32 BE     | 16 bytes   |
 //! ```
 //!
-//! Version 2 (50 bytes, 67 characters) adds the tag of the session's first backup, for session
-//! replication: the backup named to the app when the token was signed, so a takeover goes to
-//! exactly the backend that holds the session's copy. A token without a backup is version 1.
+//! Version 2 (58 bytes, 78 characters) adds the tags of the session's backups, for session
+//! replication: the backups named to the app when the token was signed, in order (the second
+//! all zero when there is none), so a takeover goes to exactly the backends that hold the
+//! session's copies. A token without a backup is version 1.
 //!
 //! ```text
-//! 0      1       2             10           18        26        30          34          50
-//! | ver  | keyid | backend_tag | backup_tag | nonce   | issued  | last_seen | mac        |
-//! | 0x02 | u8    | 8 bytes     | 8 bytes    | u64 BE  | u32 BE  | u32 BE    | 16 bytes   |
+//! 0      1       2         10        18        26      34      38        42        58
+//! | ver  | keyid | backend | backup  | backup2 | nonce | issued | last    | mac      |
+//! | 0x02 | u8    | 8 bytes | 8 bytes | 8 bytes | u64   | u32    | u32     | 16 bytes |
 //! ```
 //!
 //! * `keyid` is derived from the secret itself (first byte of SHA-256 over a label and the
 //!   secret), so it does not depend on the order of the ring or on which instance signs.
 //! * `backend_tag` is the first 8 bytes of HMAC(key, "backend:" + id): opaque, and stable when
 //!   backends are reordered or re-addressed.
-//! * `backup_tag` (version 2) is a backend tag as `backend_tag` is.
+//! * `backup_tag` and `backup2_tag` (version 2) are backend tags as `backend_tag` is.
 //! * `mac` is HMAC-SHA256(key, cookie name | "=" | the bytes before it) truncated to 16 bytes,
 //!   checked in constant time.
 //!
@@ -50,9 +51,9 @@ pub const RAW_LEN: usize = 42;
 /// Length of an encoded version 1 token (the cookie value).
 pub const ENCODED_LEN: usize = 56;
 /// Length of a decoded version 2 token.
-pub const RAW_LEN_BACKUP: usize = 50;
+pub const RAW_LEN_BACKUP: usize = 58;
 /// Length of an encoded version 2 token.
-pub const ENCODED_LEN_BACKUP: usize = 67;
+pub const ENCODED_LEN_BACKUP: usize = 78;
 /// Minimum secret length in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
 const MAC_LEN: usize = 16;
@@ -73,6 +74,8 @@ pub struct Claims {
     /// Opaque tag of the session's first backup when the token was signed (replication), or
     /// [`NO_BACKUP`].
     pub backup_tag: [u8; 8],
+    /// Its second backup (`backups = 2`), or [`NO_BACKUP`]; none without a first.
+    pub backup2_tag: [u8; 8],
 }
 
 /// A token whose MAC checked out under the key at `key_index` in the ring.
@@ -204,7 +207,8 @@ impl KeyRing {
         } else {
             raw[0] = VERSION_BACKUP;
             raw[10..18].copy_from_slice(&claims.backup_tag);
-            (RAW_LEN_BACKUP, 18)
+            raw[18..26].copy_from_slice(&claims.backup2_tag);
+            (RAW_LEN_BACKUP, 26)
         };
         raw[at..at + 8].copy_from_slice(&claims.nonce.to_be_bytes());
         raw[at + 8..at + 12].copy_from_slice(&claims.issued_at.to_be_bytes());
@@ -216,7 +220,7 @@ impl KeyRing {
         let mut out = [0u8; ENCODED_LEN_BACKUP];
         let n = URL_SAFE_NO_PAD
             .encode_slice(&raw[..len], &mut out)
-            .expect("42 or 50 bytes encode to 56 or 67 characters");
+            .expect("42 or 58 bytes encode to 56 or 78 characters");
         debug_assert!(n == ENCODED_LEN || n == ENCODED_LEN_BACKUP);
         Encoded(out, n as u8)
     }
@@ -236,10 +240,10 @@ impl KeyRing {
         if raw[0] != version {
             return Err(Invalid::Malformed);
         }
-        let (backup_tag, at) = if version == VERSION {
-            (NO_BACKUP, 10)
+        let (backup_tag, backup2_tag, at) = if version == VERSION {
+            (NO_BACKUP, NO_BACKUP, 10)
         } else {
-            (to8(&raw[10..18]), 18)
+            (to8(&raw[10..18]), to8(&raw[18..26]), 26)
         };
         let payload = len - MAC_LEN;
         let id = raw[1];
@@ -258,6 +262,7 @@ impl KeyRing {
                         issued_at: u32::from_be_bytes(to4(&raw[at + 8..at + 12])),
                         last_seen: u32::from_be_bytes(to4(&raw[at + 12..at + 16])),
                         backup_tag,
+                        backup2_tag,
                     },
                 });
             }
@@ -299,6 +304,7 @@ mod tests {
             issued_at: 1_700_000_000,
             last_seen: 1_700_000_100,
             backup_tag: [0; 8],
+            backup2_tag: [0; 8],
         }
     }
 
@@ -479,7 +485,8 @@ mod tests {
                                            backup in any::<[u8; 8]>(), with_backup in any::<bool>()) {
             let ring = KeyRing::new(&[A, B], "stickyd");
             let backup_tag = if with_backup { backup } else { NO_BACKUP };
-            let c = Claims { backend_tag: tag, nonce, issued_at: issued, last_seen: seen, backup_tag };
+            let backup2_tag = if with_backup { tag } else { NO_BACKUP };
+            let c = Claims { backend_tag: tag, nonce, issued_at: issued, last_seen: seen, backup_tag, backup2_tag };
             let t = ring.sign(&c);
             let len = if backup_tag == NO_BACKUP { ENCODED_LEN } else { ENCODED_LEN_BACKUP };
             prop_assert_eq!(t.as_str().len(), len);

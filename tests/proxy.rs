@@ -18,6 +18,7 @@ fn claims_for(ring: &KeyRing, id: &str, issued_at: u32, last_seen: u32) -> Claim
         issued_at,
         last_seen,
         backup_tag: [0; 8],
+        backup2_tag: [0; 8],
     }
 }
 

@@ -69,6 +69,7 @@ pub fn token(data: &[u8]) -> Result<Verified, Invalid> {
         issued_at: u32::from_be_bytes(b[16..20].try_into().expect("4 bytes")),
         last_seen: u32::from_be_bytes(b[20..24].try_into().expect("4 bytes")),
         backup_tag: [0; 8],
+        backup2_tag: [0; 8],
     };
     let t = ring.sign(&claims);
     let t = t.as_str().as_bytes();

@@ -34,8 +34,11 @@ struct Session {
     /// The backend the token pins, `null` when it names none in this pool (removed, or an
     /// unpinned session).
     home: Option<Member>,
-    /// The session's backups with replication on, in order (the home left out).
+    /// The session's backups with replication on, in order (the home left out), as the next
+    /// request would name them.
     backups: Vec<Member>,
+    /// The backups the cookie recorded (the app was last told to copy there), in order.
+    recorded_backups: Vec<Member>,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,6 +140,12 @@ pub fn explain(snap: &Snapshot, ix: usize, value: &[u8], now: u32) -> Explained 
             last_seen: c.last_seen,
             home: home.map(member),
             backups,
+            recorded_backups: [c.backup_tag, c.backup2_tag]
+                .into_iter()
+                .filter(|t| *t != crate::token::NO_BACKUP)
+                .filter_map(|t| view.resolve(verified.key_index, &t))
+                .map(member)
+                .collect(),
         }),
         next,
     }

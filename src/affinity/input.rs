@@ -211,6 +211,7 @@ mod tests {
                 issued_at: 100,
                 last_seen: 100,
                 backup_tag: [0; 8],
+                backup2_tag: [0; 8],
             })
             .as_str()
             .to_string()
@@ -459,6 +460,7 @@ mod tests {
             issued_at: 100,
             last_seen: 100,
             backup_tag: [0; 8],
+            backup2_tag: [0; 8],
         })
         .as_str()
         .to_string()

@@ -43,6 +43,7 @@ impl Pool {
                 issued_at,
                 last_seen,
                 backup_tag: [0; 8],
+                backup2_tag: [0; 8],
             },
         })
     }
@@ -285,6 +286,7 @@ fn a_token_from_an_older_key_is_resigned_at_once() {
             issued_at: NOW - 10,
             last_seen: NOW - 10,
             backup_tag: [0; 8],
+            backup2_tag: [0; 8],
         },
     });
     let r = go(&policy(), &pool, t).unwrap();
@@ -430,6 +432,7 @@ fn cookie_max_age_is_the_rest_of_max_life() {
         issued_at: NOW - 100,
         last_seen: NOW,
         backup_tag: [0; 8],
+        backup2_tag: [0; 8],
     };
     assert_eq!(cookie_max_age(&policy(), &c, NOW), 86_300);
     assert_eq!(cookie_max_age(&policy(), &c, NOW + 100_000), 0);
@@ -701,6 +704,7 @@ fn a_removed_home_is_a_takeover_with_replication_only() {
             issued_at: NOW - 100,
             last_seen: NOW - 10,
             backup_tag: [0; 8],
+            backup2_tag: [0; 8],
         },
     });
     let r = go(&replicated(1), &pool, t).unwrap();
@@ -925,4 +929,40 @@ fn a_takeover_goes_to_the_recorded_backup_even_after_a_better_ranked_one_recover
     pool.admin[home] = AdminState::Active;
     pool.restarted[home] = NOW - 5;
     assert_eq!(go(&replicated(1), &pool, t).unwrap().backend, second);
+}
+
+#[test]
+fn with_two_backups_the_second_recorded_takes_over_when_the_first_is_lost_too() {
+    let mut pool = Pool::new(5);
+    let nonce = 23;
+    let rank = ranking(&pool, nonce);
+    let home = rank[4];
+    // Named while the ranking's first was down: [r1, r2], both recorded.
+    pool.healthy[rank[0]] = false;
+    let r = go(
+        &replicated(2),
+        &pool,
+        pool.token(home, nonce, NOW - 100, NOW - 10),
+    )
+    .unwrap();
+    let c = r.issue.expect("the backups are recorded");
+    assert_eq!(
+        (c.backup_tag, c.backup2_tag),
+        (pool.tag(rank[1]), pool.tag(rank[2]))
+    );
+    assert_eq!(r.backups(), [Some(rank[1]), Some(rank[2])]);
+    let t = TokenInput::Valid(Verified {
+        key_index: 0,
+        claims: c,
+    });
+    // r0 recovers while the session is quiet; the home and the first backup are lost.
+    pool.healthy[rank[0]] = true;
+    pool.healthy[home] = false;
+    pool.healthy[rank[1]] = false;
+    let r = go(&replicated(2), &pool, t).unwrap();
+    assert_eq!(
+        (r.backend, r.takeover),
+        (rank[2], Some(Takeover::Down)),
+        "the second backup named before, not the recovered r0"
+    );
 }

@@ -4,7 +4,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 
 /// Longest cookie value kept for verification; anything longer is not a token.
-pub const MAX_COOKIE_VALUE: usize = 72;
+pub const MAX_COOKIE_VALUE: usize = 80;
 
 /// The affinity cookie found in a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::request::{Plan, clone_parts};
 use super::{Proxy, nonce};
-use crate::affinity::{self, Input, NoRoute, Outcome, Route};
+use crate::affinity::{self, Input, NoRoute, Route};
 use crate::backend::InFlight;
 use crate::body::{ClientFailure, Replay};
 use crate::clock::Now;
@@ -155,8 +155,6 @@ pub(super) struct Retries {
     excluded: Vec<usize>,
     /// The local index of the backend of the last route.
     last: usize,
-    /// The request's unix time (seconds), as its route was decided with.
-    now: u32,
     left: u32,
     /// The failure of the previous attempt: when a retry finds no other backend, that is the
     /// answer (a 502 says more than "no backend").
@@ -170,7 +168,6 @@ impl Retries {
             pool,
             excluded: Vec::new(),
             last: 0,
-            now: 0,
             left: snap.config.upstream.retries,
             failed: None,
         }
@@ -181,29 +178,20 @@ impl Retries {
         self.left > 0
     }
 
-    /// What the backend of `route` (the last route) is told under replication: itself, the
-    /// session's backups (the backends that failed this request left out) and whether it takes
-    /// the session over. `None` with replication off, and for requests without a pinned
-    /// session (an unpinned one moves on every request: no backend holds it).
+    /// What the backend of `route` is told under replication: itself (always, so an app can
+    /// tell a request stickyd forwarded), the session's backups recorded in its token, and
+    /// whether it takes the session over. `None` with replication off.
     pub fn replica<'s>(&self, snap: &'s Snapshot, route: &Route) -> Option<Replica<'s>> {
         let pool = &snap.pools[self.pool];
-        if pool.policy.backups == 0 || route.outcome == Outcome::Unpinned {
+        if pool.policy.backups == 0 {
             return None;
         }
-        let nonce = route.session?;
-        // The backups affinity recorded in the token, computed again with the same inputs.
-        let view = pool.view(&snap.backends);
-        let named = affinity::backups(
-            &pool.policy,
-            nonce,
-            self.last,
-            self.now,
-            &view,
-            &self.excluded,
-        );
+        // The backups affinity recorded in the token: the header names the same ones.
         Some(Replica {
             backend: snap.backends[route.backend].id.as_bytes(),
-            backups: named.map(|b| b.map(|local| pool.replica_name(local))),
+            backups: route
+                .backups()
+                .map(|b| b.map(|local| pool.replica_name(local))),
             takeover: route.takeover.is_some(),
         })
     }
@@ -212,7 +200,6 @@ impl Retries {
     /// the snapshot's index (affinity decides on the pool's own indexes).
     pub fn route(&mut self, snap: &Snapshot, input: Input, now: &Now) -> Result<Route, ProxyError> {
         let pool = &snap.pools[self.pool];
-        self.now = now.unix_u32();
         match affinity::decide(
             &pool.policy,
             input,

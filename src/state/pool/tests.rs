@@ -59,6 +59,7 @@ fn claims(tag: [u8; 8]) -> Claims {
         issued_at: 1_000,
         last_seen: 1_000,
         backup_tag: [0; 8],
+        backup2_tag: [0; 8],
     }
 }
 
