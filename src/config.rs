@@ -130,6 +130,11 @@ pub struct Server {
     pub shutdown_delay: Duration,
     /// Peers whose X-Forwarded-* headers are trusted and appended to.
     pub trusted_proxies: Vec<Cidr>,
+    /// Every connection (plain and TLS listeners) begins with a PROXY protocol header (v1 or
+    /// v2) naming the client; a connection without a valid one is closed unread.
+    pub proxy_protocol: bool,
+    /// The peers (the L4 balancers) allowed to send it; others are closed at once.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// Add `Via: <version> stickyd` to forwarded requests.
     pub via: bool,
     /// HTTP/2: concurrent streams per client connection.

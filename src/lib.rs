@@ -15,6 +15,8 @@
 //! | policy | [`h1`] | HTTP/1 heads parsed and written from the received bytes, the chunked coding |
 //! | policy | [`affinity`] | the routing decision (pinned, fallback, new) and the request's affinity input |
 //! | policy | [`error`] | proxy errors, their one status mapping, retry safety |
+//! | policy | [`route`] | the route table of pools: host patterns, path prefixes, the most specific first |
+//! | policy | [`proxy_header`] | the PROXY protocol header (v1 and v2) an L4 balancer sends first |
 //! | edge | [`config`] | TOML text to a raw schema to validated values, every error at its key |
 //! | state | [`backend`] | live per-backend state in parts: health, admin, counters, load, sessions |
 //! | state | [`metrics`] | process-wide counters and their Prometheus exposition |
@@ -44,6 +46,7 @@ pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod proxy_header;
 pub mod route;
 pub mod server;
 pub mod state;

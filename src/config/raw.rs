@@ -115,6 +115,8 @@ pub(super) struct Server {
     pub shutdown_grace: Dur,
     pub shutdown_delay: Dur,
     pub trusted_proxies: Vec<Cidr>,
+    pub proxy_protocol: Spanned<bool>,
+    pub proxy_protocol_from: Vec<Cidr>,
     pub via: bool,
     pub h2_max_concurrent_streams: u32,
 }
@@ -133,6 +135,8 @@ impl Default for Server {
             shutdown_grace: Dur(Duration::from_secs(30)),
             shutdown_delay: Dur(Duration::ZERO),
             trusted_proxies: Vec::new(),
+            proxy_protocol: dflt(false),
+            proxy_protocol_from: Vec::new(),
             via: true,
             h2_max_concurrent_streams: 128,
         }

@@ -206,6 +206,8 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "max_headers",
         "shutdown_grace",
         "shutdown_delay",
+        "proxy_protocol",
+        "proxy_protocol_from",
         "trusted_proxies",
         "via",
         "h2_max_concurrent_streams",
@@ -639,6 +641,13 @@ fn every_validation_error_names_the_offending_keys_own_line_and_column() {
         (section("health", "timeout = \"0s\""), 3, 11, "must be more than 0"),
         (section("health", "rise = 0"), 3, 8, "health.rise must be at least 1"),
         (section("health", "fall = 0"), 3, 8, "health.fall must be at least 1"),
+        // [server] proxy_protocol needs its peers
+        (
+            section("server", "proxy_protocol = true"),
+            3,
+            18,
+            "needs server.proxy_protocol_from",
+        ),
         // [affinity] same_site and partitioned need Secure
         (
             section("affinity", "same_site = \"none\""),

@@ -386,6 +386,16 @@ fn server(s: &raw::Server, tls: Option<&raw::Tls>) -> Result<Server, Invalid> {
         s.listen.span(),
         || "server.listen or server.listen_tls needs at least one address".into(),
     )?;
+    check(
+        !*s.proxy_protocol.get_ref() || !s.proxy_protocol_from.is_empty(),
+        s.proxy_protocol.span(),
+        || {
+            "server.proxy_protocol needs server.proxy_protocol_from: the balancers allowed to \
+             send it (any peer could name any client otherwise; [\"0.0.0.0/0\", \"::/0\"] \
+             to allow every peer)"
+                .into()
+        },
+    )?;
     let has_certs = tls.is_some_and(|t| !t.certs.get_ref().is_empty());
     check(
         s.listen_tls.get_ref().is_empty() || has_certs,
@@ -418,6 +428,8 @@ fn server(s: &raw::Server, tls: Option<&raw::Tls>) -> Result<Server, Invalid> {
         shutdown_grace: s.shutdown_grace.0,
         shutdown_delay: s.shutdown_delay.0,
         trusted_proxies: s.trusted_proxies.clone(),
+        proxy_protocol: *s.proxy_protocol.get_ref(),
+        proxy_protocol_from: s.proxy_protocol_from.clone(),
         via: s.via,
         h2_max_concurrent_streams: s.h2_max_concurrent_streams,
     })

@@ -298,9 +298,19 @@ impl Accept {
                 // Linux: inherited from the listener (see `listen::bind_one`).
                 #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
+                // Behind an L4 balancer the client is the one its PROXY header names; a
+                // connection that may not or does not send one is closed unread.
+                let mut stream = stream;
+                let client = match proxied(&mut stream, peer, &serving.proxy).await {
+                    Ok(client) => client,
+                    Err(why) => {
+                        debug!(peer = %peer, reason = why, "connection closed: PROXY protocol");
+                        return;
+                    }
+                };
                 // The connection's slot and the worker's liveness, kept by whoever holds a
                 // clone: the connection, and a tunnel made from it.
-                let mut info = ConnInfo::new(peer, tls);
+                let mut info = ConnInfo::new(client, tls);
                 info.hold = Some(Hold::new((permit, serving.alive.clone())));
                 // A connection's task is as large as its largest branch and lives as long as
                 // the connection: the TLS branch (handshake, TLS state) is boxed, so a plain
@@ -326,6 +336,91 @@ impl Accept {
                 }
             });
         }
+    }
+}
+
+/// The client of a new connection: its peer, or with `[server] proxy_protocol` the client its
+/// PROXY header names (the peer when the header names none: a balancer's own check). The
+/// header's bytes, and nothing after them, are read here (within `header_read_timeout`), so
+/// the connection goes on with the client's own first byte, before any TLS handshake. `Err`:
+/// close the connection unread (a peer outside `proxy_protocol_from`, no header, a bad or
+/// overlong one, a timeout).
+async fn proxied(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    proxy: &Proxy,
+) -> Result<SocketAddr, &'static str> {
+    use crate::proxy_header::{Bad, MAX_LEN, Parsed, parse};
+    use tokio::io::AsyncReadExt;
+    let (on, allowed, deadline) = {
+        let snap = proxy.shared().load();
+        let s = &snap.config.server;
+        let ip = peer.ip().to_canonical();
+        (
+            s.proxy_protocol,
+            s.proxy_protocol_from.iter().any(|n| n.contains(ip)),
+            s.header_read_timeout,
+        )
+    };
+    if !on {
+        return Ok(peer);
+    }
+    if !allowed {
+        return Err("peer not in proxy_protocol_from");
+    }
+    let read = async {
+        let mut acc = [0u8; MAX_LEN];
+        // What is there already: most headers arrive whole in the first segment, and then
+        // exactly their bytes are read, in one call.
+        let n = stream.peek(&mut acc).await.map_err(|_| "read failed")?;
+        if n == 0 {
+            return Err("closed before a PROXY header");
+        }
+        let mut have = match parse(&acc[..n]) {
+            Ok(Parsed::Done { len, source }) => {
+                stream
+                    .read_exact(&mut acc[..len])
+                    .await
+                    .map_err(|_| "read failed")?;
+                return Ok(source);
+            }
+            // Every byte seen so far belongs to the header: take them.
+            Ok(Parsed::Need(_)) => {
+                stream
+                    .read_exact(&mut acc[..n])
+                    .await
+                    .map_err(|_| "read failed")?;
+                n
+            }
+            Err(b) => return Err(bad(b)),
+        };
+        // A header split across segments: read what it still needs, never more.
+        loop {
+            match parse(&acc[..have]) {
+                Ok(Parsed::Done { source, .. }) => return Ok(source),
+                Ok(Parsed::Need(k)) => {
+                    let k = k.min(MAX_LEN);
+                    stream
+                        .read_exact(&mut acc[have..k])
+                        .await
+                        .map_err(|_| "closed within the PROXY header")?;
+                    have = k;
+                }
+                Err(b) => return Err(bad(b)),
+            }
+        }
+    };
+    fn bad(b: Bad) -> &'static str {
+        match b {
+            Bad::Missing => "no PROXY header",
+            Bad::Malformed => "malformed PROXY header",
+            Bad::TooLong => "oversized PROXY header",
+        }
+    }
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(source)) => Ok(source.unwrap_or(peer)),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err("no PROXY header within header_read_timeout"),
     }
 }
 
