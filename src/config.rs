@@ -132,6 +132,9 @@ pub struct Server {
     pub trusted_proxies: Vec<Cidr>,
     /// Every connection (plain and TLS listeners) begins with a PROXY protocol header (v1 or
     /// v2) naming the client; a connection without a valid one is closed unread.
+    /// Reload when the config file (or the file a symlink to it points at) changes, with the
+    /// validation of SIGHUP.
+    pub watch_config: bool,
     pub proxy_protocol: bool,
     /// The peers (the L4 balancers) allowed to send it; others are closed at once.
     pub proxy_protocol_from: Vec<Cidr>,

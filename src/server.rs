@@ -274,6 +274,26 @@ impl Running {
     }
 }
 
+/// How often `watch_config` looks at the file.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What tells a config file's versions apart: the file a path resolves to (symlinks followed),
+/// its size and its modification time. `None` when it cannot be read (a change too, once it
+/// can be again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp(Option<(u64, u64, u64, std::time::SystemTime)>);
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp(
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))),
+        )
+    }
+}
+
 /// Runs `config` until SIGTERM or SIGINT, reloading from `path` on SIGHUP. A second SIGTERM or
 /// SIGINT during the grace period closes everything at once.
 pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
@@ -282,9 +302,17 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let notify = crate::notify::Notifier::from_env();
+    // The file as it was loaded (taken before the listeners open: a change made once they
+    // answer is a change).
+    let mut seen = FileStamp::of(&path);
     let mut running = start(config).await?;
     notify.ready(&status_line(&running));
     let mut calls = running.take_reload_calls();
+    // `[server] watch_config`: the file (and whatever a symlink to it points at, as a
+    // Kubernetes ConfigMap swaps it) is looked at every second; a change reloads it as SIGHUP
+    // does. Whether to watch is read at each look, so a reload can turn it on or off.
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -293,6 +321,17 @@ pub async fn run(config: Config, path: PathBuf) -> io::Result<()> {
                 notify.reloading();
                 let _ = reload_from(&mut running, &path);
                 notify.ready(&status_line(&running));
+                seen = FileStamp::of(&path);
+            }
+            _ = watch.tick() => {
+                let now = FileStamp::of(&path);
+                if now != seen && running.shared().load().config.server.watch_config {
+                    info!(path = %path.display(), "config file changed: reloading");
+                    notify.reloading();
+                    let _ = reload_from(&mut running, &path);
+                    notify.ready(&status_line(&running));
+                }
+                seen = now;
             }
             Some(reply) = async {
                 match calls.as_mut() {

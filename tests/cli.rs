@@ -281,6 +281,60 @@ fn with_a_shutdown_delay_sigterm_makes_it_unready_first_and_it_serves_on_until_d
     assert_eq!(status.code(), Some(0));
 }
 
+#[test]
+fn with_watch_config_a_changed_file_or_a_swapped_symlink_is_reloaded() {
+    let base = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+        GOOD.replace(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nwatch_config = true\n"
+        )
+    );
+    // The config path is a symlink to a file in a data directory, as a ConfigMap mounts it.
+    let real = write_config("watch", &base);
+    let dir = real.parent().unwrap().to_path_buf();
+    let link = dir.join("linked.toml");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let (_child, lines) = daemon(&link);
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stickyd kept logging")
+    };
+    let admin = loop {
+        let l = next();
+        if l.contains("admin API listening") {
+            let a = l.split("address=").nth(1).unwrap();
+            break a.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let add = |text: &str, id: &str, port: u16| {
+        text.replace(
+            "[admin]",
+            &format!("[[backend]]\nid = \"{id}\"\naddress = \"127.0.0.1:{port}\"\n[admin]"),
+        )
+    };
+    // The file changes: reloaded.
+    let two = add(&base, "app-2", 10);
+    std::fs::write(&real, &two).unwrap();
+    while !next().contains("configuration reloaded") {}
+    assert!(http(&admin, "GET", "/backends").contains("\"app-2\""));
+    // A broken file: refused, the running config keeps serving.
+    std::fs::write(&real, two.replace("id = \"app-2\"", "id = 7")).unwrap();
+    while !next().contains("reload refused") {}
+    assert!(http(&admin, "GET", "/backends").contains("\"app-2\""));
+    // The symlink swapped to another file, as a ConfigMap update does: reloaded.
+    let other = dir.join("other.toml");
+    std::fs::write(&other, add(&two, "app-3", 11)).unwrap();
+    let tmp = dir.join("linked.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&other, &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    while !next().contains("configuration reloaded") {}
+    assert!(http(&admin, "GET", "/backends").contains("\"app-3\""));
+}
+
 /// Starts the daemon on `path` with info logs; its log lines arrive through the channel, so
 /// that every wait on them can have a deadline.
 fn daemon(path: &std::path::Path) -> (Reaped, std::sync::mpsc::Receiver<String>) {

@@ -207,6 +207,7 @@ fn the_shipped_example_config_is_valid_and_documents_every_key() {
         "shutdown_grace",
         "shutdown_delay",
         "proxy_protocol",
+        "watch_config",
         "proxy_protocol_from",
         "trusted_proxies",
         "via",

@@ -429,6 +429,7 @@ fn server(s: &raw::Server, tls: Option<&raw::Tls>) -> Result<Server, Invalid> {
         shutdown_delay: s.shutdown_delay.0,
         trusted_proxies: s.trusted_proxies.clone(),
         proxy_protocol: *s.proxy_protocol.get_ref(),
+        watch_config: s.watch_config,
         proxy_protocol_from: s.proxy_protocol_from.clone(),
         via: s.via,
         h2_max_concurrent_streams: s.h2_max_concurrent_streams,
