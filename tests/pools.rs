@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -244,27 +244,6 @@ async fn a_valid_token_of_one_pool_is_a_new_session_in_another() {
     assert_eq!(metrics, 2);
 }
 
-/// A self-signed certificate for several names, written as `file`.pem and `file`.key in `dir`.
-fn cert_for(dir: &Path, file: &str, names: &[&str]) -> SelfSigned {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-    let (c, k) = (
-        dir.join(format!("{file}.pem")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    SelfSigned {
-        cert: c,
-        key: k,
-        der: cert.der().clone(),
-    }
-}
-
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("stickyd-pools-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -306,8 +285,8 @@ async fn status_over(
 #[tokio::test]
 async fn a_host_the_connections_certificate_does_not_cover_gets_421() {
     let dir = temp_dir("421");
-    let shop_cert = cert_for(&dir, "shop", &["shop.test"]);
-    let api_cert = cert_for(&dir, "api", &["api.test", "*.api.test"]);
+    let shop_cert = self_signed_for(&dir, "shop", &["shop.test"]);
+    let api_cert = self_signed_for(&dir, "api", &["api.test", "*.api.test"]);
     let (s, p) = (TestBackend::start("s").await, TestBackend::start("p").await);
     let mut text = config(
         &Cfg::default(),
@@ -687,7 +666,7 @@ fn the_readmes_several_apps_example_is_a_valid_config() {
 #[tokio::test]
 async fn without_routes_a_tls_connection_serves_any_host_as_before_pools() {
     let dir = temp_dir("no-routes");
-    let cert = cert_for(&dir, "shop", &["shop.test"]);
+    let cert = self_signed_for(&dir, "shop", &["shop.test"]);
     let a = TestBackend::start("a").await;
     let mut text = config(&Cfg::default(), &[&a], "").replace(
         "listen = [\"127.0.0.1:0\"]",

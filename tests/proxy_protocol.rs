@@ -155,7 +155,9 @@ async fn a_tls_listener_reads_the_header_before_the_handshake() {
     tcp.write_all(b"PROXY TCP4 198.51.100.4 10.0.0.1 5555 443\r\n")
         .await
         .unwrap();
-    let tls = tls_over(tcp, "pp.test", &site.der).await;
+    let tls = tls_over(tcp, "pp.test", &site.der, &[b"http/1.1"])
+        .await
+        .unwrap();
     let (mut r, mut w) = tokio::io::split(tls);
     w.write_all(GET).await.unwrap();
     let mut out = Vec::new();
@@ -168,28 +170,4 @@ async fn a_tls_listener_reads_the_header_before_the_handshake() {
     assert_eq!(a.last().headers["x-forwarded-for"], "198.51.100.4");
     assert_eq!(a.last().headers["x-forwarded-proto"], "https");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A TLS client over an already connected `tcp`, trusting only `der`.
-async fn tls_over(
-    tcp: TcpStream,
-    sni: &str,
-    der: &rustls::pki_types::CertificateDer<'static>,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap()
 }

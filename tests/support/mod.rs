@@ -61,9 +61,9 @@ pub struct Seen {
     pub headers: HeaderMap,
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(s: impl Into<Bytes>) -> Body {
+pub fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|n| match n {}).boxed()
 }
 
@@ -104,22 +104,8 @@ impl TestBackend {
             healthy.clone(),
             health_checks.clone(),
         );
-        let task = tokio::spawn(async move {
-            // Connection tasks live in this set: aborting the accept task closes them all.
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (n, s, h, hc) = (n.clone(), s.clone(), h.clone(), hc.clone());
-                let svc =
-                    service_fn(move |req| handle(req, n.clone(), s.clone(), h.clone(), hc.clone()));
-                conns.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let task = http_server(listener, move |req| {
+            handle(req, n.clone(), s.clone(), h.clone(), hc.clone())
         });
         TestBackend {
             name: name.into(),
@@ -221,6 +207,30 @@ async fn handle(
     resp.headers_mut()
         .insert("x-backend", name.parse().unwrap());
     Ok(resp)
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle`, until the returned task is aborted; the
+/// connections' tasks are the accept task's own, so aborting it closes them all (a killed
+/// process).
+pub fn http_server<F, Fut>(listener: TcpListener, handle: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let svc = service_fn(handle.clone());
+            conns.spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
 }
 
 /// A raw backend that reads one request head and then does `then` with the socket; counts
@@ -619,11 +629,17 @@ pub struct SelfSigned {
 }
 
 pub fn self_signed(dir: &Path, file: &str, name: &str) -> SelfSigned {
+    self_signed_for(dir, file, &[name])
+}
+
+/// [`self_signed`] for several names (wildcards too).
+pub fn self_signed_for(dir: &Path, file: &str, names: &[&str]) -> SelfSigned {
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
     let (c, k) = (
         dir.join(format!("{file}.pem")),
         dir.join(format!("{file}.key")),
@@ -644,6 +660,18 @@ pub async fn tls_connect(
     trusted: &rustls::pki_types::CertificateDer<'static>,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tls_over(tcp, sni, trusted, alpn).await
+}
+
+/// [`tls_connect`] over an already connected `tcp` (after bytes sent in the clear, such as a
+/// PROXY header).
+pub async fn tls_over(
+    tcp: tokio::net::TcpStream,
+    sni: &str,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -654,7 +682,6 @@ pub async fn tls_connect(
     .with_root_certificates(roots)
     .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
             rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap(),

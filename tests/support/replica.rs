@@ -23,12 +23,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// What a session saw of replication on its last request, as the app recorded it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,23 +98,9 @@ impl ReplicaApp {
             last_seen: last_seen.clone(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let app = app.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let app = app.clone();
-                        async move { Ok::<_, hyper::Error>(app.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let task = super::http_server(listener, move |req| {
+            let app = app.clone();
+            async move { Ok::<_, hyper::Error>(app.handle(req).await) }
         });
         ReplicaApp {
             name: name.into(),
@@ -181,11 +166,7 @@ struct App {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
-
-fn full(s: impl Into<Bytes>) -> Body {
-    Full::new(s.into()).map_err(|n| match n {}).boxed()
-}
+use super::{Body, full};
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
