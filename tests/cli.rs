@@ -23,21 +23,30 @@ fn write_config(name: &str, text: &str) -> PathBuf {
 
 const GOOD: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n[affinity]\nkeys = [\"file:key\"]\n[health]\nenabled = false\n[[backend]]\nid = \"app-1\"\naddress = \"127.0.0.1:9\"\n";
 
-#[test]
-fn check_accepts_a_good_config_and_prints_a_summary() {
-    let path = write_config("good", GOOD);
-    let out = Command::new(BIN)
+/// `stickyd check --config PATH`.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
         .args(["check", "--config"])
-        .arg(&path)
+        .arg(path)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`check`] of a good file: its summary, after asserting status 0.
+fn check_ok(path: &std::path::Path) -> String {
+    let out = check(path);
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn check_accepts_a_good_config_and_prints_a_summary() {
+    let stdout = check_ok(&write_config("good", GOOD));
     assert!(stdout.contains(": ok"), "{stdout}");
     assert!(stdout.contains("app-1 127.0.0.1:9 weight 1"), "{stdout}");
     assert!(stdout.contains("1 key(s)"), "{stdout}");
@@ -52,19 +61,7 @@ fn check_prints_the_pools_and_the_route_table_and_refuses_a_route_to_no_pool() {
          [[route]]\nhost = \"*.example.com\"\npool = \"shop\"\n\
          [[route]]\nhost = \"shop.example.com\"\npath_prefix = \"/cart\"\npool = \"shop\"\n"
     );
-    let path = write_config("pools", &pools);
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = check_ok(&write_config("pools", &pools));
     assert!(
         stdout.contains("s1 127.0.0.1:9 weight 1 active pool shop"),
         "{stdout}"
@@ -91,11 +88,7 @@ fn check_prints_the_pools_and_the_route_table_and_refuses_a_route_to_no_pool() {
 
     let bad = pools.replace("pool = \"admin\"", "pool = \"nope\"");
     let path = write_config("pools-bad", &bad);
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let line = bad.lines().position(|l| l == "pool = \"nope\"").unwrap() + 1;
