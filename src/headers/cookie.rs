@@ -165,27 +165,7 @@ pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Found {
     if found == Found::Absent {
         return found;
     }
-    let mut kept: Vec<HeaderValue> = Vec::new();
-    let mut rest: Vec<u8> = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        let raw = v.as_bytes();
-        if !holds_cookie(raw, name) {
-            kept.push(v.clone());
-            continue;
-        }
-        rest.clear();
-        // Bytes come from a valid header value minus separators, so this cannot fail; skip the
-        // pair defensively rather than panic if it ever did.
-        if write_without_cookie(&mut rest, raw, name)
-            && let Ok(v) = HeaderValue::from_bytes(&rest)
-        {
-            kept.push(v);
-        }
-    }
-    headers.remove(header::COOKIE);
-    for v in kept {
-        headers.append(header::COOKIE, v);
-    }
+    leave_out(headers, |n| n == name);
     found
 }
 
@@ -201,11 +181,24 @@ pub fn drop_cookies<N: AsRef<[u8]>>(headers: &mut HeaderMap, names: &[N]) {
     {
         return;
     }
+    leave_out(headers, ours);
+}
+
+/// Rewrites `headers`' Cookie fields without the cookies whose name `ours` says yes to: a field
+/// holding none passes as received, one left empty is dropped. The one rewrite of a header map.
+fn leave_out(headers: &mut HeaderMap, ours: impl Fn(&[u8]) -> bool + Copy) {
     let mut kept: Vec<HeaderValue> = Vec::new();
     let mut rest: Vec<u8> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
+        let raw = v.as_bytes();
+        if !pairs(raw).any(|(n, _)| ours(n)) {
+            kept.push(v.clone());
+            continue;
+        }
         rest.clear();
-        if write_without_cookie_where(&mut rest, v.as_bytes(), ours)
+        // Bytes come from a valid header value minus separators, so this cannot fail; skip the
+        // pair defensively rather than panic if it ever did.
+        if write_without_cookie_where(&mut rest, raw, ours)
             && let Ok(v) = HeaderValue::from_bytes(&rest)
         {
             kept.push(v);
