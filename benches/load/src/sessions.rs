@@ -42,25 +42,13 @@ pub fn parse_sid(v: &[u8]) -> Option<Sid> {
 pub fn sid_from_cookies<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<Sid> {
     values.into_iter().find_map(|v| {
         v.split(|&b| b == b';').find_map(|pair| {
-            let pair = trim(pair);
+            let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
-            (trim(&pair[..eq]) == SID_COOKIE.as_bytes())
-                .then(|| parse_sid(trim(&pair[eq + 1..])))
+            (pair[..eq].trim_ascii() == SID_COOKIE.as_bytes())
+                .then(|| parse_sid(pair[eq + 1..].trim_ascii()))
                 .flatten()
         })
     })
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 /// One backup named in `X-Stickyd-Backup`.

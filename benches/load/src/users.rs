@@ -106,13 +106,13 @@ impl CookieJar {
         let Some(eq) = pair.iter().position(|&b| b == b'=') else {
             return false;
         };
-        let name = trim(&pair[..eq]);
-        let value = trim(&pair[eq + 1..]);
+        let name = pair[..eq].trim_ascii();
+        let value = pair[eq + 1..].trim_ascii();
         if name.is_empty() {
             return false;
         }
         let delete = parts.any(|attr| {
-            let attr = trim(attr);
+            let attr = attr.trim_ascii();
             attr.len() > 8
                 && attr[..8].eq_ignore_ascii_case(b"max-age=")
                 && matches!(std::str::from_utf8(&attr[8..]).ok().and_then(|v| v.parse::<i64>().ok()), Some(v) if v <= 0)
@@ -163,18 +163,6 @@ impl CookieJar {
         }
         self.header.clone()
     }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 /// What one response meant for the user's affinity.
