@@ -301,7 +301,10 @@ impl Accept {
                 // Behind an L4 balancer the client is the one its PROXY header names; a
                 // connection that may not or does not send one is closed unread.
                 let mut stream = stream;
-                let client = match proxied(&mut stream, peer, &serving.proxy).await {
+                // The config as the connection starts, read once for all it needs here.
+                let config = serving.proxy.shared().load().config.clone();
+                let send_timeout = config.server.client_timeout;
+                let client = match proxied(&mut stream, peer, &config.server).await {
                     Ok(client) => client,
                     Err(why) => {
                         debug!(peer = %peer, reason = why, "connection closed: PROXY protocol");
@@ -317,22 +320,23 @@ impl Accept {
                 // connection's task holds only the engine's state.
                 if tls {
                     Box::pin(async move {
-                        if let Some((stream, cert)) = handshake(stream, peer, &serving.proxy).await
-                        {
+                        if let Some((stream, cert)) = handshake(stream, peer, config).await {
                             info.cert = cert;
                             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                let t = serving.proxy.shared().load().config.server.client_timeout;
-                                serve(SendTimeout::new(stream, t), info, &serving).await;
+                                let io = SendTimeout::new(stream, send_timeout);
+                                serve(io, info, &serving).await;
                             } else {
-                                serve_h1(stream, info, &serving).await;
+                                serve_h1(stream, info, &serving, send_timeout).await;
                             }
                         }
                     })
                     .await;
                 } else {
+                    // Not kept for the connection's life: a reload must be able to free it.
+                    drop(config);
                     // Boxed too: the task is spawned (and its future copied) before it first
                     // runs, and a small task copies less than the engine's ~3 KB of state.
-                    Box::pin(serve_h1(stream, info, &serving)).await;
+                    Box::pin(serve_h1(stream, info, &serving, send_timeout)).await;
                 }
             });
         }
@@ -348,26 +352,18 @@ impl Accept {
 async fn proxied(
     stream: &mut TcpStream,
     peer: SocketAddr,
-    proxy: &Proxy,
+    s: &crate::config::Server,
 ) -> Result<SocketAddr, &'static str> {
     use crate::proxy_header::{Bad, MAX_LEN, Parsed, parse};
     use tokio::io::AsyncReadExt;
-    let (on, allowed, deadline) = {
-        let snap = proxy.shared().load();
-        let s = &snap.config.server;
-        let ip = peer.ip().to_canonical();
-        (
-            s.proxy_protocol,
-            s.proxy_protocol_from.iter().any(|n| n.contains(ip)),
-            s.header_read_timeout,
-        )
-    };
-    if !on {
+    if !s.proxy_protocol {
         return Ok(peer);
     }
-    if !allowed {
+    let ip = peer.ip().to_canonical();
+    if !s.proxy_protocol_from.iter().any(|n| n.contains(ip)) {
         return Err("peer not in proxy_protocol_from");
     }
+    let deadline = s.header_read_timeout;
     let read = async {
         let mut acc = [0u8; MAX_LEN];
         // What is there already: most headers arrive whole in the first segment, and then
@@ -434,20 +430,19 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// The TLS handshake, in the connection's own task, with the current certificates and the
-/// configured deadline; with the stream, the certificate it was served with (the resolver's
+/// The TLS handshake, in the connection's own task, with the certificates and the deadline of
+/// `config` (the config as the connection started, dropped once the handshake is over); with the stream, the certificate it was served with (the resolver's
 /// pick for its SNI, from the same certificates: a reload during the handshake cannot change
 /// which). A failed or slow handshake just closes the connection (logged at debug: scanners and
 /// bad clients must not flood the log).
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
-    proxy: &Proxy,
+    config: std::sync::Arc<crate::config::Config>,
 ) -> Option<(
     tokio_rustls::server::TlsStream<TcpStream>,
     Option<crate::tls::Covered>,
 )> {
-    let config = proxy.shared().load().config.clone();
     let tls = config.tls.as_ref()?;
     match tokio::time::timeout(
         tls.handshake_timeout,
@@ -473,12 +468,11 @@ async fn handshake(
 
 /// Serves one client connection with the HTTP/1 engine until it ends, or hands it to hyper
 /// (h2c prior knowledge, HTTP/2 backends) with the bytes the engine had read; at the end of the
-/// grace period drops it.
-async fn serve_h1<S>(stream: S, info: ConnInfo, serving: &Serving)
+/// grace period drops it. Sends to the client time out after `send_timeout` (`client_timeout`).
+async fn serve_h1<S>(stream: S, info: ConnInfo, serving: &Serving, send_timeout: Duration)
 where
     S: ClientIo + Send + 'static,
 {
-    let send_timeout = serving.proxy.shared().load().config.server.client_timeout;
     let io = SendTimeout::new(stream, send_timeout);
     // The closing signal is polled only when the connection waits (no lock, no atomic).
     let mut closing = Signal::waiter(&serving.closing);
