@@ -127,9 +127,6 @@ impl Snapshot {
         let pools = pool::build(&config, &backends, &mut live.pools, workers, &mut || {
             NEXT_POOL_KEY.fetch_add(1, Ordering::Relaxed)
         });
-        for p in &pools {
-            p.live.note_pools(pools.len());
-        }
         Snapshot {
             trusted: config.server.trusted_proxies.clone(),
             pools,

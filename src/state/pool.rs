@@ -62,6 +62,9 @@ pub struct Pool {
     by_tag: HashMap<(usize, [u8; 8]), usize, BuildHasherDefault<TagHasher>>,
     /// Distinct for every pool of every snapshot built (keys the per-thread round robin).
     rr_key: u64,
+    /// Round robin states a thread keeps: one per pool of this snapshot and of the one before,
+    /// and a few more.
+    rr_cap: usize,
     /// `[balance] slow_start` in milliseconds (0: off).
     slow_start_ms: u64,
     /// `[balance] new_sessions = "least_loaded"`, with its load factor.
@@ -175,6 +178,7 @@ pub(super) fn build(
                     .collect(),
                 by_tag,
                 rr_key: next_key(),
+                rr_cap: 2 * config.pools.len() + RR_SPARE,
                 slow_start_ms: u64::try_from(p.balance.slow_start.as_millis()).unwrap_or(u64::MAX),
                 least_loaded: (p.balance.new_sessions == config::NewSessions::LeastLoaded)
                     .then_some(p.balance.load_factor),
@@ -376,8 +380,7 @@ impl PerThread {
             Some(i) => self.rr[..=i].rotate_right(1),
             None => {
                 // Room for every pool of a config of this size and a few of the one before.
-                let cap = 2 * pool.live.pools_hint.load(Ordering::Relaxed) as usize + RR_SPARE;
-                self.rr.truncate(cap.saturating_sub(1));
+                self.rr.truncate(pool.rr_cap.saturating_sub(1));
                 self.rr
                     .insert(0, (pool.rr_key, SmoothWrr::new(pool.members.len())));
             }
@@ -393,8 +396,6 @@ pub struct PoolLive {
     counts: Shards<PoolCounts>,
     /// max/mean of the pool's usable backends' recent request rates, as `f64` bits.
     imbalance: AtomicU64,
-    /// Pools in the snapshot that last used this (sizes the per-thread round robin cache).
-    pools_hint: AtomicU64,
 }
 
 /// One worker's slot of [`PoolLive`].
@@ -411,7 +412,6 @@ impl PoolLive {
         PoolLive {
             counts: Shards::new(workers),
             imbalance: AtomicU64::default(),
-            pools_hint: AtomicU64::new(1),
         }
     }
 
@@ -453,10 +453,6 @@ impl PoolLive {
     /// The imbalance ratio last set.
     pub fn imbalance(&self) -> f64 {
         f64::from_bits(self.imbalance.load(Ordering::Relaxed))
-    }
-
-    pub(super) fn note_pools(&self, n: usize) {
-        self.pools_hint.store(n as u64, Ordering::Relaxed);
     }
 }
 
