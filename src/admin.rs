@@ -346,7 +346,7 @@ fn percent_decoded(s: &str) -> Vec<u8> {
 
 fn backend_json(ctx: &Ctx, id: &str) -> Resp {
     let snap = ctx.shared.load();
-    match snap.backends.iter().find(|b| &*b.id == id) {
+    match snap.backend(id) {
         Some(b) => json(
             StatusCode::OK,
             &BackendView::of(&snap, b, crate::clock::unix_secs(), drain_quiet(&snap)),

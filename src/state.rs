@@ -140,6 +140,11 @@ impl Snapshot {
         &self.config.pools[ix]
     }
 
+    /// The backend with id `id`, of any pool.
+    pub fn backend(&self, id: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| &*b.id == id)
+    }
+
     /// The pool named `name`.
     pub fn pool_named(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| &*p.name == name)
@@ -259,7 +264,7 @@ impl Shared {
     /// config's). Returns false if there is no such backend.
     pub(crate) fn set_admin(&self, id: &str, state: Option<AdminState>, now: u64) -> bool {
         let snap = self.load();
-        let Some(b) = snap.backends.iter().find(|b| &*b.id == id) else {
+        let Some(b) = snap.backend(id) else {
             return false;
         };
         b.live.admin.set_api_state(state);
@@ -272,7 +277,7 @@ impl Shared {
     /// backend, or its pool does not replicate (nothing holds a copy: use a drain).
     pub(crate) fn handoff(&self, id: &str, now: u64) -> Result<(), HandoffRefused> {
         let snap = self.load();
-        let Some(b) = snap.backends.iter().find(|b| &*b.id == id) else {
+        let Some(b) = snap.backend(id) else {
             return Err(HandoffRefused::NoSuchBackend);
         };
         if snap.pools[b.pool].replication.backups == 0 {
