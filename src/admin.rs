@@ -60,8 +60,8 @@ use tracing::{debug, info, warn};
 
 use crate::affinity::{AdminState, Outcome, Takeover};
 use crate::config::Secret;
-use crate::metrics::{BackendSample, PoolSample, Readings};
-use crate::state::{Backend, HandoffRefused, Shared, Snapshot};
+use crate::metrics::{BackendSample, LookupSample, PoolSample, Readings};
+use crate::state::{Backend, BackendSource, HandoffRefused, Shared, Snapshot};
 
 use guard::{Refusal, SEVERAL, Seen};
 
@@ -139,7 +139,8 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
         return r;
     }
     // The platform's probes (a kubelet, a cloud balancer) carry no token: alive and ready
-    // answer without one, and say nothing else.
+    // answer without one, and say nothing else. Their Host is checked like any other: a
+    // kubelet names the pod's IP and port, which is the listener's own address.
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz")
         && matches!(*req.method(), Method::GET | Method::HEAD);
     if !probe
@@ -428,8 +429,11 @@ pub struct BackendView {
     health: &'static str,
     /// The admin state in force.
     state: AdminState,
-    /// "config" or "api": where the state comes from.
+    /// "config", "api" or "dns" (gone from DNS: draining until removed): where the state
+    /// comes from.
     state_source: &'static str,
+    /// "config" (a `[[backend]]`) or "dns" (a `[[discover]]` entry found it).
+    source: &'static str,
     in_flight: i64,
     requests: u64,
     responses: Responses,
@@ -476,9 +480,12 @@ impl BackendView {
             state: s.state,
             state_source: if b.live.admin.api_state().is_some() {
                 "api"
+            } else if b.leaving {
+                "dns"
             } else {
                 "config"
             },
+            source: b.source.label(),
             in_flight: s.in_flight,
             requests: s.requests,
             responses: Responses { c1, c2, c3, c4, c5 },
@@ -535,12 +542,28 @@ pub fn render_metrics(ctx: &Ctx) -> String {
             repins: p.live.repins(),
             takeovers: Takeover::ALL.map(|t| p.live.takeovers(t)),
             imbalance: p.live.imbalance(),
+            backends: [BackendSource::Config, BackendSource::Dns].map(|s| {
+                p.members
+                    .iter()
+                    .filter(|&&g| snap.backends[g].source == s)
+                    .count()
+            }),
+        })
+        .collect();
+    let counts = ctx.shared.lookups();
+    let lookups: Vec<LookupSample<'_>> = counts
+        .iter()
+        .map(|((pool, name), counts)| LookupSample {
+            pool,
+            name,
+            counts: *counts,
         })
         .collect();
     ctx.shared.metrics.render(&Readings {
         connections: ctx.max_conns as usize - ctx.conns.available_permits(),
         backends: &backends,
         pools: &pools,
+        lookups: &lookups,
         access_log_dropped: ctx.shared.access.as_ref().map(|a| a.dropped()),
     })
 }

@@ -6,6 +6,7 @@
 //! A passing check's `X-Stickyd-Incarnation` is noted in the backend's live state: a change
 //! means a restarted process (replication takes its sessions over on their backups).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::backend::BackendLive;
-use crate::config::Health;
+use crate::config::{Config, Health};
 use crate::health::{StatusRange, Transition};
 use crate::state::Snapshot;
 
@@ -25,26 +26,63 @@ use crate::state::Snapshot;
 /// process): a change means the backend restarted and lost its in-memory sessions.
 static INCARNATION: header::HeaderName = header::HeaderName::from_static("x-stickyd-incarnation");
 
-/// The running checkers of one snapshot; stopped when dropped.
+/// The running checkers, one per backend of the snapshot last synced; stopped when dropped.
 #[derive(Debug, Default)]
 pub struct Checkers {
-    tasks: Vec<JoinHandle<()>>,
+    /// The config they run with: a snapshot of another one (a reload) restarts them all.
+    config: Option<Arc<Config>>,
+    /// By backend id.
+    tasks: HashMap<Arc<str>, Task>,
+}
+
+/// One backend's checker.
+#[derive(Debug)]
+struct Task {
+    /// The live state it feeds.
+    live: Arc<BackendLive>,
+    /// The address it checks.
+    address: http::uri::Authority,
+    handle: JoinHandle<()>,
 }
 
 impl Drop for Checkers {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        for t in self.tasks.values() {
+            t.handle.abort();
         }
     }
 }
 
-/// Starts one checker per backend of `snap`, each with its pool's `[health]`.
-pub fn spawn(snap: &Snapshot) -> Checkers {
-    let tasks = snap
-        .backends
-        .iter()
-        .map(|b| {
+impl Checkers {
+    /// Starts and stops checkers to match `snap`: one per backend, each with its pool's
+    /// `[health]`. A snapshot of the same config (the backends discovery changed) keeps the
+    /// checkers of the backends that stay at the same address, so their rhythm and their
+    /// rise/fall counts go on; a new config restarts every checker with its settings.
+    pub fn sync(&mut self, snap: &Snapshot) {
+        if !self
+            .config
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &snap.config))
+        {
+            for (_, t) in self.tasks.drain() {
+                t.handle.abort();
+            }
+            self.config = Some(snap.config.clone());
+        }
+        self.tasks.retain(|id, t| {
+            let keep = snap
+                .backends
+                .iter()
+                .any(|b| b.id == *id && Arc::ptr_eq(&b.live, &t.live) && b.authority == t.address);
+            if !keep {
+                t.handle.abort();
+            }
+            keep
+        });
+        for b in &snap.backends {
+            if self.tasks.contains_key(&b.id) {
+                continue;
+            }
             let h = &snap.pool_config(b.pool).health;
             let probe = Probe {
                 address: b.authority.to_string(),
@@ -55,10 +93,24 @@ pub fn spawn(snap: &Snapshot) -> Checkers {
                 timeout: h.timeout,
                 expect: h.expect_status,
             };
-            tokio::spawn(run(b.live.clone(), probe, settings(h)))
-        })
-        .collect();
-    Checkers { tasks }
+            let handle = tokio::spawn(run(b.live.clone(), probe, settings(h)));
+            self.tasks.insert(
+                b.id.clone(),
+                Task {
+                    live: b.live.clone(),
+                    address: b.authority.clone(),
+                    handle,
+                },
+            );
+        }
+    }
+}
+
+/// Starts one checker per backend of `snap`, each with its pool's `[health]`.
+pub fn spawn(snap: &Snapshot) -> Checkers {
+    let mut c = Checkers::default();
+    c.sync(snap);
+    c
 }
 
 #[derive(Clone, Copy)]
@@ -133,9 +185,8 @@ async fn run(live: Arc<BackendLive>, probe: Probe, s: Settings) {
 
 impl Probe {
     /// One check: connect, `GET path`, judge the status. The whole exchange is bounded by the
-    /// timeout; the connection is not reused.
-    /// The incarnation (`X-Stickyd-Incarnation`) of a passing check's response, if it named
-    /// one.
+    /// timeout; the connection is not reused. `Ok` carries the incarnation
+    /// (`X-Stickyd-Incarnation`) of a passing check's response, if it named one.
     async fn check(&self) -> Result<Option<Vec<u8>>, String> {
         match tokio::time::timeout(self.timeout, self.exchange()).await {
             Ok(r) => r,

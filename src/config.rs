@@ -30,6 +30,7 @@ use serde::Deserialize;
 pub use keys::{KeySource, Secret, SystemKeys};
 
 use crate::affinity::{AdminState, AllDown, OnPinnedDown, Policy};
+pub use crate::discover::DiscoverId;
 use crate::health::StatusRange;
 
 /// A config error, displayed as one line `PATH:LINE:COL: message`.
@@ -93,8 +94,11 @@ pub struct Pool {
     pub balance: Balance,
     /// Its `[replication]`.
     pub replication: Replication,
-    /// Its backends, as indexes into [`Config::backends`].
+    /// Its configured backends, as indexes into [`Config::backends`] (maybe none when it
+    /// discovers backends).
     pub backends: Vec<usize>,
+    /// Its `[[discover]]` (`[[pool.discover]]`) entries: backends found in DNS.
+    pub discover: Vec<Discover>,
 }
 
 impl Pool {
@@ -319,6 +323,72 @@ pub struct Backend {
     pub protocol: Protocol,
     /// The TLS client for this backend, when `tls` is on.
     pub origin: Option<crate::tls::Origin>,
+}
+
+/// `[[discover]]`: backends of a pool found in DNS, re-resolved every `interval`.
+#[derive(Debug, Clone)]
+pub struct Discover {
+    /// What is looked up.
+    pub lookup: Lookup,
+    /// What names each backend found.
+    pub id: DiscoverId,
+    /// Time between lookups.
+    pub interval: Duration,
+    /// A backend gone from the answers drains this long (while its checks pass), then goes.
+    pub remove_grace: Duration,
+    /// Who answers.
+    pub resolver: Resolver,
+    /// Each backend's weight, 1 to 1000.
+    pub weight: u32,
+    /// The HTTP version spoken to each backend.
+    pub protocol: Protocol,
+    /// The TLS client for each backend, when `tls` is on (it verifies `server_name`).
+    pub origin: Option<crate::tls::Origin>,
+}
+
+impl Discover {
+    /// What it looks up as one label (`dns:NAME:PORT` or `srv:NAME`): unique within a pool,
+    /// the `name` label of its metrics, and the key its backends are kept under across
+    /// reloads.
+    pub fn label(&self) -> String {
+        match &self.lookup {
+            Lookup::Dns { host, port } => format!("dns:{host}:{port}"),
+            Lookup::Srv(name) => format!("srv:{name}"),
+        }
+    }
+
+    /// Whether `other` looks up the same thing the same way (its backends' weight, TLS and
+    /// protocol may differ: they are read at each snapshot).
+    pub fn same_lookup(&self, other: &Discover) -> bool {
+        self.lookup == other.lookup
+            && self.id == other.id
+            && self.interval == other.interval
+            && self.remove_grace == other.remove_grace
+            && self.resolver == other.resolver
+    }
+}
+
+/// What a `[[discover]]` looks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// `dns = "NAME:PORT"`: A and AAAA records, each address with this port.
+    Dns {
+        /// The name.
+        host: String,
+        /// The port of every backend.
+        port: u16,
+    },
+    /// `srv = "NAME"`: SRV records, each target's addresses with the record's port.
+    Srv(String),
+}
+
+/// The resolver a `[[discover]]` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// The system's (`/etc/resolv.conf`).
+    System,
+    /// One name server, over UDP (and TCP for truncated answers).
+    At(SocketAddr),
 }
 
 /// An IP network (`10.0.0.0/8`) or a single address.

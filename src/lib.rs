@@ -17,6 +17,7 @@
 //! | policy | [`error`] | proxy errors, their one status mapping, retry safety |
 //! | policy | [`route`] | the route table of pools: host patterns, path prefixes, the most specific first |
 //! | policy | [`proxy_header`] | the PROXY protocol header (v1 and v2) an L4 balancer sends first |
+//! | policy | [`discover`] | a pool's discovered backends after each DNS answer: ids, last good set, grace |
 //! | edge | [`config`] | TOML text to a raw schema to validated values, every error at its key |
 //! | state | [`backend`] | live per-backend state in parts: health, admin, counters, load, sessions |
 //! | state | [`metrics`] | process-wide counters and their Prometheus exposition |
@@ -32,6 +33,7 @@
 //! | I/O | `access` | the access log and its writer thread |
 //! | I/O | `proxy` | the request path: check, affinity input, attempts, record, response |
 //! | task | `checker` | active health probes, one task per backend |
+//! | task | `dns` | discovery: one task per `[[discover]]` entry, its lookups and the snapshots they change |
 //! | task | `maintain` | the 100 ms ticker: rates, pin decay, imbalance ratio, session rotation |
 //! | task | `notify` | systemd readiness notifications |
 //! | top | `admin` | the admin API: Host/Origin guard, token, metrics, backends, drain, reload |
@@ -41,6 +43,7 @@ pub mod affinity;
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod discover;
 pub mod error;
 pub mod h1;
 pub mod headers;
@@ -60,6 +63,7 @@ pub(crate) mod checker;
 
 pub(crate) mod clock;
 pub(crate) mod connect;
+pub(crate) mod dns;
 pub(crate) mod io;
 pub(crate) mod maintain;
 pub(crate) mod notify;

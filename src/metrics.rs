@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::error::{ProxyError, UpstreamKind};
 
-pub(crate) use exposition::{BackendSample, PoolSample, Readings};
+pub(crate) use exposition::{BackendSample, LookupSample, PoolSample, Readings};
 pub use shard::{Counter, Shards};
 
 /// Counters of every request, per worker ([`Shards`]); the accessors return sums.
@@ -199,8 +199,22 @@ pub const ACCESS_LOG_DROPPED: Family = family(
     "Access log lines dropped because the writer fell behind.",
 );
 
+/// `{pool, source}`: `source` is "config" or "dns".
+pub const BACKENDS: Family = family(
+    "stickyd_backends",
+    Type::Gauge,
+    "Backends of each pool, by where they come from: the config file or DNS discovery.",
+);
+/// `{pool, name, outcome}`: `name` is the `[[discover]]` entry (`dns:NAME:PORT` or `srv:NAME`),
+/// `outcome` "ok", "empty" or "failed".
+pub const DISCOVERY_LOOKUPS: Family = family(
+    "stickyd_discovery_lookups_total",
+    Type::Counter,
+    "DNS lookups of each [[discover]] entry, by outcome (empty and failed ones keep the last good set).",
+);
+
 /// Every family, in the order `Metrics::render` writes them.
-pub const FAMILIES: [Family; 21] = [
+pub const FAMILIES: [Family; 23] = [
     BUILD_INFO,
     CONNECTIONS,
     BACKEND_RESPONSES,
@@ -221,6 +235,8 @@ pub const FAMILIES: [Family; 21] = [
     RETRIES,
     UPSTREAM_ERRORS,
     IMBALANCE,
+    BACKENDS,
+    DISCOVERY_LOOKUPS,
     ACCESS_LOG_DROPPED,
 ];
 

@@ -18,7 +18,7 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -26,9 +26,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::admin::{self, ReloadCall};
-use crate::checker::{self, Checkers};
+use crate::checker;
 use crate::clock::Now;
 use crate::config::Config;
+use crate::dns::{Discovery, OnChange};
 use crate::state::Shared;
 use listen::{ListenKey, bind_all, listen_keys};
 use reload::{reload_from, status_line};
@@ -43,6 +44,9 @@ enum Phase {
     /// The grace period is over: close everything now.
     Closing,
 }
+
+/// How long [`start`] waits for discovery's first lookups.
+const FIRST_LOOKUPS: Duration = Duration::from_secs(5);
 
 /// A started stickyd: listeners bound, accepting, health checks running.
 pub struct Running {
@@ -59,7 +63,11 @@ pub struct Running {
     workers: Vec<oneshot::Receiver<()>>,
     conns: Arc<Semaphore>,
     max_conns: u32,
-    checkers: Checkers,
+    /// Discovery's tasks, one per `[[discover]]` entry.
+    discovery: Discovery,
+    /// Brings the health checkers (which it owns) in step with the current snapshot: called
+    /// by reloads, and by discovery after it changed the snapshot.
+    on_change: OnChange,
     admin_addr: Option<SocketAddr>,
     /// Reload calls from the admin API, for [`run`] (or an embedder) to act on.
     reload_calls: Option<mpsc::Receiver<ReloadCall>>,
@@ -128,7 +136,28 @@ pub async fn start(config: Config) -> io::Result<Running> {
     shared.access = access;
     let shared = Arc::new(shared);
     shared.note_admin_states(Now::read().unix_secs());
-    let checkers = checker::spawn(&shared.load());
+    let checkers = Arc::new(Mutex::new(checker::spawn(&shared.load())));
+    let on_change: OnChange = {
+        let (shared, checkers) = (shared.clone(), checkers.clone());
+        Arc::new(move || {
+            let mut c = checkers.lock().unwrap_or_else(|p| p.into_inner());
+            c.sync(&shared.load());
+        })
+    };
+    // The first lookup of every `[[discover]]` entry, before the listeners accept: a pool
+    // that discovers its backends starts with them (or, if DNS does not answer within
+    // FIRST_LOOKUPS, starts empty and is filled when it does).
+    let mut discovery = Discovery::default();
+    let deadline = tokio::time::Instant::now() + FIRST_LOOKUPS;
+    for first in discovery.sync(&shared, &on_change) {
+        if tokio::time::timeout_at(deadline, first).await.is_err() {
+            warn!(
+                wait = ?FIRST_LOOKUPS,
+                "discovery has not answered yet: starting without its backends"
+            );
+            break;
+        }
+    }
     let (phase, _) = watch::channel(Phase::Running);
     let conns = Arc::new(Semaphore::new(max_conns as usize));
     let (stopping, stopping_rx) = watch::channel(false);
@@ -186,7 +215,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
         workers: exits,
         conns,
         max_conns,
-        checkers,
+        discovery,
+        on_change,
         admin_addr,
         reload_calls,
         stopping,

@@ -17,7 +17,8 @@
 
 mod pool;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +29,7 @@ use http::uri::Authority;
 use crate::affinity::AdminState;
 use crate::backend::BackendLive;
 use crate::config::{Cidr, Config, Initial};
+use crate::discover::Member;
 use crate::metrics::Metrics;
 
 pub use pool::{DEFAULT, Pool, PoolLive, View, binding};
@@ -55,13 +57,54 @@ pub struct Backend {
     pub h2: bool,
     /// Index of its pool in the snapshot.
     pub pool: usize,
+    /// Where it comes from.
+    pub source: BackendSource,
+    /// Discovered, and gone from DNS: it drains until its `remove_grace` is over.
+    pub leaving: bool,
+}
+
+/// Where a backend comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendSource {
+    /// A `[[backend]]` of the config file.
+    Config,
+    /// A `[[discover]]` entry's DNS answers.
+    Dns,
+}
+
+impl BackendSource {
+    /// The name `/backends` and the metrics give it.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendSource::Config => "config",
+            BackendSource::Dns => "dns",
+        }
+    }
 }
 
 impl Backend {
-    /// The admin state in force: the admin API's if it set one, else the config's.
+    /// The admin state in force: the admin API's if it set one, else the config's; a backend
+    /// leaving DNS is at least draining.
     pub fn admin_state(&self) -> AdminState {
-        self.live.admin.api_state().unwrap_or(self.admin)
+        let s = self.live.admin.api_state().unwrap_or(self.admin);
+        if self.leaving && s == AdminState::Active {
+            AdminState::Draining
+        } else {
+            s
+        }
     }
+}
+
+/// What a pool's `[[discover]]` entry keeps its backends under: the pool's name and the
+/// entry's label ([`crate::config::Discover::label`]).
+pub type DiscoverKey = (Arc<str>, String);
+
+/// One `[[discover]]` entry's backends and lookup counts, kept across snapshots.
+#[derive(Debug, Default)]
+struct Discovered {
+    members: Vec<Member>,
+    /// Lookups by outcome, in [`crate::discover::Outcome::ALL`] order.
+    lookups: [u64; 3],
 }
 
 /// Everything a request needs from the config, precomputed.
@@ -82,51 +125,95 @@ pub struct Snapshot {
     pub trusted: Vec<Cidr>,
 }
 
-/// Live state kept across snapshots: backends by id, pools by name.
+/// Live state kept across snapshots: backends by id, pools by name, discovered backends by
+/// `[[discover]]` entry.
 #[derive(Debug, Default)]
 struct Live {
     backends: HashMap<Arc<str>, Arc<BackendLive>>,
     pools: HashMap<Arc<str>, Arc<PoolLive>>,
+    discovered: BTreeMap<DiscoverKey, Discovered>,
 }
 
 impl Snapshot {
     /// Builds a snapshot, taking live state from `live` by id (and name) and creating it (with
     /// counters for `workers` worker threads) for new ones.
+    ///
+    /// The backends are the config's, then each pool's discovered ones (from `live`, entry by
+    /// entry in config order, each entry's sorted by id). A discovered id that is already
+    /// taken is left out: ids are unique across pools.
     fn build(config: Arc<Config>, live: &mut Live, workers: usize) -> Snapshot {
         let mut pool_of = vec![0; config.backends.len()];
+        let mut members: Vec<Vec<usize>> = Vec::with_capacity(config.pools.len());
         for (ix, p) in config.pools.iter().enumerate() {
             for &g in &p.backends {
                 pool_of[g] = ix;
             }
+            members.push(p.backends.clone());
         }
-        let backends: Vec<Backend> = config
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(g, b)| {
-                let h = &config.pools[pool_of[g]].health;
-                let up = !h.enabled || h.initial == Initial::Up;
-                let id: Arc<str> = b.id.as_str().into();
-                let live = live
-                    .backends
-                    .entry(id.clone())
-                    .or_insert_with(|| Arc::new(BackendLive::new(&id, up, h.rise, h.fall, workers)))
-                    .clone();
-                Backend {
-                    authority: b.address.clone(),
-                    weight: b.weight,
-                    admin: b.state,
-                    origin: b.origin.clone(),
-                    h2: b.protocol == crate::config::Protocol::H2,
-                    pool: pool_of[g],
-                    id,
-                    live,
+        let mut backends: Vec<Backend> = Vec::with_capacity(config.backends.len());
+        let mut live_of = |id: &Arc<str>, pool: usize| {
+            let h = &config.pools[pool].health;
+            let up = !h.enabled || h.initial == Initial::Up;
+            live.backends
+                .entry(id.clone())
+                .or_insert_with(|| Arc::new(BackendLive::new(id, up, h.rise, h.fall, workers)))
+                .clone()
+        };
+        for (g, b) in config.backends.iter().enumerate() {
+            let id: Arc<str> = b.id.as_str().into();
+            backends.push(Backend {
+                authority: b.address.clone(),
+                weight: b.weight,
+                admin: b.state,
+                origin: b.origin.clone(),
+                h2: b.protocol == crate::config::Protocol::H2,
+                pool: pool_of[g],
+                live: live_of(&id, pool_of[g]),
+                id,
+                source: BackendSource::Config,
+                leaving: false,
+            });
+        }
+        for (ix, p) in config.pools.iter().enumerate() {
+            for d in &p.discover {
+                let key: DiscoverKey = (p.name.as_str().into(), d.label());
+                let Some(found) = live.discovered.get(&key) else {
+                    continue;
+                };
+                for m in found.members.clone() {
+                    if backends.iter().any(|b| b.id == m.id) {
+                        tracing::warn!(
+                            backend = %m.id,
+                            pool = %p.name,
+                            discover = %key.1,
+                            "a discovered backend has the id of another backend: left out"
+                        );
+                        continue;
+                    }
+                    members[ix].push(backends.len());
+                    backends.push(Backend {
+                        authority: authority(m.address),
+                        weight: d.weight,
+                        admin: AdminState::Active,
+                        origin: d.origin.clone(),
+                        h2: d.protocol == crate::config::Protocol::H2,
+                        pool: ix,
+                        live: live_of(&m.id, ix),
+                        id: m.id,
+                        source: BackendSource::Dns,
+                        leaving: m.leaving_since.is_some(),
+                    });
                 }
-            })
-            .collect();
-        let pools = pool::build(&config, &backends, &mut live.pools, workers, &mut || {
-            NEXT_POOL_KEY.fetch_add(1, Ordering::Relaxed)
-        });
+            }
+        }
+        let pools = pool::build(
+            &config,
+            &backends,
+            &members,
+            &mut live.pools,
+            workers,
+            &mut || NEXT_POOL_KEY.fetch_add(1, Ordering::Relaxed),
+        );
         Snapshot {
             trusted: config.server.trusted_proxies.clone(),
             pools,
@@ -166,6 +253,11 @@ impl Snapshot {
             _ => &V11,
         })
     }
+}
+
+/// A socket address as an authority (`1.2.3.4:80`, `[::1]:80`).
+fn authority(a: SocketAddr) -> Authority {
+    Authority::try_from(a.to_string().as_str()).expect("a socket address is a valid authority")
 }
 
 /// Why a handoff was refused.
@@ -224,9 +316,35 @@ impl Shared {
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        // The backends of a `[[discover]]` entry the new config no longer has go with it.
+        live.discovered.retain(|(pool, label), _| {
+            config
+                .pools
+                .iter()
+                .any(|p| *p.name == **pool && p.discover.iter().any(|d| d.label() == *label))
+        });
+        let snap = self.rebuild(&mut live, Arc::new(config));
+        for b in &snap.backends {
+            if b.source == BackendSource::Config
+                && old
+                    .backends
+                    .iter()
+                    .any(|o| o.id == b.id && o.admin != b.admin)
+            {
+                b.live.admin.set_api_state(None);
+            }
+        }
+        self.snapshot.store(snap.clone());
+        snap
+    }
+
+    /// Builds a snapshot of `config` with `live`'s discovered backends, starts the slow start
+    /// of the backends it adds, and drops the live state of those it removes. The caller
+    /// holds the lock and stores the snapshot.
+    fn rebuild(&self, live: &mut Live, config: Arc<Config>) -> Arc<Snapshot> {
         let known: Vec<Arc<str>> = live.backends.keys().cloned().collect();
-        let snap = Arc::new(Snapshot::build(Arc::new(config), &mut live, self.workers));
-        // Added by this reload: slow start counts from now.
+        let snap = Arc::new(Snapshot::build(config, live, self.workers));
+        // Added now: slow start counts from now.
         let now_ms = crate::clock::epoch_ms();
         for b in &snap.backends {
             if !known.contains(&b.id) {
@@ -237,17 +355,62 @@ impl Shared {
             .retain(|id, _| snap.backends.iter().any(|b| b.id == *id));
         live.pools
             .retain(|name, _| snap.pools.iter().any(|p| p.name == *name));
-        for b in &snap.backends {
-            if old
-                .backends
-                .iter()
-                .any(|o| o.id == b.id && o.admin != b.admin)
-            {
-                b.live.admin.set_api_state(None);
-            }
-        }
-        self.snapshot.store(snap.clone());
         snap
+    }
+
+    /// The backends `[[discover]]` entry `key` has now.
+    pub fn discovered(&self, key: &DiscoverKey) -> Vec<Member> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.discovered
+            .get(key)
+            .map(|d| d.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Counts a lookup of `[[discover]]` entry `key` and sets its backends to `members`.
+    /// Returns the new snapshot when they changed (`None` when they did not, or when the
+    /// current config has no such entry: a reload removed it).
+    pub fn set_discovered(
+        &self,
+        key: &DiscoverKey,
+        outcome: crate::discover::Outcome,
+        members: Vec<Member>,
+    ) -> Option<Arc<Snapshot>> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let config = self.load().config.clone();
+        let exists = config
+            .pools
+            .iter()
+            .any(|p| *p.name == *key.0 && p.discover.iter().any(|d| d.label() == key.1));
+        if !exists {
+            return None;
+        }
+        let entry = live.discovered.entry(key.clone()).or_default();
+        if let Some(i) = crate::discover::Outcome::ALL
+            .iter()
+            .position(|&o| o == outcome)
+        {
+            entry.lookups[i] += 1;
+        }
+        if entry.members == members {
+            return None;
+        }
+        entry.members = members;
+        let snap = self.rebuild(&mut live, config);
+        self.snapshot.store(snap.clone());
+        drop(live);
+        self.note_admin_states(crate::clock::unix_secs());
+        Some(snap)
+    }
+
+    /// Lookups of every `[[discover]]` entry so far, by outcome (in
+    /// [`crate::discover::Outcome::ALL`] order).
+    pub fn lookups(&self) -> Vec<(DiscoverKey, [u64; 3])> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.discovered
+            .iter()
+            .map(|(k, d)| (k.clone(), d.lookups))
+            .collect()
     }
 
     /// Requests with affinity outcome `o`, over the current snapshot's pools.
@@ -477,5 +640,77 @@ mod tests {
         assert_eq!(admin(&shared.load(), 1), AdminState::Active);
         assert!(shared.set_admin("b", None, 300));
         assert_eq!(admin(&shared.load(), 1), AdminState::Draining);
+    }
+
+    #[test]
+    fn discovered_backends_join_their_pool_and_keep_live_state_across_answers() {
+        use crate::discover::Outcome;
+        let text = "[affinity]\nkeys = [\"env:K\"]\n[[backend]]\nid = \"a\"\naddress = \"h:1\"\n[[discover]]\ndns = \"app.test:80\"\n";
+        let shared = Shared::new(config::parse_for_tests(text));
+        let key: DiscoverKey = ("default".into(), "dns:app.test:80".into());
+        let member = |id: &str, last: u8, leaving: Option<u64>| Member {
+            id: id.into(),
+            address: SocketAddr::from(([127, 0, 0, last], 80)),
+            leaving_since: leaving,
+        };
+        let found = vec![
+            member("127.0.0.2:80", 2, None),
+            member("a", 9, None),
+            member("127.0.0.3:80", 3, Some(5)),
+        ];
+        let s = shared
+            .set_discovered(&key, Outcome::Ok, found.clone())
+            .expect("changed");
+        let ids: Vec<&str> = s.backends.iter().map(|b| &*b.id).collect();
+        assert_eq!(
+            ids,
+            ["a", "127.0.0.2:80", "127.0.0.3:80"],
+            "a taken id is left out"
+        );
+        assert_eq!(s.pools[0].members, [0, 1, 2]);
+        assert_eq!(s.backends[0].source, BackendSource::Config);
+        assert_eq!(s.backends[1].source, BackendSource::Dns);
+        assert_eq!(s.backends[1].authority.as_str(), "127.0.0.2:80");
+        assert_eq!(s.backends[2].admin_state(), AdminState::Draining, "leaving");
+        assert_eq!(s.backends[1].admin_state(), AdminState::Active);
+
+        // The same answer: nothing to rebuild, but the lookup is counted.
+        assert!(shared.set_discovered(&key, Outcome::Ok, found).is_none());
+        assert_eq!(shared.lookups(), [(key.clone(), [2, 0, 0])]);
+        assert!(shared.set_admin("127.0.0.2:80", Some(AdminState::Disabled), 1));
+        let live = s.backends[1].live.clone();
+        let s = shared
+            .set_discovered(&key, Outcome::Ok, vec![member("127.0.0.2:80", 2, None)])
+            .expect("changed");
+        assert_eq!(s.backends.len(), 2);
+        assert!(
+            Arc::ptr_eq(&s.backends[1].live, &live),
+            "live state kept by id"
+        );
+        assert_eq!(
+            s.backends[1].admin_state(),
+            AdminState::Disabled,
+            "admin state kept"
+        );
+        assert!(
+            shared
+                .set_discovered(&("shop".into(), "x".into()), Outcome::Ok, vec![])
+                .is_none(),
+            "no such entry"
+        );
+        // A reload without the entry drops its backends.
+        let s = shared.apply(cfg(&[("a", "h:1")]));
+        assert_eq!(s.backends.len(), 1);
+        assert!(shared.discovered(&key).is_empty());
+    }
+
+    #[test]
+    fn a_pool_with_nothing_discovered_yet_places_nothing() {
+        let text = "[affinity]\nkeys = [\"env:K\"]\n[[discover]]\ndns = \"app.test:80\"\n";
+        let s = Shared::new(config::parse_for_tests(text)).load();
+        assert!(s.backends.is_empty());
+        let view = s.pools[0].view(&s.backends);
+        assert_eq!(view.next_new(&|_| true), None);
+        assert_eq!(view.resolve(0, &[0; 8]), None);
     }
 }

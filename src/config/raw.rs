@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration;
-use super::{Cidr, Initial, LogFormat, Mode, NewSessions, Protocol};
+use super::{Cidr, DiscoverId, Initial, LogFormat, Mode, NewSessions, Protocol};
 use crate::affinity::{AdminState, AllDown, OnPinnedDown};
 use crate::health::StatusRange;
 
@@ -45,6 +45,8 @@ pub(super) struct Config {
     pub tls: Option<Tls>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
+    #[serde(default, rename = "discover")]
+    pub discover: Vec<Spanned<Discover>>,
     #[serde(default, rename = "pool")]
     pub pools: Vec<Pool>,
     #[serde(default, rename = "route")]
@@ -66,6 +68,8 @@ pub(super) struct Pool {
     pub replication: Replication,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Backend>,
+    #[serde(default, rename = "discover")]
+    pub discover: Vec<Spanned<Discover>>,
 }
 
 /// `[replication]` (and `[pool.replication]`): backups named to backends for session
@@ -370,6 +374,69 @@ pub(super) struct Backend {
     pub protocol: Protocol,
     pub tls_ca: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
+}
+
+/// `[[discover]]` (and `[[pool.discover]]`): backends of a pool found in DNS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Discover {
+    pub dns: Option<Spanned<String>>,
+    pub srv: Option<Spanned<String>>,
+    #[serde(default = "by_address")]
+    pub id: Spanned<DiscoverId>,
+    #[serde(default = "five_seconds")]
+    pub interval: Spanned<Dur>,
+    #[serde(default = "thirty_seconds")]
+    pub remove_grace: Dur,
+    #[serde(default = "system")]
+    pub resolver: Spanned<String>,
+    #[serde(default = "one")]
+    pub weight: Spanned<u32>,
+    #[serde(default = "plain")]
+    pub tls: Spanned<bool>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub tls_ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+}
+
+fn by_address() -> Spanned<DiscoverId> {
+    dflt(DiscoverId::Address)
+}
+
+fn five_seconds() -> Spanned<Dur> {
+    dflt(Dur(Duration::from_secs(5)))
+}
+
+fn thirty_seconds() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn system() -> Spanned<String> {
+    dflt("system".into())
+}
+
+/// What a backend's TLS client is made from: a `[[backend]]`'s keys, or a `[[discover]]`'s.
+pub(super) struct TlsSpec<'a> {
+    pub tls: &'a Spanned<bool>,
+    pub tls_ca: Option<&'a Spanned<String>>,
+    pub server_name: Option<&'a Spanned<String>>,
+    pub protocol: Protocol,
+    /// Where the name verified comes from when `server_name` is not set.
+    pub address_span: std::ops::Range<usize>,
+}
+
+impl Backend {
+    /// Its TLS keys.
+    pub fn tls_spec(&self) -> TlsSpec<'_> {
+        TlsSpec {
+            tls: &self.tls,
+            tls_ca: self.tls_ca.as_ref(),
+            server_name: self.server_name.as_ref(),
+            protocol: self.protocol,
+            address_span: self.address.span(),
+        }
+    }
 }
 
 fn one() -> Spanned<u32> {

@@ -884,3 +884,139 @@ fn pools_and_routes_parse_with_their_defaults_and_errors_at_their_keys() {
         assert!(e.message.contains(needle), "{e} should say {needle:?}");
     }
 }
+
+const DISCOVERED: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[[discover]]
+dns = "app.shop.svc.cluster.local:8080"
+"#;
+
+#[test]
+fn discover_alone_makes_the_default_pool_with_its_defaults() {
+    let c = parse_ok(DISCOVERED);
+    assert!(c.backends.is_empty());
+    assert_eq!(c.pools.len(), 1);
+    let p = &c.pools[0];
+    assert_eq!(p.name, "default");
+    assert!(p.backends.is_empty());
+    let d = &p.discover[0];
+    assert_eq!(
+        d.lookup,
+        Lookup::Dns {
+            host: "app.shop.svc.cluster.local".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(d.label(), "dns:app.shop.svc.cluster.local:8080");
+    assert_eq!(d.id, DiscoverId::Address);
+    assert_eq!(d.interval, Duration::from_secs(5));
+    assert_eq!(d.remove_grace, Duration::from_secs(30));
+    assert_eq!(d.resolver, Resolver::System);
+    assert_eq!(d.weight, 1);
+    assert!(d.origin.is_none());
+}
+
+#[test]
+fn a_pool_may_discover_beside_its_backends_or_alone() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[[pool]]\nname = \"shop\"\n[[pool.discover]]\nsrv = \"_http._tcp.shop.test\"\nid = \"srv-target\"\ninterval = \"100ms\"\nresolver = \"127.0.0.1:5353\"\nweight = 3\nprotocol = \"h2\"\n"
+    ));
+    let shop = &c.pools[1];
+    assert!(shop.backends.is_empty());
+    let d = &shop.discover[0];
+    assert_eq!(d.lookup, Lookup::Srv("_http._tcp.shop.test".into()));
+    assert_eq!(d.id, DiscoverId::SrvTarget);
+    assert_eq!(d.resolver, Resolver::At("127.0.0.1:5353".parse().unwrap()));
+    assert_eq!((d.weight, d.protocol), (3, Protocol::H2));
+    assert!(c.pools[0].discover.is_empty());
+}
+
+#[test]
+fn discover_errors_point_at_the_key() {
+    let base = "[server]\nlisten = [\"127.0.0.1:0\"]\n[[discover]]\n";
+    err_at(&format!("{base}dns = \"app.test\"\n"), 4, 7, "NAME:PORT");
+    err_at(&format!("{base}dns = \"app.test:0\"\n"), 4, 7, "NAME:PORT");
+    err_at(&format!("{base}dns = \"bad name:80\"\n"), 4, 7, "NAME:PORT");
+    err_at(&format!("{base}srv = \"a..b\"\n"), 4, 7, "DNS name");
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\nsrv = \"_x._tcp.a.test\"\n"),
+        5,
+        7,
+        "not both",
+    );
+    err_at(&format!("{base}interval = \"1s\"\n"), 3, 1, "needs dns");
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\nid = \"srv-target\"\n"),
+        5,
+        6,
+        "needs srv",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\nid = \"name\"\n"),
+        5,
+        6,
+        "",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\ninterval = \"50ms\"\n"),
+        5,
+        12,
+        "at least 100ms",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\nresolver = \"dns.google\"\n"),
+        5,
+        12,
+        "IP:PORT",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\nweight = 0\n"),
+        5,
+        10,
+        "1 to 1000",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\ntls = true\n"),
+        5,
+        7,
+        "server_name",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\n[[discover]]\ndns = \"a.test:80\"\n"),
+        6,
+        7,
+        "duplicate",
+    );
+    err_at(
+        &format!("{base}dns = \"a.test:80\"\nshape = 1\n"),
+        5,
+        1,
+        "unknown field",
+    );
+}
+
+#[test]
+fn a_pool_needs_backends_or_discovery_and_a_config_needs_one_of_them() {
+    err_at(
+        &format!("{MINIMAL}\n[[pool]]\nname = \"shop\"\n"),
+        10,
+        8,
+        "[[pool.discover]]",
+    );
+    err_at(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n",
+        1,
+        1,
+        "[[discover]]",
+    );
+}
+
+#[test]
+fn replication_backups_are_not_counted_against_a_discovered_pool() {
+    let c = parse_ok(&format!(
+        "{DISCOVERED}\n[replication]\nbackups = 2\n[affinity]\nmode = \"cookie\"\n"
+    ));
+    assert_eq!(c.pools[0].replication.backups, 2);
+}

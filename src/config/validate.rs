@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::keys::{KeySource, Secret, resolve};
 use super::{
-    Admin, Affinity, Backend, Balance, Config, Health, Log, Mode, Pool, Replication, Server, Tls,
-    Upstream, parse_address, raw, trim_directives,
+    Admin, Affinity, Backend, Balance, Config, Discover, Health, Log, Mode, Pool, Replication,
+    Server, Tls, Upstream, parse_address, raw, trim_directives,
 };
 use crate::affinity::OnPinnedDown;
 use crate::headers::is_cookie_name;
@@ -50,10 +50,15 @@ pub(super) fn config(
     }
     let upstream = upstream(&raw.upstream)?;
     let health = health(&raw.health)?;
+    // A pool that discovers backends has no count to check its backups against.
     let replication = replication(
         &raw.replication,
         &raw.affinity,
-        raw.backends.len(),
+        if raw.discover.is_empty() {
+            raw.backends.len()
+        } else {
+            0
+        },
         "default",
     )?;
     let log = log(&raw.log, dir)?;
@@ -63,7 +68,8 @@ pub(super) fn config(
         .chain(raw.pools.iter().flat_map(|p| &p.backends))
         .collect();
     let mut pools = pools(&raw, &affinity, &balance, &health, replication)?;
-    let mut backends = backends(&all)?;
+    let discovering = !raw.discover.is_empty() || raw.pools.iter().any(|p| !p.discover.is_empty());
+    let mut backends = backends(&all, discovering)?;
     let routes = routes(&raw.routes, &pools)?;
 
     // The rules hold: load what the config names.
@@ -74,7 +80,15 @@ pub(super) fn config(
         .map(|spec| resolve(spec, dir, keys).map_err(|m| (spec.span(), m)))
         .collect::<Result<_, _>>()?;
     for (b, r) in backends.iter_mut().zip(all.iter().copied()) {
-        b.origin = origin(r, &b.address, dir)?;
+        b.origin = origin(&r.tls_spec(), &b.address, dir)?;
+    }
+    let raw_discover = std::iter::once(&raw.discover)
+        .filter(|_| default_pool(&raw))
+        .chain(raw.pools.iter().map(|p| &p.discover));
+    for (pool, entries) in pools.iter_mut().zip(raw_discover) {
+        for (d, r) in pool.discover.iter_mut().zip(entries) {
+            d.origin = discover_origin(r, dir)?;
+        }
     }
     let tls = tls(raw.tls.as_ref(), dir)?;
     let admin = match &raw.admin {
@@ -104,7 +118,7 @@ pub(super) fn config(
     // resolved like the top-level ones; the default pool is the top-level section.
     let mut named = raw.pools.iter();
     for pool in pools.iter_mut() {
-        if pool.name == "default" && !raw.backends.is_empty() {
+        if pool.name == "default" && default_pool(&raw) {
             pool.affinity.secrets = affinity.secrets.clone();
             pool.affinity.generated_key = affinity.generated_key;
             continue;
@@ -149,7 +163,7 @@ fn pools(
     replication_top: Replication,
 ) -> Result<Vec<Pool>, Invalid> {
     let mut out = Vec::with_capacity(raw.pools.len() + 1);
-    if !raw.backends.is_empty() {
+    if default_pool(raw) {
         out.push(Pool {
             name: "default".into(),
             affinity: affinity_top.clone(),
@@ -157,6 +171,7 @@ fn pools(
             balance: balance_top.clone(),
             replication: replication_top,
             backends: (0..raw.backends.len()).collect(),
+            discover: discover_entries(&raw.discover)?,
         });
     }
     let mut next = raw.backends.len();
@@ -182,9 +197,16 @@ fn pools(
                 }
             },
         )?;
-        check(!p.backends.is_empty(), p.name.span(), || {
-            format!("pool {name:?} has no backends: add [[pool.backend]] entries")
-        })?;
+        check(
+            !p.backends.is_empty() || !p.discover.is_empty(),
+            p.name.span(),
+            || {
+                format!(
+                    "pool {name:?} has no backends: add [[pool.backend]] or [[pool.discover]] \
+                     entries"
+                )
+            },
+        )?;
         let mut affinity = affinity(&p.affinity)?;
         // The pool "default" (a [[pool]] of that name when there are no top-level backends)
         // keeps today's cookie and token binding.
@@ -196,8 +218,18 @@ fn pools(
             affinity,
             health: health(&p.health)?,
             balance: balance(&p.balance)?,
-            replication: replication(&p.replication, &p.affinity, p.backends.len(), name)?,
+            replication: replication(
+                &p.replication,
+                &p.affinity,
+                if p.discover.is_empty() {
+                    p.backends.len()
+                } else {
+                    0
+                },
+                name,
+            )?,
             backends: (next..next + p.backends.len()).collect(),
+            discover: discover_entries(&p.discover)?,
         });
         next += p.backends.len();
     }
@@ -608,11 +640,168 @@ fn log(l: &raw::Log, dir: &Path) -> Result<Log, Invalid> {
     })
 }
 
-/// The pool without its TLS clients, which are made once every rule holds.
-fn backends(raw: &[&raw::Backend]) -> Result<Vec<Backend>, Invalid> {
+/// Whether there is a pool "default": top-level `[[backend]]`s or `[[discover]]`s.
+fn default_pool(raw: &raw::Config) -> bool {
+    !raw.backends.is_empty() || !raw.discover.is_empty()
+}
+
+/// The `[[discover]]` entries of one pool, without their TLS clients (made once every rule
+/// holds).
+fn discover_entries(raw: &[Spanned<raw::Discover>]) -> Result<Vec<Discover>, Invalid> {
+    use super::{DiscoverId, Lookup, Resolver};
+    let mut out: Vec<Discover> = Vec::with_capacity(raw.len());
+    for d in raw {
+        let entry_span = d.span();
+        let d = d.get_ref();
+        let lookup = match (&d.dns, &d.srv) {
+            (Some(dns), None) => {
+                let bad = || {
+                    (
+                        dns.span(),
+                        format!(
+                            "invalid discover.dns {:?}: expected NAME:PORT, e.g. \
+                             \"app.shop.svc.cluster.local:8080\"",
+                            dns.get_ref()
+                        ),
+                    )
+                };
+                let (host, port) = dns.get_ref().rsplit_once(':').ok_or_else(bad)?;
+                let port: u16 = port.parse().ok().filter(|&p| p > 0).ok_or_else(bad)?;
+                if !dns_name(host) {
+                    return Err(bad());
+                }
+                Lookup::Dns {
+                    host: host.to_string(),
+                    port,
+                }
+            }
+            (None, Some(srv)) => {
+                check(dns_name(srv.get_ref()), srv.span(), || {
+                    format!(
+                        "invalid discover.srv {:?}: expected a DNS name, e.g. \
+                         \"_http._tcp.app.shop.svc.cluster.local\"",
+                        srv.get_ref()
+                    )
+                })?;
+                Lookup::Srv(srv.get_ref().clone())
+            }
+            (Some(_), Some(srv)) => {
+                return Err((
+                    srv.span(),
+                    "a [[discover]] entry takes dns or srv, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    entry_span,
+                    "a [[discover]] entry needs dns = \"NAME:PORT\" or srv = \"NAME\"".into(),
+                ));
+            }
+        };
+        let id = *d.id.get_ref();
+        check(
+            id == DiscoverId::Address || matches!(lookup, Lookup::Srv(_)),
+            d.id.span(),
+            || {
+                "discover.id = \"srv-target\" needs srv = \"NAME\" (A records name no target)"
+                    .into()
+            },
+        )?;
+        let interval = d.interval.get_ref().0;
+        check(
+            interval >= Duration::from_millis(100),
+            d.interval.span(),
+            || "discover.interval must be at least 100ms".into(),
+        )?;
+        let resolver = match d.resolver.get_ref().as_str() {
+            "system" => Resolver::System,
+            s => Resolver::At(s.parse().map_err(|_| {
+                (
+                    d.resolver.span(),
+                    format!(
+                        "invalid discover.resolver {s:?}: \"system\" or a name server's \
+                         IP:PORT, e.g. \"10.96.0.10:53\""
+                    ),
+                )
+            })?),
+        };
+        let w = *d.weight.get_ref();
+        check((1..=1000).contains(&w), d.weight.span(), || {
+            format!("discover.weight must be 1 to 1000, not {w}")
+        })?;
+        check(
+            !*d.tls.get_ref() || d.server_name.is_some(),
+            d.tls.span(),
+            || {
+                "discover.tls = true needs server_name: the name every discovered backend's \
+                 certificate is verified against"
+                    .into()
+            },
+        )?;
+        let entry = Discover {
+            lookup,
+            id,
+            interval,
+            remove_grace: d.remove_grace.0,
+            resolver,
+            weight: w,
+            protocol: d.protocol,
+            origin: None,
+        };
+        let span = d
+            .dns
+            .as_ref()
+            .or(d.srv.as_ref())
+            .map_or(entry_span, |s| s.span());
+        check(
+            !out.iter().any(|o| o.label() == entry.label()),
+            span,
+            || format!("duplicate [[discover]] of {:?} in this pool", entry.label()),
+        )?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// A DNS name as `discover` takes it: dot-separated labels of 1 to 63 letters, digits, `-`
+/// and `_`, at most 253 characters, one trailing dot allowed.
+fn dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
+}
+
+/// The TLS client of a `[[discover]]` entry with `tls = true`.
+fn discover_origin(
+    d: &Spanned<raw::Discover>,
+    dir: &Path,
+) -> Result<Option<crate::tls::Origin>, Invalid> {
+    let spec = raw::TlsSpec {
+        tls: &d.get_ref().tls,
+        tls_ca: d.get_ref().tls_ca.as_ref(),
+        server_name: d.get_ref().server_name.as_ref(),
+        protocol: d.get_ref().protocol,
+        address_span: d.span(),
+    };
+    // Never read: server_name is required with tls.
+    let unused: http::uri::Authority = http::uri::Authority::from_static("unused:1");
+    origin(&spec, &unused, dir)
+}
+
+/// The pool without its TLS clients, which are made once every rule holds. With `discovering`
+/// (some pool has a `[[discover]]`), there may be none.
+fn backends(raw: &[&raw::Backend], discovering: bool) -> Result<Vec<Backend>, Invalid> {
     // Nothing to point at for what is missing: the error names the start of the file.
-    check(!raw.is_empty(), 0..0, || {
-        "no [[backend]] is configured; add at least one with an id and an address".into()
+    check(!raw.is_empty() || discovering, 0..0, || {
+        "no [[backend]] is configured; add at least one with an id and an address (or a \
+         [[discover]] entry)"
+            .into()
     })?;
     let mut seen: Vec<&str> = Vec::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
@@ -658,7 +847,7 @@ fn backends(raw: &[&raw::Backend]) -> Result<Vec<Backend>, Invalid> {
 /// The TLS client for a backend with `tls = true`. The name it verifies is `server_name`, or
 /// the host of its address; a CA file error points at `tls_ca`.
 fn origin(
-    b: &raw::Backend,
+    b: &raw::TlsSpec<'_>,
     address: &http::uri::Authority,
     dir: &Path,
 ) -> Result<Option<crate::tls::Origin>, Invalid> {
@@ -668,7 +857,7 @@ fn origin(
     let host = address.host().trim_start_matches('[').trim_end_matches(']');
     let (name, name_span) = match &b.server_name {
         Some(n) => (n.get_ref().as_str(), n.span()),
-        None => (host, b.address.span()),
+        None => (host, b.address_span.clone()),
     };
     // Checked here, not left to `Origin::new`, so a bad name points at the key it came from.
     rustls_pki_types::ServerName::try_from(name)

@@ -9,8 +9,9 @@ use std::fmt::{Display, Write as _};
 use super::{
     ACCESS_LOG_DROPPED, AFFINITY, BACKEND_ADMIN_STATE, BACKEND_DRAINED, BACKEND_FAILURES,
     BACKEND_IN_FLIGHT, BACKEND_PINS, BACKEND_REQUESTS, BACKEND_RESPONSES, BACKEND_SESSIONS,
-    BACKEND_UP, BACKEND_WEIGHT, BUILD_INFO, CONNECTIONS, Family, IMBALANCE, LATENCY_BUCKETS,
-    Metrics, REPINS, REQUEST_DURATION, RESPONSES, RETRIES, TAKEOVERS, UPSTREAM_ERRORS,
+    BACKEND_UP, BACKEND_WEIGHT, BACKENDS, BUILD_INFO, CONNECTIONS, DISCOVERY_LOOKUPS, Family,
+    IMBALANCE, LATENCY_BUCKETS, Metrics, REPINS, REQUEST_DURATION, RESPONSES, RETRIES, TAKEOVERS,
+    UPSTREAM_ERRORS,
 };
 use crate::affinity::{AdminState, Outcome, Takeover};
 use crate::error::UpstreamKind;
@@ -57,6 +58,19 @@ pub(crate) struct PoolSample<'a> {
     pub takeovers: [u64; Takeover::ALL.len()],
     /// max/mean of its usable backends' recent request rates.
     pub imbalance: f64,
+    /// Its backends from the config file and from DNS.
+    pub backends: [usize; 2],
+}
+
+/// One `[[discover]]` entry's lookups for the exposition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LookupSample<'a> {
+    /// Its pool's name.
+    pub pool: &'a str,
+    /// The entry's label (`dns:NAME:PORT`, `srv:NAME`).
+    pub name: &'a str,
+    /// Lookups by outcome: ok, empty, failed.
+    pub counts: [u64; 3],
 }
 
 /// What an exposition shows besides the counters in [`Metrics`]: values owned elsewhere.
@@ -68,6 +82,8 @@ pub(crate) struct Readings<'a> {
     pub backends: &'a [BackendSample<'a>],
     /// Every pool of the snapshot, in config order.
     pub pools: &'a [PoolSample<'a>],
+    /// Every `[[discover]]` entry's lookups.
+    pub lookups: &'a [LookupSample<'a>],
     /// Lines the access log dropped, or `None` when the access log is off (the family is then
     /// left out).
     pub access_log_dropped: Option<u64>,
@@ -157,6 +173,22 @@ impl Metrics {
         w.header(&IMBALANCE);
         for p in r.pools {
             w.sample(IMBALANCE.name, &[("pool", p.name)], p.imbalance);
+        }
+        w.header(&BACKENDS);
+        for p in r.pools {
+            for (source, n) in ["config", "dns"].iter().zip(p.backends) {
+                w.sample(BACKENDS.name, &[("pool", p.name), ("source", source)], n);
+            }
+        }
+        w.header(&DISCOVERY_LOOKUPS);
+        for l in r.lookups {
+            for (outcome, n) in ["ok", "empty", "failed"].iter().zip(l.counts) {
+                w.sample(
+                    DISCOVERY_LOOKUPS.name,
+                    &[("pool", l.pool), ("name", l.name), ("outcome", outcome)],
+                    n,
+                );
+            }
         }
         if let Some(n) = r.access_log_dropped {
             w.header(&ACCESS_LOG_DROPPED);
@@ -324,6 +356,7 @@ mod tests {
                 repins: 1,
                 takeovers: [2, 0, 1, 0],
                 imbalance: 1.25,
+                backends: [1, 0],
             },
             PoolSample {
                 name: "shop",
@@ -331,12 +364,19 @@ mod tests {
                 repins: 0,
                 takeovers: [0; Takeover::ALL.len()],
                 imbalance: 0.0,
+                backends: [0, 1],
             },
         ];
+        let lookups = [LookupSample {
+            pool: "shop",
+            name: "dns:app.shop:80",
+            counts: [5, 1, 2],
+        }];
         m.render(&Readings {
             connections: 3,
             backends: &backends,
             pools: &pools,
+            lookups: &lookups,
             access_log_dropped: Some(4),
         })
     }
@@ -508,6 +548,7 @@ stickyd_upstream_errors_total{kind=\"timeout\"} 1
             connections: 0,
             backends: &[],
             pools: &[],
+            lookups: &[],
             access_log_dropped: None,
         });
         assert!(!text.contains("stickyd_access_log_dropped_total"), "{text}");
@@ -527,6 +568,7 @@ stickyd_upstream_errors_total{kind=\"timeout\"} 1
             connections: 0,
             backends: &[sample("x\"y")],
             pools: &[],
+            lookups: &[],
             access_log_dropped: None,
         });
         assert!(

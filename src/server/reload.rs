@@ -11,7 +11,6 @@ use tracing::{info, warn};
 use super::Running;
 use super::listen::{self, ListenKey, bind_all, listen_keys};
 use super::worker::WorkerCmd;
-use crate::checker;
 use crate::clock::Now;
 use crate::config::{self, Config};
 
@@ -46,7 +45,10 @@ impl Running {
         }
         let snap = self.shared.apply(config);
         self.shared.note_admin_states(Now::read().unix_secs());
-        self.checkers = checker::spawn(&snap);
+        // Discovery first: an entry it starts publishes its backends, and the checkers follow
+        // every snapshot.
+        let _ = self.discovery.sync(&self.shared, &self.on_change);
+        (self.on_change)();
 
         for (worker, socks) in self.cmds.iter().zip(sockets) {
             for (key, sock) in added.iter().zip(socks) {

@@ -134,11 +134,13 @@ fn same_carrier(a: &Source, b: &Source) -> bool {
     }
 }
 
-/// The pools of `config`, over the snapshot's `backends` (built from `config.backends`, same
-/// order), with live counters taken from `live` by name or created.
+/// The pools of `config`, over the snapshot's `backends` (`config.backends`, same order, then
+/// the discovered ones), each pool with the `members` given for it (indexes into `backends`),
+/// with live counters taken from `live` by name or created.
 pub(super) fn build(
     config: &config::Config,
     backends: &[Backend],
+    members: &[Vec<usize>],
     live: &mut HashMap<Arc<str>, Arc<PoolLive>>,
     workers: usize,
     next_key: &mut dyn FnMut() -> u64,
@@ -160,7 +162,7 @@ pub(super) fn build(
                 .entry(name.clone())
                 .or_insert_with(|| Arc::new(PoolLive::new(workers)))
                 .clone();
-            let members = p.backends.clone();
+            let members = members[ix].clone();
             let ids = || members.iter().map(|&g| &backends[g].id);
             let mut by_tag =
                 HashMap::with_capacity_and_hasher(members.len() * own.len(), Default::default());

@@ -6,6 +6,7 @@
 //! requests, binds no fixed port, and needs no file but the ones it writes itself.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod replica;
 
 use std::collections::HashMap;
@@ -80,14 +81,21 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A backend listening at `addr` (any loopback address; port 0 picks one).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<TestBackend> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::serve(
             name,
             listener,
             Default::default(),
             Arc::new(AtomicBool::new(true)),
             Default::default(),
-        )
+        ))
     }
 
     fn serve(
