@@ -134,11 +134,11 @@ pub struct Server {
     pub shutdown_delay: Duration,
     /// Peers whose X-Forwarded-* headers are trusted and appended to.
     pub trusted_proxies: Vec<Cidr>,
-    /// Every connection (plain and TLS listeners) begins with a PROXY protocol header (v1 or
-    /// v2) naming the client; a connection without a valid one is closed unread.
     /// Reload when the config file (or the file a symlink to it points at) changes, with the
     /// validation of SIGHUP.
     pub watch_config: bool,
+    /// Every connection (plain and TLS listeners) begins with a PROXY protocol header (v1 or
+    /// v2) naming the client; a connection without a valid one is closed unread.
     pub proxy_protocol: bool,
     /// The peers (the L4 balancers) allowed to send it; others are closed at once.
     pub proxy_protocol_from: Vec<Cidr>,
@@ -620,17 +620,47 @@ impl Config {
                 pool.unwrap_or_default()
             );
         }
+        for p in &self.pools {
+            for d in &p.discover {
+                let _ = writeln!(
+                    s,
+                    "discover: {} every {}, ids {}, remove_grace {}, resolver {}, weight {}{}",
+                    d.label(),
+                    human(d.interval),
+                    match d.id {
+                        DiscoverId::Address => "address",
+                        DiscoverId::SrvTarget => "srv-target",
+                    },
+                    human(d.remove_grace),
+                    match d.resolver {
+                        Resolver::System => "system".to_string(),
+                        Resolver::At(a) => a.to_string(),
+                    },
+                    d.weight,
+                    if several {
+                        format!(" pool {}", p.name)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         if several {
             let _ = writeln!(s, "pools: {}", self.pools.len());
             for p in &self.pools {
                 let _ = writeln!(
                     s,
-                    "  {}: cookie {:?}, mode {}, new sessions {}, {} backend(s)",
+                    "  {}: cookie {:?}, mode {}, new sessions {}, {} backend(s){}",
                     p.name,
                     p.affinity.cookie,
                     format!("{:?}", p.affinity.mode).to_lowercase(),
                     format!("{:?}", p.balance.new_sessions).to_lowercase(),
-                    p.backends.len()
+                    p.backends.len(),
+                    if p.discover.is_empty() {
+                        ""
+                    } else {
+                        " and discovered ones"
+                    }
                 );
             }
             let _ = writeln!(s, "routes, in the order they are tried:");

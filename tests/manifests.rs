@@ -300,8 +300,8 @@ impl Pod {
     }
 
     /// The config parsed by stickyd as the pod would load it, with `[[discover]]` replaced by
-    /// one `[[backend]]` at `backend` (until discovery lands, the parser does not know it), and
-    /// `edit` applied to the TOML first.
+    /// one `[[backend]]` at `backend` (a test has no cluster DNS to ask), and `edit` applied to
+    /// the TOML first.
     fn config_with(&self, backend: SocketAddr, edit: impl FnOnce(&mut toml::Table)) -> Config {
         let mut t = self.toml.clone();
         assert!(
@@ -783,11 +783,18 @@ async fn the_deployments_probes_are_answered_200_when_the_kubelet_asks_and_503_o
 }
 
 #[test]
-#[ignore = "needs [[discover]] (lands with discovery)"]
 fn the_pods_config_validates_as_shipped() {
     let pod = Pod::load();
     let text = read(&pod.config_source);
     let config = pod.parse(&text);
     assert!(config.admin.is_some());
     assert_eq!(config.affinity.secrets.len(), 2);
+    assert!(config.backends.is_empty(), "every backend is discovered");
+    let d = &config.pools[0].discover[0];
+    assert_eq!(d.id, stickyd::config::DiscoverId::Address);
+    assert!(
+        matches!(&d.lookup, stickyd::config::Lookup::Dns { host, .. } if host.ends_with(".svc.cluster.local")),
+        "{:?}",
+        d.lookup
+    );
 }
