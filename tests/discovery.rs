@@ -538,3 +538,28 @@ async fn with_replication_an_address_change_sends_the_sessions_there_to_their_ba
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_discovered_backends_and_a_removed_entry_takes_them_away() {
+    let (port, _backends) = backends_at(&[2, 3]).await;
+    let dns = TestDns::start().await;
+    dns.set("app.test", &[ip(2), ip(3)]);
+    let text = config(&Cfg::default(), &dns, &format!("dns = \"app.test:{port}\""));
+    let mut r = start(&text).await;
+    let want = [id(2, port), id(3, port)];
+    assert_eq!(ids(&r), want);
+    let mut j = Jar::new(r.local_addrs()[0]);
+    let first = j.get("app", "/").await.backend();
+
+    // The same lookup with another weight: the backends stay through the swap, re-weighted.
+    r.reload(parse_config(&format!("{text}weight = 7\n"))).unwrap();
+    assert_eq!(ids(&r), want, "no window without them");
+    assert!(r.shared().load().backends.iter().all(|b| b.weight == 7));
+    assert_eq!(j.get("app", "/").await.backend(), first);
+
+    // The entry removed (a listed backend instead): its backends go with it.
+    let listed = config_text(&Cfg::default(), &[("static", SocketAddr::new(ip(2), port))]);
+    r.reload(parse_config(&listed)).unwrap();
+    assert_eq!(ids(&r), ["static"]);
+    assert!(r.shared().lookups().is_empty(), "nothing is looked up any more");
+}
