@@ -2,7 +2,10 @@
 //!
 //! Run it with `cargo run --release --example demo` (add `-- --listen ADDR` to move stickyd off
 //! 127.0.0.1:8080, `-- --replicate` for session replication) and open the printed address in a
-//! browser.
+//! browser. stickyd's admin API listens on 127.0.0.1:9901 (`--admin ADDR` moves it; port 0 picks
+//! a free one): open that address too for the dashboard, live charts of what the reloads do,
+//! with buttons to drain, disable or enable an instance. `--admin-token file:PATH` (or
+//! `env:NAME`) makes the admin API ask for a bearer token, as `[admin] token` does.
 //!
 //! What it shows: each app instance keeps its sessions (a visit counter and a cart) in its own
 //! memory, keyed by the app's own `app_session` cookie, as many real apps do. Without affinity a
@@ -57,6 +60,8 @@ use replica::{
 
 /// Where stickyd listens unless `--listen` says otherwise.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Where the admin API (and its dashboard) listens unless `--admin` says otherwise.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// The app instances: name and page colour.
 const INSTANCES: [(&str, &str); 3] = [
     ("app-1", "#2563eb"),
@@ -78,7 +83,8 @@ const SESSION_COOKIE: &str = "app_session";
 /// full cart about 200).
 const MAX_BODY: usize = 1024;
 
-const USAGE: &str = "usage: cargo run --release --example demo [-- [--listen ADDR] [--replicate]]";
+const USAGE: &str = "usage: cargo run --release --example demo [-- [--listen ADDR] [--admin ADDR] \
+                     [--admin-token file:PATH|env:NAME] [--replicate]]";
 
 type Body = Full<Bytes>;
 
@@ -89,6 +95,10 @@ type Body = Full<Bytes>;
 /// What the command line asks for.
 struct Options {
     listen: SocketAddr,
+    /// The admin API's address: `/metrics`, `/backends` and the dashboard at `/`.
+    admin: SocketAddr,
+    /// `--admin-token`: where `[admin] token` comes from (`file:PATH` or `env:NAME`).
+    admin_token: Option<String>,
     /// `--replicate`: stickyd names backups and the instances copy their sessions there.
     replicate: bool,
 }
@@ -129,14 +139,23 @@ fn init_logging() {
         .init();
 }
 
-/// The options from `--listen ADDR` and `--replicate`, or `None` for `--help`.
+/// The options from the command line, or `None` for `--help`.
 fn parse_args() -> Result<Option<Options>, String> {
     let mut listen = DEFAULT_LISTEN.to_string();
+    let mut admin = DEFAULT_ADMIN.to_string();
+    let mut admin_token = None;
     let mut replicate = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?,
+            "--admin" => admin = args.next().ok_or("--admin needs an address")?,
+            "--admin-token" => {
+                admin_token = Some(
+                    args.next()
+                        .ok_or("--admin-token needs file:PATH or env:NAME")?,
+                );
+            }
             "--replicate" => replicate = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
@@ -146,12 +165,25 @@ fn parse_args() -> Result<Option<Options>, String> {
     let listen = listen
         .parse()
         .map_err(|_| format!("--listen {listen:?} is not an address like {DEFAULT_LISTEN}"))?;
-    Ok(Some(Options { listen, replicate }))
+    let admin = admin
+        .parse()
+        .map_err(|_| format!("--admin {admin:?} is not an address like {DEFAULT_ADMIN}"))?;
+    Ok(Some(Options {
+        listen,
+        admin,
+        admin_token,
+        replicate,
+    }))
 }
 
 /// Runs the whole demo until Ctrl-C (or SIGTERM).
 async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
-    let Options { listen, replicate } = options;
+    let Options {
+        listen,
+        admin,
+        admin_token,
+        replicate,
+    } = options;
     let mut instances = Vec::new();
     for (name, colour) in INSTANCES {
         // Port 0: the system picks a free port, so the demo never clashes with anything.
@@ -166,38 +198,83 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         instances.push(instance);
     }
 
-    let text = stickyd_config(listen, &instances, replicate);
+    let addrs = Addrs {
+        listen,
+        admin,
+        admin_token: admin_token.as_deref(),
+    };
+    let text = stickyd_config(&addrs, &instances, replicate);
     let config = stickyd::config::parse(
         &text,
         "demo config",
         Path::new("."),
         &stickyd::config::SystemKeys,
     )?;
-    let running = stickyd::server::start(config).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("{e} (pick another address with --listen)")
-        } else {
+    // The demo has no config file: a reload (the dashboard's button, POST /reload) applies
+    // this same config again, random signing key included, so no session is lost.
+    let again = config.clone();
+    let mut running = stickyd::server::start(config).await.map_err(|e| {
+        if e.kind() != std::io::ErrorKind::AddrInUse {
             e.to_string()
+        } else if e.to_string().contains("(admin)") {
+            format!("{e} (pick another address with --admin)")
+        } else {
+            format!("{e} (pick another address with --listen)")
         }
     })?;
     let url = match running.local_addrs().first() {
         Some(addr) => format!("http://{addr}/"),
         None => format!("http://{listen}/"),
     };
-    print_banner(&url, &instances, replicate);
+    let dashboard = format!("http://{}/", running.admin_addr().unwrap_or(admin));
+    print_banner(&url, &dashboard, &instances, replicate);
 
-    shutdown_signal().await?;
+    let mut reloads = running.take_reload_calls();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => {
+                r?;
+                break;
+            }
+            Some(reply) = async {
+                match reloads.as_mut() {
+                    Some(calls) => calls.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let backends = again.backends.len();
+                let answer = running.reload(again.clone()).map(|()| backends);
+                let _ = reply.send(answer.map_err(|e| e.to_string()));
+            }
+        }
+    }
     println!("stopping stickyd");
     running.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
+/// Where stickyd and its admin API listen.
+struct Addrs<'a> {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    /// `[admin] token`'s source, if any.
+    admin_token: Option<&'a str>,
+}
+
 /// The stickyd config: every key not set here keeps the default documented in
-/// `config/example.toml`. Health checks are quicker than the defaults so the demo reacts fast.
+/// `config/example.toml`. Health checks are quicker than the defaults so the demo reacts fast,
+/// and a drained instance is reported drained after 10 s without requests instead of 2 min.
 /// No `[affinity] keys`: stickyd makes a random signing key at start (and logs a warning).
 /// With `replicate`, one backup per session; its address is the instance's own (no `port`: the
 /// instances share 127.0.0.1, so they could not share one replication port).
-fn stickyd_config(listen: SocketAddr, instances: &[Arc<Instance>], replicate: bool) -> String {
+fn stickyd_config(addrs: &Addrs<'_>, instances: &[Arc<Instance>], replicate: bool) -> String {
+    let Addrs {
+        listen,
+        admin,
+        admin_token,
+    } = addrs;
     let backends: String = instances
         .iter()
         .map(|i| {
@@ -212,10 +289,18 @@ fn stickyd_config(listen: SocketAddr, instances: &[Arc<Instance>], replicate: bo
     } else {
         ""
     };
+    // A TOML string, quoted and escaped: the source is the user's text.
+    let token = admin_token
+        .map(|t| format!("token = {}\n", toml::Value::String(t.to_string())))
+        .unwrap_or_default();
     format!(
         r#"[server]
 listen = ["{listen}"]
 
+[admin]
+listen = "{admin}"
+drain_quiet = "10s"
+{token}
 [health]
 path = "/healthz"
 interval = "1s"
@@ -226,7 +311,7 @@ fall = 2
     )
 }
 
-fn print_banner(url: &str, instances: &[Arc<Instance>], replicate: bool) {
+fn print_banner(url: &str, dashboard: &str, instances: &[Arc<Instance>], replicate: bool) {
     if replicate {
         println!("stickyd demo: three app instances behind stickyd, with session replication");
     } else {
@@ -248,6 +333,9 @@ fn print_banner(url: &str, instances: &[Arc<Instance>], replicate: bool) {
         println!("Press \"Stop this instance\": stickyd moves you to another instance.");
     }
     println!("Or with curl:  curl -s -c /tmp/jar -b /tmp/jar {url} | grep -o 'app-[0-9]'");
+    println!(
+        "Dashboard: {dashboard} (live traffic per instance; drain, disable or enable one there)"
+    );
     println!("Ctrl-C to stop.");
 }
 
@@ -836,13 +924,46 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             replicate: true,
         });
-        let listen = "127.0.0.1:0".parse().unwrap();
-        let on = stickyd_config(listen, &[instance.clone()], true);
-        let off = stickyd_config(listen, &[instance], false);
+        let addrs = Addrs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            admin_token: None,
+        };
+        let on = stickyd_config(&addrs, &[instance.clone()], true);
+        let off = stickyd_config(&addrs, &[instance], false);
         assert!(on.contains("\n[replication]\nbackups = 1\n"));
         assert!(!off.contains("replication"));
         let on: toml::Table = on.parse().unwrap();
         assert_eq!(on["replication"]["backups"].as_integer(), Some(1));
         assert_eq!(on["backend"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn the_admin_api_listens_where_asked_with_the_token_source_quoted() {
+        let instance = Arc::new(Instance {
+            name: "app-1",
+            colour: "#000",
+            addr: "127.0.0.1:1".parse().unwrap(),
+            replicate: false,
+        });
+        let source = "file:/tmp/a \"b\"\\c.token";
+        let addrs = Addrs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.2:9901".parse().unwrap(),
+            admin_token: Some(source),
+        };
+        let with: toml::Table = stickyd_config(&addrs, &[instance.clone()], false)
+            .parse()
+            .unwrap();
+        assert_eq!(with["admin"]["listen"].as_str(), Some("127.0.0.2:9901"));
+        assert_eq!(with["admin"]["token"].as_str(), Some(source));
+        let without = Addrs {
+            admin_token: None,
+            ..addrs
+        };
+        let without: toml::Table = stickyd_config(&without, &[instance], false)
+            .parse()
+            .unwrap();
+        assert!(without["admin"].get("token").is_none());
     }
 }
