@@ -3,7 +3,10 @@
 //!
 //! | call | answer |
 //! |---|---|
-//! | `GET /healthz` | 200 `ok` while serving, 503 `draining` once shutdown began |
+//! | `GET /` | the dashboard: one self-contained page that polls `/dashboard.json` ([`dashboard`]) |
+//! | `GET /dashboard.json` | JSON: every pool's backends and the last minutes of per-second series |
+//! | `GET /healthz` | 200 `ok` while serving (liveness) |
+//! | `GET /readyz` | 200 `ready`; 503 while stopping or with no usable backend (readiness) |
 //! | `GET /metrics` | Prometheus text exposition (version 0.0.4), written by [`crate::metrics`] |
 //! | `GET /backends` | JSON: every backend's health, admin state, in-flight, counters, sessions |
 //! | `GET /backends/{id}` | JSON: one backend |
@@ -37,6 +40,7 @@
 //! whatever the token configuration. The token still matters off loopback, where the host rule
 //! alone cannot tell the operator from anyone else who can reach the port.
 
+mod dashboard;
 mod explain;
 mod guard;
 
@@ -141,9 +145,10 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
     // The platform's probes (a kubelet, a cloud balancer) carry no token: alive and ready
     // answer without one, and say nothing else. Their Host is checked like any other: a
     // kubelet names the pod's IP and port, which is the listener's own address.
-    let probe = matches!(req.uri().path(), "/healthz" | "/readyz")
+    // The dashboard's page holds no data (it asks for the token itself): no token either.
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/")
         && matches!(*req.method(), Method::GET | Method::HEAD);
-    if !probe
+    if !open
         && let Some(t) = &ctx.token
         && !authorized(req.headers().get(header::AUTHORIZATION), &t.0)
     {
@@ -174,6 +179,8 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
                 text(StatusCode::OK, "ready\n")
             }
         }
+        ([""], Method::GET | Method::HEAD) => dashboard::page(),
+        (["dashboard.json"], Method::GET) => dashboard::data(ctx),
         (["metrics"], Method::GET) => {
             let mut r = Response::new(Full::new(Bytes::from(render_metrics(ctx))));
             r.headers_mut().insert(
@@ -233,9 +240,8 @@ pub async fn handle<B>(ctx: &Ctx, local: SocketAddr, req: Request<B>) -> Resp {
         (["route"], Method::GET) => route_json(ctx, req.uri().query()),
         (["reload"], Method::POST) => reload(ctx).await,
         (["healthz" | "readyz"], _) => not_allowed("GET, HEAD"),
-        (["metrics" | "backends" | "pools" | "route"], _) | (["backends", _], _) => {
-            not_allowed("GET")
-        }
+        (["" | "metrics" | "backends" | "pools" | "route" | "dashboard.json"], _)
+        | (["backends", _], _) => not_allowed("GET"),
         (["backends", _, "drain" | "enable" | "disable" | "handoff"], _) | (["reload"], _) => {
             not_allowed("POST")
         }

@@ -21,6 +21,7 @@
 //! | edge | [`config`] | TOML text to a raw schema to validated values, every error at its key |
 //! | state | [`backend`] | live per-backend state in parts: health, admin, counters, load, sessions |
 //! | state | [`metrics`] | process-wide counters and their Prometheus exposition |
+//! | state | [`series`] | the dashboard's per-second series: deltas of the counters in fixed rings, latency quantiles |
 //! | state | [`state`] | the immutable snapshot behind an `ArcSwap`; live state kept by backend id |
 //! | I/O | `clock` | the clocks, read once per request and passed down |
 //! | I/O | `rt` | the worker's executor for hyper's tasks |
@@ -51,6 +52,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy_header;
 pub mod route;
+pub mod series;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::affinity::AdminState;
+use crate::affinity::{AdminState, Outcome, Takeover};
 use crate::backend::rate::RateEstimator;
+use crate::series::{PoolReading, Reading};
 use crate::state::{Shared, Snapshot};
 
 /// How often [`run`] ticks: least_loaded needs a rate that follows heavy users within a
@@ -77,13 +78,50 @@ impl Maintenance {
     }
 }
 
+/// How often the dashboard's series get a sample.
+pub const SAMPLE: Duration = Duration::from_secs(1);
+
+/// What the counters of `snap` and `metrics` read now, for the dashboard's series.
+pub fn reading<'a>(
+    snap: &'a Snapshot,
+    metrics: &crate::metrics::Metrics,
+    unix: u64,
+) -> Reading<'a> {
+    Reading {
+        unix,
+        latency: metrics.latency.cumulative(),
+        pools: snap
+            .pools
+            .iter()
+            .map(|p| PoolReading {
+                name: &p.name,
+                imbalance: p.live.imbalance(),
+                repins: p.live.repins(),
+                takeovers: Takeover::ALL.iter().map(|&t| p.live.takeovers(t)).sum(),
+                outcomes: Outcome::ALL.map(|o| p.live.outcomes(o)),
+                backends: p
+                    .members
+                    .iter()
+                    .map(|&g| {
+                        let b = &snap.backends[g];
+                        let c = &b.live.counters;
+                        (&*b.id, c.requests(), c.failures() + c.responses(5))
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 /// Runs [`Maintenance::tick`] every [`TICK`] on the current snapshot, for ever, with the time
-/// that actually passed (a late tick weighs more), and publishes each pool's imbalance ratio.
+/// that actually passed (a late tick weighs more), and publishes each pool's imbalance ratio;
+/// every [`SAMPLE`], adds a sample to the dashboard's series.
 pub async fn run(shared: Arc<Shared>) {
     let mut m = Maintenance::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
+    let mut next_sample = last;
     loop {
         tick.tick().await;
         let now = tokio::time::Instant::now();
@@ -92,6 +130,15 @@ pub async fn run(shared: Arc<Shared>) {
         last = now;
         for (pool, r) in snap.pools.iter().zip(ratios) {
             pool.live.set_imbalance(r);
+        }
+        if now >= next_sample {
+            next_sample += SAMPLE;
+            if next_sample < now {
+                next_sample = now + SAMPLE;
+            }
+            let r = reading(&snap, &shared.metrics, crate::clock::unix_secs());
+            let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
+            h.record(&r);
         }
     }
 }

@@ -283,6 +283,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The access log, when on (set once at start).
     pub(crate) access: Option<Arc<crate::access::AccessLog>>,
+    /// The dashboard's per-second series, written by the maintenance task once a second and
+    /// read by the admin API (never by a request).
+    pub history: Mutex<crate::series::History>,
 }
 
 impl Shared {
@@ -300,6 +303,7 @@ impl Shared {
             workers,
             metrics: Metrics::new(workers),
             access: None,
+            history: Mutex::default(),
         }
     }
 

@@ -552,7 +552,8 @@ async fn a_reload_keeps_the_discovered_backends_and_a_removed_entry_takes_them_a
     let first = j.get("app", "/").await.backend();
 
     // The same lookup with another weight: the backends stay through the swap, re-weighted.
-    r.reload(parse_config(&format!("{text}weight = 7\n"))).unwrap();
+    r.reload(parse_config(&format!("{text}weight = 7\n")))
+        .unwrap();
     assert_eq!(ids(&r), want, "no window without them");
     assert!(r.shared().load().backends.iter().all(|b| b.weight == 7));
     assert_eq!(j.get("app", "/").await.backend(), first);
@@ -561,5 +562,8 @@ async fn a_reload_keeps_the_discovered_backends_and_a_removed_entry_takes_them_a
     let listed = config_text(&Cfg::default(), &[("static", SocketAddr::new(ip(2), port))]);
     r.reload(parse_config(&listed)).unwrap();
     assert_eq!(ids(&r), ["static"]);
-    assert!(r.shared().lookups().is_empty(), "nothing is looked up any more");
+    assert!(
+        r.shared().lookups().is_empty(),
+        "nothing is looked up any more"
+    );
 }

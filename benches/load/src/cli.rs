@@ -64,6 +64,10 @@ pub struct Args {
     /// --direct.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
     pub replicate: Option<u8>,
+    /// stickyd's admin listener at ADDR (e.g. 127.0.0.1:9901): its dashboard is then at
+    /// http://ADDR/ while the run lasts.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
     /// stickyd's [affinity] max_life (how long a session may stay on its backend), e.g. 5s.
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub max_life: Option<Duration>,
@@ -414,6 +418,8 @@ pub struct Plan {
     pub max_life: Option<Duration>,
     /// `--replicate`: stickyd's [replication] backups; the own backends replicate.
     pub replicate: Option<u8>,
+    /// `--admin`: stickyd's admin listener.
+    pub admin: Option<std::net::SocketAddr>,
     /// stickyd's [balance] new_sessions, if set.
     pub new_sessions: Option<String>,
     pub idle_conns: Option<usize>,
@@ -575,6 +581,7 @@ impl Plan {
             new_sessions: args.new_sessions.clone(),
             max_life: args.max_life,
             replicate: args.replicate,
+            admin: args.admin,
             backends: if args.direct { 1 } else { args.backends },
             worker_threads: args.worker_threads,
             backend_threads: args.backend_threads,

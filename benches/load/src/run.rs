@@ -144,6 +144,7 @@ async fn run_inner(
                 new_sessions: plan.new_sessions.clone(),
                 max_life: plan.max_life,
                 replication: plan.replicate,
+                admin: plan.admin,
                 haproxy: *haproxy,
             };
             let target = target_for(&plan, listen, &listen.to_string())?;
@@ -152,6 +153,9 @@ async fn run_inner(
             let log = plan.json.with_extension("stickyd.log");
             let s = stickyd.insert(Stickyd::spawn(binary, tmp.path(), spec, &log)?);
             s.wait_ready(&target, Duration::from_secs(15)).await?;
+            if let (Some(a), false) = (plan.admin, *haproxy) {
+                eprintln!("dashboard: http://{a}/");
+            }
             (
                 target,
                 if *haproxy { "haproxy" } else { "stickyd" },

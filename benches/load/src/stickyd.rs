@@ -33,6 +33,8 @@ pub struct Spec {
     pub max_life: Option<Duration>,
     /// `[replication] backups`, if set (`--replicate`).
     pub replication: Option<u8>,
+    /// `[admin] listen`, if set (`--admin`).
+    pub admin: Option<SocketAddr>,
     /// Run HAProxy with an equivalent cookie-insert config instead.
     pub haproxy: bool,
 }
@@ -89,6 +91,9 @@ pub fn config_text(spec: &Spec) -> String {
         // Replicas go to each backend's own address (no `port`): the harness's backends
         // serve PUT /_stickyd/replica/{sid} there.
         t.push_str(&format!("\n[replication]\nbackups = {n}\n"));
+    }
+    if let Some(a) = spec.admin {
+        t.push_str(&format!("\n[admin]\nlisten = {}\n", quote(&a.to_string())));
     }
     for (id, addr) in &spec.backends {
         t.push_str(&format!(
@@ -311,6 +316,7 @@ mod tests {
             new_sessions: Some("least_loaded".into()),
             max_life: Some(Duration::from_secs(5)),
             replication: None,
+            admin: Some("127.0.0.1:19901".parse().expect("addr")),
             haproxy: false,
         };
         let text = config_text(&spec);
@@ -328,6 +334,11 @@ mod tests {
             stickyd::config::NewSessions::LeastLoaded
         );
         assert_eq!(c.affinity.max_life, Duration::from_secs(5));
+        assert_eq!(
+            c.admin.map(|a| a.listen),
+            Some("127.0.0.1:19901".parse().expect("addr")),
+            "--admin: the dashboard's listener"
+        );
         let h = haproxy_config_text(&spec);
         assert!(h.contains("bind 127.0.0.1:18080"), "{h}");
         assert!(h.contains("server b2 127.0.0.1:3002 cookie b2"), "{h}");
@@ -347,6 +358,7 @@ mod tests {
             new_sessions: None,
             max_life: None,
             replication: Some(2),
+            admin: None,
             haproxy: false,
         };
         let text = config_text(&spec);
