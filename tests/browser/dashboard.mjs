@@ -254,7 +254,7 @@ async function fixtureRun() {
     const outcomes = await page.locator(`[data-pool="default"] figure[data-chart="outcomes"] path[data-series]`).evaluateAll((ps) => ps.map((p) => p.dataset.series).sort());
     check("the outcomes chart draws only the reasons seen in the window", JSON.stringify(outcomes) === JSON.stringify(["draining", "expired_idle", "new", "refreshed", "valid"]), outcomes);
     const drain = await page.locator(`tr[data-backend="app-3"] td[data-field="drain"]`).textContent();
-    check("a drained backend says so, and for how long", drain.includes("drained") && drain.includes("1 min 35 s"), drain);
+    check("a drained backend says so, and how long it has been draining", drain.includes("drained: safe to stop") && drain.includes("draining for 1 min 35 s"), drain);
     check("the stopping and unreachable banners are hidden while all is well",
       !(await page.locator("#banner-stopping").isVisible()) && !(await page.locator("#banner-unreachable").isVisible()));
     answer = "stopping";
