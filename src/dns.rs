@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::{Discover, Lookup, Resolver};
 use crate::discover::{self, Answer};
-use crate::state::{DiscoverKey, Shared};
+use crate::state::{DiscoverKey, Shared, discover_entries};
 
 /// Called after discovery published a new snapshot (the server restarts health checks to
 /// match it).
@@ -64,12 +64,9 @@ impl Discovery {
         on_change: &OnChange,
     ) -> Vec<oneshot::Receiver<()>> {
         let snap = shared.load();
-        let mut wanted: HashMap<DiscoverKey, &Discover> = HashMap::new();
-        for p in &snap.config.pools {
-            for d in &p.discover {
-                wanted.insert((p.name.as_str().into(), d.label()), d);
-            }
-        }
+        let wanted: HashMap<DiscoverKey, &Discover> = discover_entries(&snap.config)
+            .map(|(key, _, d)| (key, d))
+            .collect();
         self.tasks.retain(|key, (d, task)| {
             let keep = wanted.get(key).is_some_and(|w| w.same_lookup(d));
             if !keep {

@@ -105,7 +105,7 @@ pub fn reading<'a>(
                     .map(|&g| {
                         let b = &snap.backends[g];
                         let c = &b.live.counters;
-                        (&*b.id, c.requests(), c.failures() + c.responses(5))
+                        (&*b.id, c.requests(), c.errors())
                     })
                     .collect(),
             })

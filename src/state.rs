@@ -99,6 +99,17 @@ impl Backend {
 /// entry's label ([`crate::config::Discover::label`]).
 pub type DiscoverKey = (Arc<str>, String);
 
+/// Every `[[discover]]` entry of `config`: its key, its pool's index, the entry.
+pub fn discover_entries(
+    config: &Config,
+) -> impl Iterator<Item = (DiscoverKey, usize, &crate::config::Discover)> {
+    config.pools.iter().enumerate().flat_map(|(ix, p)| {
+        p.discover
+            .iter()
+            .map(move |d| ((p.name.as_str().into(), d.label()), ix, d))
+    })
+}
+
 /// One `[[discover]]` entry's backends and lookup counts, kept across snapshots.
 #[derive(Debug, Default)]
 struct Discovered {
@@ -174,36 +185,33 @@ impl Snapshot {
                 leaving: false,
             });
         }
-        for (ix, p) in config.pools.iter().enumerate() {
-            for d in &p.discover {
-                let key: DiscoverKey = (p.name.as_str().into(), d.label());
-                let Some(found) = live.discovered.get(&key) else {
+        for (key, ix, d) in discover_entries(&config) {
+            let Some(found) = live.discovered.get(&key) else {
+                continue;
+            };
+            for m in found.members.clone() {
+                if backends.iter().any(|b| b.id == m.id) {
+                    tracing::warn!(
+                        backend = %m.id,
+                        pool = %key.0,
+                        discover = %key.1,
+                        "a discovered backend has the id of another backend: left out"
+                    );
                     continue;
-                };
-                for m in found.members.clone() {
-                    if backends.iter().any(|b| b.id == m.id) {
-                        tracing::warn!(
-                            backend = %m.id,
-                            pool = %p.name,
-                            discover = %key.1,
-                            "a discovered backend has the id of another backend: left out"
-                        );
-                        continue;
-                    }
-                    members[ix].push(backends.len());
-                    backends.push(Backend {
-                        authority: authority(m.address),
-                        weight: d.weight,
-                        admin: AdminState::Active,
-                        origin: d.origin.clone(),
-                        h2: d.protocol == crate::config::Protocol::H2,
-                        pool: ix,
-                        live: live_of(&m.id, ix),
-                        id: m.id,
-                        source: BackendSource::Dns,
-                        leaving: m.leaving_since.is_some(),
-                    });
                 }
+                members[ix].push(backends.len());
+                backends.push(Backend {
+                    authority: authority(m.address),
+                    weight: d.weight,
+                    admin: AdminState::Active,
+                    origin: d.origin.clone(),
+                    h2: d.protocol == crate::config::Protocol::H2,
+                    pool: ix,
+                    live: live_of(&m.id, ix),
+                    id: m.id,
+                    source: BackendSource::Dns,
+                    leaving: m.leaving_since.is_some(),
+                });
             }
         }
         let pools = pool::build(
@@ -321,12 +329,8 @@ impl Shared {
         let old = self.load();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         // The backends of a `[[discover]]` entry the new config no longer has go with it.
-        live.discovered.retain(|(pool, label), _| {
-            config
-                .pools
-                .iter()
-                .any(|p| *p.name == **pool && p.discover.iter().any(|d| d.label() == *label))
-        });
+        let kept: Vec<DiscoverKey> = discover_entries(&config).map(|(k, ..)| k).collect();
+        live.discovered.retain(|key, _| kept.contains(key));
         let snap = self.rebuild(&mut live, Arc::new(config));
         for b in &snap.backends {
             if b.source == BackendSource::Config
@@ -382,11 +386,7 @@ impl Shared {
     ) -> Option<Arc<Snapshot>> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let config = self.load().config.clone();
-        let exists = config
-            .pools
-            .iter()
-            .any(|p| *p.name == *key.0 && p.discover.iter().any(|d| d.label() == key.1));
-        if !exists {
+        if !discover_entries(&config).any(|(k, ..)| k == *key) {
             return None;
         }
         let entry = live.discovered.entry(key.clone()).or_default();

@@ -14,8 +14,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
-use super::{Ctx, Resp, drain_quiet, sample};
-use crate::affinity::{AdminState, Outcome};
+use super::{BackendView, Ctx, Resp, drain_quiet};
+use crate::affinity::Outcome;
 use crate::series::{History, Ring};
 use crate::state::Snapshot;
 
@@ -76,6 +76,16 @@ pub(super) fn data(ctx: &Ctx) -> Resp {
     r
 }
 
+/// One backend's row: as `/backends` shows it, with its requests in the newest second and its
+/// errors.
+#[derive(serde::Serialize)]
+struct Row {
+    #[serde(flatten)]
+    view: BackendView,
+    rps: u64,
+    errors: u64,
+}
+
 fn ring<T: Clone + serde::Serialize>(r: &Ring<T>) -> Value {
     json!(r.values().cloned().collect::<Vec<T>>())
 }
@@ -94,37 +104,14 @@ pub(super) fn render(snap: &Snapshot, history: &History, stopping: bool, now: u6
                 .iter()
                 .map(|&g| {
                     let b = &snap.backends[g];
-                    let s = sample(snap, b, now, quiet);
                     let rps = series
                         .and_then(|ps| ps.backends.iter().find(|x| x.id == *b.id))
                         .and_then(|x| x.requests.last().copied())
                         .unwrap_or(0);
-                    json!({
-                        "id": &*b.id,
-                        "address": b.authority.as_str(),
-                        "source": b.source.label(),
-                        "health": if s.up { "up" } else { "down" },
-                        "state": s.state,
-                        "state_source": if b.live.admin.api_state().is_some() {
-                            "api"
-                        } else if b.leaving {
-                            "dns"
-                        } else {
-                            "config"
-                        },
-                        "handoff": b.live.admin.handoff(),
-                        "weight": s.weight,
-                        "in_flight": s.in_flight,
-                        "rps": rps,
-                        "sessions": s.sessions,
-                        "requests": s.requests,
-                        "errors": s.failures + s.responses[4],
-                        "draining_since": b
-                            .live
-                            .admin
-                            .draining_since()
-                            .filter(|_| s.state == AdminState::Draining),
-                        "drained": s.drained,
+                    json!(Row {
+                        view: BackendView::of(snap, b, now, quiet),
+                        rps,
+                        errors: b.live.counters.errors(),
                     })
                 })
                 .collect();

@@ -63,6 +63,11 @@ impl Counters {
         self.slots.sum(|s| &s.failures)
     }
 
+    /// Errors, as the dashboard counts them: requests with no response, and 5xx responses.
+    pub fn errors(&self) -> u64 {
+        self.failures() + self.responses(5)
+    }
+
     /// Counts a response with `status` (ignored outside 100..=599).
     pub(crate) fn record_status(&self, status: u16) {
         if let 100..=599 = status {
