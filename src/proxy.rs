@@ -15,6 +15,7 @@
 //! ([`error_response`]) from the mapping in [`crate::error`].
 
 mod attempt;
+mod bridge;
 mod engine;
 mod request;
 mod response;
@@ -74,8 +75,8 @@ impl ConnInfo {
 pub struct Proxy {
     shared: Arc<Shared>,
     upstream: Upstream,
-    /// The HTTP/1 engine's idle backend connections.
-    pool: crate::upstream::raw::Pool,
+    /// The HTTP/1 engine's idle backend connections (also HTTP/2 requests': `bridge`).
+    pool: std::rc::Rc<crate::upstream::raw::Pool>,
     /// Turns true when shutdown's grace period is over: tunnels close.
     cut: tokio::sync::watch::Receiver<bool>,
 }
@@ -90,7 +91,10 @@ impl Proxy {
     ) -> Proxy {
         let snap = shared.load();
         let cfg = &snap.config.upstream;
-        let pool = crate::upstream::raw::Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout);
+        let pool = std::rc::Rc::new(crate::upstream::raw::Pool::new(
+            cfg.pool_max_idle,
+            cfg.pool_idle_timeout,
+        ));
         drop(snap);
         Proxy {
             shared,
@@ -174,6 +178,27 @@ impl Proxy {
             crate::headers::drop_cookies(&mut parts.headers, &pool.other_cookies);
         }
         request::rewrite(snap, &mut parts, conn, &plan);
+        if plan.upgrade.is_none()
+            && !plan.close_after
+            && hyper::body::Body::is_end_stream(&body)
+            && !pool.has_h2
+        {
+            // No body to stream: the HTTP/1 engine's backend connections (see `bridge`).
+            drop(body);
+            let bridge::Answer { route, got, guard } = self
+                .attempts_bare(snap, ix, &mut parts, input, plan.idempotent, now)
+                .await?;
+            self.record(snap, ix, &route, got.status(), now, log);
+            let backend = &snap.backends[route.backend];
+            let resp = got.into_response(self, route.backend, backend, guard, log, now)?;
+            return Ok(response::with_token(
+                pool,
+                resp,
+                route.issue,
+                now.unix_u32(),
+                conn.tls,
+            ));
+        }
         let body = Replay::new(body, snap.config.server.client_timeout);
 
         let Answer {

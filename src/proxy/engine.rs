@@ -452,38 +452,22 @@ impl Proxy {
         backend: &Backend,
         now: std::time::Instant,
     ) -> Result<Sent, Failure> {
-        let ucfg = &snap.config.upstream;
-        let upgrade = head.upgrade.is_some();
-        let careful = !head.method.idempotent();
-        let mut reused = if upgrade {
+        let mut reused = if head.upgrade.is_some() {
             None
         } else {
-            self.pool.take(index, &backend.authority, now)
+            self.idle(index, backend, !head.method.idempotent(), now)
         };
-        if careful
-            && let Some(s) = &reused
-            && !s.idle_and_open()
-        {
-            reused = None;
-        }
         let head_len = c.up.len();
         loop {
             let was_reused = reused.is_some();
             let mut up = match reused.take() {
                 Some(s) => s,
-                // Boxed, like every rare or large step below: a connection's task is as large
-                // as its largest await, and it lives as long as the connection (memory per
-                // idle connection).
-                None => Box::pin(connect::open_direct(
-                    backend.authority.as_str(),
-                    backend.origin.as_ref(),
-                    ucfg.connect_timeout,
-                ))
-                .await
-                .map_err(|e| Failure::Backend {
-                    error: ProxyError::Connect(e.to_string()),
-                    replayable: true,
-                })?,
+                None => dial(snap, backend)
+                    .await
+                    .map_err(|error| Failure::Backend {
+                        error,
+                        replayable: true,
+                    })?,
             };
             c.up.truncate(head_len);
             match exchange_on(&mut up, c, head, snap).await {
@@ -507,6 +491,20 @@ impl Proxy {
                 Err(f) => return Err(f),
             }
         }
+    }
+
+    /// The most recently parked connection to `backend` (at `index` in the snapshot), if any;
+    /// `careful` (a request that must not be retried): only one checked not closed by the
+    /// backend meanwhile, a non-blocking peek.
+    pub(super) fn idle(
+        &self,
+        index: usize,
+        backend: &Backend,
+        careful: bool,
+        now: std::time::Instant,
+    ) -> Option<Stream> {
+        let s = self.pool.take(index, &backend.authority, now)?;
+        (!careful || s.idle_and_open()).then_some(s)
     }
 
     /// The response to the client: the head rewritten (hop-by-hop out, the token in), the body
@@ -710,6 +708,19 @@ impl Proxy {
         c.rfields = fields;
         ok && client_keeps
     }
+}
+
+/// A new connection to `backend`, within `connect_timeout`. Boxed, like every rare or large
+/// step: a connection's task is as large as its largest await, and it lives as long as the
+/// connection (memory per idle connection).
+pub(super) async fn dial(snap: &Snapshot, backend: &Backend) -> Result<Stream, ProxyError> {
+    Box::pin(connect::open_direct(
+        backend.authority.as_str(),
+        backend.origin.as_ref(),
+        snap.config.upstream.connect_timeout,
+    ))
+    .await
+    .map_err(|e| ProxyError::Connect(e.to_string()))
 }
 
 /// How relaying a response body went.
@@ -1127,18 +1138,18 @@ enum Event {
 }
 
 /// One read into the spare room of `buf` (grown when it has none).
-fn poll_read_into<R: AsyncRead + Unpin>(
+fn poll_read_into<R: AsyncRead + Unpin, B: bytes::BufMut>(
     r: &mut R,
     cx: &mut Context<'_>,
-    buf: &mut Vec<u8>,
+    buf: &mut B,
 ) -> Poll<io::Result<usize>> {
     tokio_util::io::poll_read_buf(Pin::new(r), cx, buf)
 }
 
 /// One read from `r` into `buf`, within `wait`.
-async fn read_within<R: AsyncRead + Unpin>(
+pub(super) async fn read_within<R: AsyncRead + Unpin, B: bytes::BufMut>(
     r: &mut R,
-    buf: &mut Vec<u8>,
+    buf: &mut B,
     wait: &mut Wait,
     d: &mut Deadline,
 ) -> io::Result<usize> {

@@ -30,10 +30,20 @@ pub(super) fn respond(
     now: u32,
     tls: bool,
 ) -> Response<ProxyBody> {
-    let headers = resp.headers_mut();
-    headers::strip_hop_by_hop(headers);
+    headers::strip_hop_by_hop(resp.headers_mut());
+    with_token(pool, resp, issue, now, tls)
+}
+
+/// A response whose head holds no hop-by-hop field already, the token in when one is issued.
+pub(super) fn with_token(
+    pool: &Pool,
+    mut resp: Response<ProxyBody>,
+    issue: Option<Claims>,
+    now: u32,
+    tls: bool,
+) -> Response<ProxyBody> {
     if let Some(claims) = issue {
-        set_token(pool, headers, &claims, now, tls);
+        set_token(pool, resp.headers_mut(), &claims, now, tls);
     }
     resp
 }
@@ -130,8 +140,10 @@ pub fn error_response(e: &ProxyError, retry_after: std::time::Duration) -> Respo
 /// The body of a response to a client: the backend's, or a short one of our own. A plain
 /// enum rather than a boxed trait object: no allocation per request.
 pub enum ProxyBody {
-    /// A backend's response body.
+    /// A backend's response body, from hyper's client.
     Upstream(Tracked),
+    /// A backend's response body, from a connection of the HTTP/1 engine's pool.
+    Bare(Box<super::bridge::BareBody>),
     /// A body of our own, sent in one frame.
     Full(Option<Bytes>),
 }
@@ -143,16 +155,20 @@ impl ProxyBody {
     }
 }
 
+/// Why a response body was cut off (the client's stream is reset).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(t) => t.poll_frame(cx),
+            ProxyBody::Upstream(t) => t.poll_frame(cx).map_err(Into::into),
+            ProxyBody::Bare(b) => b.poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -160,6 +176,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(t) => t.inner.is_end_stream(),
+            ProxyBody::Bare(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
@@ -167,6 +184,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(t) => t.inner.size_hint(),
+            ProxyBody::Bare(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
