@@ -103,6 +103,140 @@ impl Stall {
     }
 }
 
+/// How often a worker's [`Expiry`] table is swept: a coarse timeout fires at most this long
+/// after its instant.
+pub const SWEEP: Duration = Duration::from_millis(50);
+
+/// A coarse timeout for a wait that many tasks of a worker make at once and that rarely times
+/// out (an HTTP/2 stream waiting for its backend's response head): no timer per wait. Its
+/// first `Pending` enters its instant and waker in the worker's table (a clock read and a
+/// slot, no allocation once the table has grown); one sweeper task per worker, running while
+/// the table has entries, wakes every [`SWEEP`] and wakes the tasks whose instant has passed;
+/// dropping the `Expiry` takes its entry out. It fires between its instant and one sweep
+/// after it. Must be polled within the worker's `LocalSet` (the sweeper is a local task).
+pub struct Expiry {
+    timeout: Duration,
+    slot: Option<usize>,
+}
+
+struct Entry {
+    at: std::time::Instant,
+    waker: std::task::Waker,
+    fired: bool,
+}
+
+#[derive(Default)]
+struct Table {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    live: usize,
+    sweeping: bool,
+}
+
+thread_local! {
+    static EXPIRIES: std::cell::RefCell<Table> = std::cell::RefCell::new(Table::default());
+}
+
+impl Expiry {
+    pub fn new(timeout: Duration) -> Expiry {
+        Expiry {
+            timeout,
+            slot: None,
+        }
+    }
+
+    /// `Ready` once the timeout has passed since the first `Pending` (the task is woken then).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        EXPIRIES.with_borrow_mut(|t| {
+            if let Some(i) = self.slot {
+                let Some(e) = t.slots.get_mut(i).and_then(Option::as_mut) else {
+                    return Poll::Ready(());
+                };
+                if e.fired {
+                    return Poll::Ready(());
+                }
+                if !e.waker.will_wake(cx.waker()) {
+                    e.waker = cx.waker().clone();
+                }
+                return Poll::Pending;
+            }
+            let entry = Entry {
+                at: std::time::Instant::now() + self.timeout,
+                waker: cx.waker().clone(),
+                fired: false,
+            };
+            let i = match t.free.pop() {
+                Some(i) => {
+                    t.slots[i] = Some(entry);
+                    i
+                }
+                None => {
+                    t.slots.push(Some(entry));
+                    t.slots.len() - 1
+                }
+            };
+            self.slot = Some(i);
+            t.live += 1;
+            if !t.sweeping {
+                t.sweeping = true;
+                tokio::task::spawn_local(sweep());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Drop for Expiry {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            // The table may be gone already when the thread itself is ending.
+            let _ = EXPIRIES.try_with(|t| {
+                let mut t = t.borrow_mut();
+                if let Some(slot) = t.slots.get_mut(i)
+                    && slot.take().is_some()
+                {
+                    t.free.push(i);
+                    t.live -= 1;
+                }
+            });
+        }
+    }
+}
+
+/// The worker's sweeper: while the table has entries, every [`SWEEP`], marks the entries
+/// whose instant has passed and wakes their tasks. Ends when the table is empty (the next
+/// entry starts another); dropped with the runtime, it lets the next one start.
+async fn sweep() {
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = EXPIRIES.try_with(|t| t.borrow_mut().sweeping = false);
+        }
+    }
+    let _running = Running;
+    let mut due = Vec::new();
+    loop {
+        tokio::time::sleep(SWEEP).await;
+        let empty = EXPIRIES.with_borrow_mut(|t| {
+            let now = std::time::Instant::now();
+            for e in t.slots.iter_mut().flatten() {
+                if !e.fired && e.at <= now {
+                    e.fired = true;
+                    due.push(e.waker.clone());
+                }
+            }
+            t.live == 0
+        });
+        // Woken outside the table's borrow: a wake may drop a task, and with it an Expiry.
+        for w in due.drain(..) {
+            w.wake();
+        }
+        if empty {
+            return;
+        }
+    }
+}
+
 /// A stream whose writes fail after `timeout` without progress.
 pub struct SendTimeout<S> {
     inner: S,
@@ -263,6 +397,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn table() -> (usize, usize, bool) {
+        EXPIRIES.with_borrow(|t| (t.live, t.slots.len(), t.sweeping))
+    }
+
+    #[tokio::test]
+    async fn an_expiry_fires_and_its_slot_and_sweeper_go() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut e = Expiry::new(Duration::from_millis(5));
+                std::future::poll_fn(|cx| e.poll_expired(cx)).await;
+                assert_eq!(table().0, 1, "fired, still held");
+                drop(e);
+                assert_eq!(table().0, 0);
+                // The sweeper ends once the table is empty.
+                while table().2 {
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(SWEEP).await;
+                }
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_ends_first_takes_its_entry_out_and_the_slot_is_reused() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut e = Expiry::new(Duration::from_secs(3600));
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                assert!(e.poll_expired(&mut cx).is_pending());
+                assert!(e.poll_expired(&mut cx).is_pending(), "not before its time");
+                let (live, slots, _) = table();
+                assert_eq!(live, 1);
+                drop(e);
+                assert_eq!(table().0, 0);
+                let mut again = Expiry::new(Duration::from_secs(3600));
+                assert!(again.poll_expired(&mut cx).is_pending());
+                assert_eq!(table(), (1, slots, true), "the freed slot is taken again");
+            })
+            .await;
+    }
 
     #[tokio::test]
     async fn a_prefixed_stream_reads_its_prefix_first_then_the_stream() {

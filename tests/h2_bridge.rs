@@ -110,6 +110,22 @@ async fn answer(s: &mut TcpStream, path: &str, head: bool) -> bool {
                 && w(s, b"6\r\n world\r\n").await
                 && w(s, b"0\r\nx-sum: 11\r\n\r\n").await
         }
+        "/chunked-and-length" => {
+            // Content-Length beside chunked: ignored by the parser, never passed on.
+            w(
+                s,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            )
+            .await;
+            false
+        }
+        "/twice" => {
+            w(
+                s,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+            )
+            .await
+        }
         "/big" => {
             let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n");
             if s.write_all(head.as_bytes()).await.is_err() {
@@ -257,6 +273,19 @@ async fn every_framing_of_a_response_body_arrives_whole_with_trailers() {
     assert_eq!(status, 200);
     assert_eq!(headers["content-length"], "5");
     assert!(body.is_empty());
+
+    let (status, headers, body, _) = fetch(&mut send, get("/chunked-and-length")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "hello");
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
+
+    let (_, headers, body, _) = fetch(&mut send, get("/twice")).await;
+    assert_eq!(body, "ok");
+    assert_eq!(
+        headers.get_all("content-length").iter().count(),
+        1,
+        "one length"
+    );
 
     let (_, headers, body, _) = fetch(&mut send, get("/hop")).await;
     assert_eq!(body, "ok");

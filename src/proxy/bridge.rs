@@ -30,7 +30,7 @@ use tracing::debug;
 
 use super::Proxy;
 use super::attempt::{Retries, set_replica};
-use super::engine::{dial, read_within};
+use super::engine::dial;
 use super::response::{BodyError, ProxyBody};
 use crate::access::Pending;
 use crate::affinity::{self, Route};
@@ -40,8 +40,8 @@ use crate::connect::Direct as Stream;
 use crate::error::ProxyError;
 use crate::h1::chunked::Decoder;
 use crate::h1::parse::{self, Limits};
-use crate::h1::{Body, Field, Method, ResponseHead};
-use crate::io::{Deadline, Wait};
+use crate::h1::{Body, Field, Method, Name, ResponseHead};
+use crate::io::Expiry;
 use crate::state::{Backend, Snapshot};
 use crate::upstream::raw;
 
@@ -227,7 +227,7 @@ impl Got {
         let (headers, body) = match whole {
             Some(n) => {
                 let bytes = buf.freeze();
-                let headers = fields_map(&bytes, &fields)?;
+                let headers = fields_map(&bytes, &fields, head.body)?;
                 // Nothing may follow a response on a connection that is kept.
                 if head.keep_alive && avail == n {
                     park.put(up);
@@ -243,7 +243,7 @@ impl Got {
             }
             None => {
                 let rest = buf.split_off(head.len);
-                let headers = fields_map(&buf.freeze(), &fields)?;
+                let headers = fields_map(&buf.freeze(), &fields, head.body)?;
                 let from = match head.body {
                     Body::Length(n) => From::Left(n),
                     Body::Chunked => From::Chunked(Decoder::new()),
@@ -274,14 +274,33 @@ fn bad_field() -> ProxyError {
 }
 
 /// The response's fields but the hop-by-hop ones, as a map whose values are slices of the
-/// received head (room for the token's two).
-fn fields_map(head: &Bytes, fields: &[Field]) -> Result<HeaderMap, ProxyError> {
+/// received head (room for the token's two). Content-Length says what the parser framed the
+/// body by, once: the length it read for a length-delimited body, none beside chunked or
+/// close-delimited (the parser ignores one there), the first received on a response without
+/// a body (HEAD, 304).
+fn fields_map(head: &Bytes, fields: &[Field], body: Body) -> Result<HeaderMap, ProxyError> {
     let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+    let mut length = None;
     for f in fields.iter().filter(|f| !f.hop) {
-        let name = HeaderName::from_bytes(f.name.of(head)).map_err(|_| bad_field())?;
         let value = head.slice(f.value.start as usize..f.value.end as usize);
+        if f.kind == Name::ContentLength {
+            length.get_or_insert(value);
+            continue;
+        }
+        let name = HeaderName::from_bytes(f.name.of(head)).map_err(|_| bad_field())?;
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| bad_field())?;
         headers.append(name, value);
+    }
+    let length = match body {
+        Body::Length(n) => Some(HeaderValue::from(n)),
+        Body::None => length
+            .map(HeaderValue::from_maybe_shared)
+            .transpose()
+            .map_err(|_| bad_field())?,
+        Body::Chunked | Body::Close => None,
+    };
+    if let Some(v) = length {
+        headers.insert(header::CONTENT_LENGTH, v);
     }
     Ok(headers)
 }
@@ -361,8 +380,8 @@ async fn exchange(
         .await
         .map_err(|e| (ProxyError::Reset(e.to_string()), true))?;
     let protocol = |why: &str| (ProxyError::Protocol(why.into()), false);
-    let mut wait = Wait::new(timeout);
-    let mut deadline = Deadline::new();
+    // Hundreds of streams wait at once on a busy worker: a coarse timeout, not a timer each.
+    let mut expiry = Expiry::new(timeout);
     loop {
         if !buf.is_empty() {
             match parse::response(buf, limits, method, fields) {
@@ -382,7 +401,14 @@ async fn exchange(
             }
         }
         buf.reserve(DOWN_BUF);
-        match read_within(up, buf, &mut wait, &mut deadline).await {
+        let read = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut *up), cx, buf) {
+                return Poll::Ready(r);
+            }
+            std::task::ready!(expiry.poll_expired(cx));
+            Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+        });
+        match read.await {
             Ok(0) if buf.is_empty() => {
                 return Err((
                     ProxyError::Reset("connection closed before the response".into()),

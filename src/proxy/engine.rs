@@ -1138,18 +1138,18 @@ enum Event {
 }
 
 /// One read into the spare room of `buf` (grown when it has none).
-fn poll_read_into<R: AsyncRead + Unpin, B: bytes::BufMut>(
+fn poll_read_into<R: AsyncRead + Unpin>(
     r: &mut R,
     cx: &mut Context<'_>,
-    buf: &mut B,
+    buf: &mut Vec<u8>,
 ) -> Poll<io::Result<usize>> {
     tokio_util::io::poll_read_buf(Pin::new(r), cx, buf)
 }
 
 /// One read from `r` into `buf`, within `wait`.
-pub(super) async fn read_within<R: AsyncRead + Unpin, B: bytes::BufMut>(
+async fn read_within<R: AsyncRead + Unpin>(
     r: &mut R,
-    buf: &mut B,
+    buf: &mut Vec<u8>,
     wait: &mut Wait,
     d: &mut Deadline,
 ) -> io::Result<usize> {
