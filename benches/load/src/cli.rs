@@ -31,6 +31,7 @@ Examples:
   cargo bench --bench load -- --kill b2@3s --duration 10s --replicate
   cargo bench --bench load -- --rate 20000 --duration 30s
   cargo bench --bench load -- --fresh-only --idle-conns 5000
+  cargo bench --bench load -- --duration 0 --idle-conns 5000 --idle-h2
   cargo bench --bench load -- --target http://lb.example.internal:8080/ --concurrency 128
   cargo bench --bench load -- --target http://10.0.0.5:8080/ --host shop.example.com";
 
@@ -173,6 +174,10 @@ pub struct Args {
     /// each, hold them idle and report the balancer's RSS.
     #[arg(long, value_name = "N")]
     pub idle_conns: Option<usize>,
+    /// With --idle-conns: make each idle connection HTTP/2 over cleartext with prior knowledge
+    /// (h2c) instead of HTTP/1.1, for the memory per idle HTTP/2 connection.
+    #[arg(long, requires = "idle_conns")]
+    pub idle_h2: bool,
     /// How long --idle-conns holds the connections before the last RSS sample.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
     pub idle_hold: Duration,
@@ -423,6 +428,8 @@ pub struct Plan {
     /// stickyd's [balance] new_sessions, if set.
     pub new_sessions: Option<String>,
     pub idle_conns: Option<usize>,
+    /// `--idle-h2`: the idle connections speak h2c instead of HTTP/1.1.
+    pub idle_h2: bool,
     pub idle_hold: Duration,
     pub json: PathBuf,
     pub html: PathBuf,
@@ -604,6 +611,7 @@ impl Plan {
             reload_every,
             recovery_grace: args.recovery_grace,
             idle_conns: args.idle_conns,
+            idle_h2: args.idle_h2,
             idle_hold: args.idle_hold,
             json: args.json,
             html: args.html,
@@ -922,8 +930,20 @@ mod tests {
         let p = plan(&["--idle-conns", "10", "--duration", "0"]).expect("valid");
         assert_eq!(p.idle_conns, Some(10));
         assert!(p.duration.is_zero());
+        assert!(!p.idle_h2, "HTTP/1.1 unless asked");
         let p = plan(&["--fresh-only"]).expect("valid");
         assert_eq!(p.users.sample(&mut crate::users::Rng::new(1, 1)), 1);
+    }
+
+    #[test]
+    fn idle_h2_asks_for_h2c_idle_connections_and_needs_idle_conns() {
+        let p = plan(&["--idle-conns", "10", "--duration", "0", "--idle-h2"]).expect("valid");
+        assert_eq!((p.idle_conns, p.idle_h2), (Some(10), true));
+        let p = plan(&["--idle-h2", "--idle-conns", "5"]).expect("valid");
+        assert_eq!((p.idle_conns, p.idle_h2), (Some(5), true));
+        let e = args(&["--idle-h2"]).expect_err("--idle-h2 alone was accepted");
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--idle-conns"), "{e}");
     }
 
     #[test]

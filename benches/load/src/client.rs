@@ -14,8 +14,8 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderName, HeaderValue, Method};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -44,6 +44,11 @@ pub struct Target {
     head: Bytes,
     /// HEAD requests: responses have no body whatever their headers say.
     head_only: bool,
+    /// The method, for requests not built from `head` (HTTP/2).
+    pub method: Method,
+    /// `http://HOST/path`, for HTTP/2 (`:authority` carries the host): `None` when the host
+    /// and path make no absolute URI.
+    pub uri: Option<Uri>,
 }
 
 impl Target {
@@ -67,9 +72,19 @@ impl Target {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(host.as_bytes());
         head.extend_from_slice(b"\r\n");
+        let uri = Authority::try_from(host.as_bytes()).ok().and_then(|a| {
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(a)
+                .path_and_query(path)
+                .build()
+                .ok()
+        });
         Ok(Target {
             addr,
             head_only: method == Method::HEAD,
+            method,
+            uri,
             backend_header,
             head: Bytes::from(head),
         })

@@ -1,12 +1,20 @@
-//! `--idle-conns`: open many keep-alive connections, one request on each, hold them idle, and
-//! read the balancer's RSS; plus the file-descriptor and port budget such a run needs.
+//! `--idle-conns`: open many keep-alive connections (HTTP/1.1, or h2c with `--idle-h2`), one
+//! request on each, hold them idle, and read the balancer's RSS; plus the file-descriptor and
+//! port budget such a run needs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{Request, Uri};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client::{Conn, Target, exchange};
 use crate::procfs;
@@ -14,13 +22,100 @@ use crate::report::IdleReport;
 use crate::stats::Failure;
 use crate::users::User;
 
+/// The protocol of the idle connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Keep-alive HTTP/1.1 (the harness's own client).
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (hyper's client), `--idle-h2`.
+    H2c,
+}
+
+impl Protocol {
+    /// As the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::H2c => "HTTP/2 (h2c)",
+        }
+    }
+}
+
+/// One held connection.
+enum Held {
+    H1(Conn),
+    H2(H2Conn),
+}
+
+impl Held {
+    fn is_closed(&mut self) -> bool {
+        match self {
+            Held::H1(c) => c.is_closed(),
+            Held::H2(c) => c.is_closed(),
+        }
+    }
+}
+
+/// An h2c connection: the handle that sends requests and the task that drives the connection.
+/// Dropping it ends the task, and so closes the connection.
+struct H2Conn {
+    send: SendRequest<Empty<Bytes>>,
+    task: JoinHandle<()>,
+}
+
+impl H2Conn {
+    /// Connects to `target` with HTTP/2 prior knowledge and makes one request to `uri` for
+    /// `user` (its cookie, if any; the response's cookies into its jar unless it is
+    /// cookieless), reading the response body whole.
+    async fn open(target: &Target, uri: &Uri, user: &mut User) -> Result<H2Conn, Failure> {
+        let stream = TcpStream::connect(target.addr)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|_| Failure::Io)?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut h2 = H2Conn { send, task };
+        let mut req = Request::builder()
+            .method(target.method.clone())
+            .uri(uri.clone())
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| Failure::Protocol)?;
+        if let Some(c) = user.cookie() {
+            req.headers_mut().insert(COOKIE, c);
+        }
+        let resp = h2.send.send_request(req).await.map_err(|_| Failure::Io)?;
+        if !user.cookieless {
+            for v in resp.headers().get_all(SET_COOKIE) {
+                user.jar.store(v.as_bytes());
+            }
+        }
+        resp.into_body().collect().await.map_err(|_| Failure::Io)?;
+        Ok(h2)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.send.is_closed() || self.task.is_finished()
+    }
+}
+
+impl Drop for H2Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Connections opened at once.
 const BATCH: usize = 256;
 
-/// Opens `n` connections to `target`, one request each, holds them for `hold`, and samples
-/// `pid`'s RSS before and after. Stops early when `interrupted` turns true.
+/// Opens `n` connections to `target` speaking `protocol`, one request each, holds them for
+/// `hold`, and samples `pid`'s RSS before and after. Stops early when `interrupted` turns true.
 pub async fn hold(
     target: Arc<Target>,
+    protocol: Protocol,
     n: usize,
     pid: Option<u32>,
     hold: Duration,
@@ -28,7 +123,7 @@ pub async fn hold(
     mut interrupted: watch::Receiver<bool>,
 ) -> IdleReport {
     let rss_before = pid.and_then(procfs::rss_kib);
-    let mut conns: Vec<Conn> = Vec::with_capacity(n);
+    let mut conns: Vec<Held> = Vec::with_capacity(n);
     let mut failed: BTreeMap<String, u64> = BTreeMap::new();
     let mut left = n;
     while left > 0 && !*interrupted.borrow() {
@@ -39,10 +134,20 @@ pub async fn hold(
             let target = target.clone();
             set.spawn(async move {
                 tokio::time::timeout(timeout, async {
-                    let mut conn = Conn::open(target.addr).await?;
+                    // As with --fresh-only: one request, no cookie sent.
                     let mut user = User::new(1, true);
-                    exchange(&mut conn, &target, &mut user).await?;
-                    Ok::<Conn, Failure>(conn)
+                    match protocol {
+                        Protocol::Http1 => {
+                            let mut conn = Conn::open(target.addr).await?;
+                            exchange(&mut conn, &target, &mut user).await?;
+                            Ok::<Held, Failure>(Held::H1(conn))
+                        }
+                        Protocol::H2c => {
+                            let uri = target.uri.as_ref().ok_or(Failure::Protocol)?;
+                            let conn = H2Conn::open(&target, uri, &mut user).await?;
+                            Ok(Held::H2(conn))
+                        }
+                    }
                 })
                 .await
                 .unwrap_or(Err(Failure::Timeout))
@@ -67,6 +172,7 @@ pub async fn hold(
     let still_open: usize = conns.iter_mut().map(|c| usize::from(!c.is_closed())).sum();
     drop(conns);
     IdleReport {
+        protocol: protocol.name().into(),
         requested: n,
         opened,
         still_open,
@@ -157,6 +263,7 @@ mod tests {
                 let (_tx, rx) = watch::channel(false);
                 let r = hold(
                     Arc::new(target),
+                    Protocol::Http1,
                     3,
                     None,
                     Duration::ZERO,
@@ -165,6 +272,7 @@ mod tests {
                 )
                 .await;
                 assert_eq!((r.opened, r.failed.len()), (3, 0));
+                assert_eq!(r.protocol, "HTTP/1.1");
                 let mut got = Vec::new();
                 while let Ok(h) = heads.try_recv() {
                     got.push(String::from_utf8(h).expect("text"));
@@ -173,6 +281,137 @@ mod tests {
                     got, ["GET / HTTP/1.1\r\nhost: shop.example.com\r\n\r\n"; 3],
                     "one cookieless request per connection"
                 );
+            });
+    }
+
+    /// What an h2c test server saw of one request.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        conn: usize,
+        version: http::Version,
+        method: Method,
+        uri: String,
+        cookie: Option<String>,
+    }
+
+    /// A loopback h2c server (prior knowledge, 127.0.0.1:0) that answers every request with a
+    /// 200 from `b1` setting the cookie `stickyd_shop=t1`, and sends what it saw of each request
+    /// on the channel before answering; connections are numbered in accept order.
+    async fn recording_h2_server() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    ) {
+        use http_body_util::Full;
+        use hyper::body::Incoming;
+        use hyper::service::service_fn;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut conn = 0;
+            while let Ok((s, _)) = listener.accept().await {
+                conn += 1;
+                let tx = tx.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let _ = tx.send(Seen {
+                        conn,
+                        version: req.version(),
+                        method: req.method().clone(),
+                        uri: req.uri().to_string(),
+                        cookie: req
+                            .headers()
+                            .get(COOKIE)
+                            .map(|c| c.to_str().expect("text").to_string()),
+                    });
+                    async {
+                        http::Response::builder()
+                            .header("x-backend", "b1")
+                            .header(SET_COOKIE, "stickyd_shop=t1; Path=/; HttpOnly")
+                            .body(Full::new(Bytes::from_static(b"ok")))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc),
+                );
+            }
+        });
+        (addr, rx)
+    }
+
+    fn shop_target(addr: std::net::SocketAddr) -> Target {
+        Target::new(
+            addr,
+            "shop.example.com",
+            &PathAndQuery::from_static("/cart?x=1"),
+            Method::GET,
+            HeaderName::from_static("x-backend"),
+        )
+        .expect("target")
+    }
+
+    #[test]
+    fn idle_h2_connections_are_h2c_with_one_request_each_and_stay_open() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let (addr, mut seen) = recording_h2_server().await;
+                let (_tx, rx) = watch::channel(false);
+                let r = hold(
+                    Arc::new(shop_target(addr)),
+                    Protocol::H2c,
+                    3,
+                    None,
+                    Duration::ZERO,
+                    Duration::from_secs(10),
+                    rx,
+                )
+                .await;
+                assert_eq!((r.opened, r.still_open, r.failed.len()), (3, 3, 0));
+                assert_eq!(r.protocol, "HTTP/2 (h2c)");
+                let mut got = Vec::new();
+                while let Ok(s) = seen.try_recv() {
+                    got.push(s);
+                }
+                got.sort_by_key(|s| s.conn);
+                let want: Vec<Seen> = (1..=3)
+                    .map(|conn| Seen {
+                        conn,
+                        version: http::Version::HTTP_2,
+                        method: Method::GET,
+                        uri: "http://shop.example.com/cart?x=1".into(),
+                        cookie: None,
+                    })
+                    .collect();
+                assert_eq!(got, want, "one cookieless request per h2c connection");
+            });
+    }
+
+    #[test]
+    fn an_h2_connection_keeps_and_sends_the_users_cookies() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let (addr, mut seen) = recording_h2_server().await;
+                let target = shop_target(addr);
+                let uri = target.uri.clone().expect("absolute URI");
+                let mut user = User::new(2, false);
+                let first = H2Conn::open(&target, &uri, &mut user).await.expect("first");
+                let second = H2Conn::open(&target, &uri, &mut user)
+                    .await
+                    .expect("second");
+                assert!(!first.is_closed() && !second.is_closed());
+                let cookies: Vec<Option<String>> = [seen.try_recv(), seen.try_recv()]
+                    .map(|s| s.expect("seen").cookie)
+                    .into();
+                assert_eq!(cookies, [None, Some("stickyd_shop=t1".to_string())]);
             });
     }
 

@@ -24,7 +24,7 @@
 //! | `recovery` | kills and the first failover and takeover after each |
 //! | `stickyd` | stickyd's generated config and process |
 //! | `scenario` | timed kills, restarts, added backends and reloads |
-//! | `idle` | `--idle-conns` and the descriptor/port budget |
+//! | `idle` | `--idle-conns` (HTTP/1.1, or h2c with `--idle-h2`) and the descriptor/port budget |
 //! | `procfs` | RSS and CPU time from /proc |
 //! | `report`, `svg`, `html` | the report, its table, its page and charts |
 //! | `run` | one run from start to report |

@@ -311,6 +311,8 @@ pub struct Memory {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleReport {
+    /// The idle connections' protocol: "HTTP/1.1" or "HTTP/2 (h2c)" (`--idle-h2`).
+    pub protocol: String,
     pub requested: usize,
     /// Connections that connected and got a response.
     pub opened: usize,
@@ -973,7 +975,7 @@ impl Report {
             );
         }
         if let Some(idle) = &self.idle {
-            let _ = writeln!(o, "\nIdle connections");
+            let _ = writeln!(o, "\nIdle {} connections", idle.protocol);
             let _ = writeln!(
                 o,
                 "  {} of {} opened (one request each), {} still open after {}s; RSS before {}, held {}{}",
@@ -1458,6 +1460,32 @@ mod tests {
         assert_eq!(r.summary.unsent, Some(0));
         assert!(r.affinity.rule.contains("assumed usable"));
         assert!(r.notes.iter().any(|n| n.contains("x-backend")));
+    }
+
+    #[test]
+    fn idle_connections_say_their_protocol() {
+        let st = ThreadStats::new(1, &[]);
+        let mut f = facts(false, true);
+        f.idle = Some(IdleReport {
+            protocol: "HTTP/2 (h2c)".into(),
+            requested: 10,
+            opened: 10,
+            still_open: 9,
+            failed: BTreeMap::new(),
+            hold_s: 2.0,
+            rss_before_kib: Some(1000),
+            rss_held_kib: Some(1100),
+            bytes_per_conn: Some(10240.0),
+        });
+        let r = Report::build(&st, f);
+        let text = r.render_text();
+        assert!(
+            text.contains("\nIdle HTTP/2 (h2c) connections\n  10 of 10 opened"),
+            "{text}"
+        );
+        assert!(text.contains("(10,240 bytes per connection)"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(json["idle"]["protocol"], "HTTP/2 (h2c)");
     }
 
     #[test]

@@ -212,8 +212,13 @@ async fn run_inner(
 
     let idle = match plan.idle_conns {
         Some(n) if !interrupted_now() => {
+            let protocol = if plan.idle_h2 {
+                idle::Protocol::H2c
+            } else {
+                idle::Protocol::Http1
+            };
             if !plan.quiet {
-                eprintln!("load: opening {n} idle connections");
+                eprintln!("load: opening {n} idle {} connections", protocol.name());
             }
             let (tx, rx) = watch::channel(false);
             let mut s = signals.clone();
@@ -223,6 +228,7 @@ async fn run_inner(
             });
             let r = idle::hold(
                 Arc::new(target.clone()),
+                protocol,
                 n,
                 pid,
                 plan.idle_hold,
