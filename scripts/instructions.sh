@@ -3,16 +3,19 @@
 # benchmarks on a shared machine are not (the same binary and load give the same count within
 # about 0.5%, whatever else the machine does).
 #
-#   scripts/instructions.sh [BINARY...]        (default: target/release/stickyd)
+#   scripts/instructions.sh [--h2] [BINARY...]        (default: target/release/stickyd)
 #
 # For each binary and each mode (pinned: every request carries the affinity cookie; fresh: none,
 # so every response issues one) it runs stickyd under callgrind with config/bench.toml (one
 # worker on 127.0.0.1:18083) in front of the four nginx origins of ../shared/peers (started
 # here on 127.0.0.1:19001-19004), sends 4,000 and then 24,000 requests with
-# `h2load --h1 -c 8`, and prints (I(24,000) - I(4,000)) / 20,000: start-up and shutdown cancel.
+# `h2load --h1 -c 8` (with --h2: h2c, `h2load -c 8 -m 8`), and prints (I(24,000) - I(4,000)) /
+# 20,000: start-up and shutdown cancel.
 # Needs valgrind, nginx and h2load (nghttp2-client); run on a quiet machine, nothing compiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+proto=(--h1)
+if [ "${1:-}" = --h2 ]; then proto=(-m 8); shift; fi
 bins=("$@")
 ((${#bins[@]})) || bins=(target/release/stickyd)
 origins=../shared/peers/backends-nginx.conf
@@ -39,7 +42,7 @@ count() {
       sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
     hdr=(-H "cookie: $c")
   fi
-  h2load --h1 -n "$n" -c 8 "${hdr[@]}" http://127.0.0.1:18083/ |
+  h2load "${proto[@]}" -n "$n" -c 8 "${hdr[@]}" http://127.0.0.1:18083/ |
     grep -q "$n succeeded" || { echo "h2load: not every request succeeded" >&2; exit 1; }
   kill -TERM "$pid"
   wait "$pid" || true
