@@ -15,6 +15,7 @@
 //! ([`error_response`]) from the mapping in [`crate::error`].
 
 mod attempt;
+mod bare;
 mod bridge;
 mod engine;
 mod request;

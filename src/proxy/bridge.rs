@@ -2,10 +2,11 @@
 //! from browsers, mostly) that carries no body and upgrades nothing is sent to its HTTP/1.1
 //! backend as the engine sends its own: the head written from the request into one buffer, a
 //! bare connection from the worker's [`raw::Pool`](crate::upstream::raw::Pool), the response head
-//! read with [`parse::response`], and the body read in the stream's own task ([`BareBody`]).
+//! read with [`parse::response`], and the body read in the stream's own task
+//! ([`BareBody`](super::bare::BareBody)).
 //! No connection task, no channel, no second parse into a header map on the backend side: that
-//! machinery (hyper's client) cost a third of the HTTP/2 path's CPU, one read in two finding
-//! nothing among it (docs/performance.md).
+//! machinery (hyper's client) took 48% of the HTTP/2 path's CPU with its system calls, and one
+//! read per request found nothing (docs/performance.md).
 //!
 //! Requests with a body, upgrades and pools with HTTP/2 backends keep hyper's client (its
 //! request body streaming and flow control), as before.
@@ -16,22 +17,21 @@
 //! response byte is replaced by a new one once; retries follow [`Retries`].
 
 use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
-use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::Proxy;
 use super::attempt::{Retries, set_replica};
+use super::bare::{BareBody, DOWN_BUF, From, Park};
 use super::engine::dial;
-use super::response::{BodyError, ProxyBody};
+use super::response::ProxyBody;
 use crate::access::Pending;
 use crate::affinity::{self, Route};
 use crate::backend::InFlight;
@@ -43,12 +43,6 @@ use crate::h1::parse::{self, Limits};
 use crate::h1::{Body, Field, Method, Name, ResponseHead};
 use crate::io::Expiry;
 use crate::state::{Backend, Snapshot};
-use crate::upstream::raw;
-
-/// The backend side's reads: a response head and a small body in one read; a body streams in
-/// reads of this size. Read into a buffer the response's fields and body are then slices of
-/// (no copy, no allocation per field).
-const DOWN_BUF: usize = 16 * 1024;
 
 /// A backend's answer: where the request went, its response head, and the backend's
 /// in-flight count, held until the response body is done.
@@ -56,14 +50,6 @@ pub(super) struct Answer {
     pub route: Route,
     pub got: Got,
     pub guard: InFlight,
-}
-
-/// What a body needs to put its connection back in the pool once the response has ended.
-struct Park {
-    pool: Rc<raw::Pool>,
-    backend: usize,
-    addr: http::uri::Authority,
-    since: Instant,
 }
 
 impl Proxy {
@@ -305,12 +291,6 @@ fn fields_map(head: &Bytes, fields: &[Field], body: Body) -> Result<HeaderMap, P
     Ok(headers)
 }
 
-impl Park {
-    fn put(self, up: Stream) {
-        self.pool.put(self.backend, &self.addr, up, self.since);
-    }
-}
-
 /// The `Method` the response parser needs (only HEAD changes a response's framing).
 fn method(m: &http::Method) -> Method {
     match *m {
@@ -428,185 +408,6 @@ async fn exchange(
     }
 }
 
-/// How the rest of a response body is delimited on the backend's connection.
-enum From {
-    Left(u64),
-    Chunked(Decoder),
-    Close,
-    Done,
-}
-
-/// A backend's response body read from its HTTP/1 connection as the client's stream takes it:
-/// unframed into DATA frames (and the chunked coding's trailer fields into a trailers frame).
-/// Holds the backend's in-flight count and the access log line until the body ends; then the
-/// connection goes back to the pool when the body ended where its framing says with nothing
-/// after it. Dropped before that (the client went away), the connection is closed.
-pub struct BareBody {
-    up: Option<Stream>,
-    /// Read and not yet unframed.
-    buf: BytesMut,
-    from: From,
-    /// The backend keeps the connection, and nothing broke framing so far.
-    keep: bool,
-    park: Option<Park>,
-    guard: Option<InFlight>,
-    /// The access log line, with the body bytes sent so far.
-    log: Option<(Pending, u64)>,
-    /// The trailer fields, sent after the last data.
-    trailers: Option<HeaderMap>,
-}
-
-impl BareBody {
-    /// The body ended: the connection parked when it may be, the count and the log line done.
-    fn ended(&mut self) {
-        self.from = From::Done;
-        if self.keep
-            && self.buf.is_empty()
-            && let (Some(up), Some(park)) = (self.up.take(), self.park.take())
-        {
-            park.put(up);
-        }
-        self.up = None;
-        self.release();
-    }
-
-    fn release(&mut self) {
-        self.guard = None;
-        if let Some((p, bytes)) = self.log.take() {
-            p.finish(0, bytes);
-        }
-    }
-
-    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.from = From::Done;
-        self.keep = false;
-        self.up = None;
-        self.release();
-        debug!(reason = why, "backend response body cut off");
-        Poll::Ready(Some(Err(why.into())))
-    }
-
-    fn data(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some((_, n)) = self.log.as_mut() {
-            *n += bytes.len() as u64;
-        }
-        Poll::Ready(Some(Ok(Frame::data(bytes))))
-    }
-
-    pub(super) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            if !self.buf.is_empty() {
-                match &mut self.from {
-                    From::Left(left) => {
-                        let n = usize::try_from(*left)
-                            .map_or(self.buf.len(), |l| l.min(self.buf.len()));
-                        let bytes = self.buf.split_to(n).freeze();
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.ended();
-                        }
-                        return self.data(bytes);
-                    }
-                    From::Chunked(d) => {
-                        let step = match d.decode(&self.buf) {
-                            Ok(s) => s,
-                            Err(e) => return self.fail(e.0),
-                        };
-                        let taken = self.buf.split_to(step.consumed).freeze();
-                        let data = step.data.filter(|r| !r.is_empty()).map(|r| taken.slice(r));
-                        if let Some(r) = step.trailers {
-                            self.trailers = Some(trailer_fields(&taken[r]));
-                        }
-                        if step.done {
-                            self.ended();
-                        }
-                        if let Some(bytes) = data {
-                            return self.data(bytes);
-                        }
-                        if step.done {
-                            return Poll::Ready(
-                                self.trailers.take().map(|t| Ok(Frame::trailers(t))),
-                            );
-                        }
-                        if step.consumed > 0 {
-                            continue;
-                        }
-                    }
-                    From::Close => {
-                        let bytes = self.buf.split().freeze();
-                        return self.data(bytes);
-                    }
-                    From::Done => {}
-                }
-            }
-            if matches!(self.from, From::Done) {
-                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
-            }
-            let Some(up) = self.up.as_mut() else {
-                return Poll::Ready(None);
-            };
-            self.buf.reserve(DOWN_BUF);
-            match tokio_util::io::poll_read_buf(Pin::new(up), cx, &mut self.buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    if matches!(self.from, From::Close) {
-                        self.keep = false;
-                        self.ended();
-                        return Poll::Ready(None);
-                    }
-                    return self.fail("the backend closed the connection within the body");
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(_)) => {
-                    return self.fail("the backend connection failed within the body");
-                }
-            }
-        }
-    }
-
-    pub(super) fn is_end_stream(&self) -> bool {
-        matches!(self.from, From::Done) && self.trailers.is_none()
-    }
-
-    pub(super) fn size_hint(&self) -> SizeHint {
-        match self.from {
-            From::Left(n) => SizeHint::with_exact(n),
-            From::Done if self.trailers.is_none() => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-impl Drop for BareBody {
-    fn drop(&mut self) {
-        // Cut short by the client: the connection closes with the body (not parked).
-        self.release();
-    }
-}
-
-/// The trailer section's field lines (validated by the decoder) as a map; a line that will
-/// not go in one is left out.
-fn trailer_fields(lines: &[u8]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for l in lines.split(|&b| b == b'\n') {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        let Some(colon) = l.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let value = l[colon + 1..].trim_ascii();
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&l[..colon]),
-            HeaderValue::from_bytes(value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    map
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,14 +467,6 @@ mod tests {
         assert_eq!(h.method, Method::Delete);
         assert_eq!(h.body, Body::None);
         assert_eq!(fields.len(), 3);
-    }
-
-    #[test]
-    fn trailer_lines_become_fields() {
-        let t = trailer_fields(b"grpc-status: 0\r\nX-Sum:  abc \r\nbad line\r\n");
-        assert_eq!(t.len(), 2);
-        assert_eq!(t["grpc-status"], "0");
-        assert_eq!(t["x-sum"], "abc");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tracing::debug;
 
+use super::bare::{BareBody, BodyError};
 use crate::access::Pending;
 use crate::affinity::{self, Source};
 use crate::backend::InFlight;
@@ -143,7 +144,7 @@ pub enum ProxyBody {
     /// A backend's response body, from hyper's client.
     Upstream(Tracked),
     /// A backend's response body, from a connection of the HTTP/1 engine's pool.
-    Bare(Box<super::bridge::BareBody>),
+    Bare(Box<BareBody>),
     /// A body of our own, sent in one frame.
     Full(Option<Bytes>),
 }
@@ -154,9 +155,6 @@ impl ProxyBody {
         ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
     }
 }
-
-/// Why a response body was cut off (the client's stream is reset).
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ProxyBody {
     type Data = Bytes;
