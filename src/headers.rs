@@ -28,7 +28,8 @@ pub use forward::{
     strip_replication, upgrade_protocol, write_forwarded_for,
 };
 pub(crate) use forward::{
-    X_FORWARDED_FOR, X_STICKYD_BACKEND, X_STICKYD_BACKUP, X_STICKYD_TAKEOVER,
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_STICKYD_BACKEND, X_STICKYD_BACKUP,
+    X_STICKYD_TAKEOVER,
 };
 pub use framing::{Framing, framing, valid_host};
 // The same rules on raw bytes, for the HTTP/1 engine's parser.

@@ -178,16 +178,16 @@ impl Proxy {
         if !pool.other_cookies.is_empty() {
             crate::headers::drop_cookies(&mut parts.headers, &pool.other_cookies);
         }
-        request::rewrite(snap, &mut parts, conn, &plan);
         if plan.upgrade.is_none()
             && !plan.close_after
             && hyper::body::Body::is_end_stream(&body)
             && !pool.has_h2
         {
-            // No body to stream: the HTTP/1 engine's backend connections (see `bridge`).
+            // No body to stream: the HTTP/1 engine's backend connections, the head written
+            // straight from the request as `request::rewrite` would rewrite it (see `bridge`).
             drop(body);
             let bridge::Answer { route, got, guard } = self
-                .attempts_bare(snap, ix, &mut parts, input, plan.idempotent, now)
+                .attempts_bare(snap, ix, &mut parts, conn, input, plan.idempotent, now)
                 .await?;
             self.record(snap, ix, &route, got.status(), now, log);
             let backend = &snap.backends[route.backend];
@@ -200,6 +200,7 @@ impl Proxy {
                 conn.tls,
             ));
         }
+        request::rewrite(snap, &mut parts, conn, &plan);
         let body = Replay::new(body, snap.config.server.client_timeout);
 
         let Answer {

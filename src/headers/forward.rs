@@ -177,8 +177,8 @@ pub fn strip_replication(headers: &mut http::HeaderMap) {
         headers.remove(name);
     }
 }
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// What the proxy knows of the client connection when forwarding.
 #[derive(Debug, Clone, Copy)]

@@ -27,8 +27,9 @@ use http::{Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::ConnInfo;
 use super::Proxy;
-use super::attempt::{Retries, set_replica};
+use super::attempt::Retries;
 use super::bare::{BareBody, DOWN_BUF, From, Park};
 use super::engine::dial;
 use super::response::ProxyBody;
@@ -40,7 +41,12 @@ use crate::connect::Direct as Stream;
 use crate::error::ProxyError;
 use crate::h1::chunked::Decoder;
 use crate::h1::parse::{self, Limits};
+use crate::h1::write;
 use crate::h1::{Body, Field, Method, Name, ResponseHead};
+use crate::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, keeps_forwarded,
+    write_forwarded_for,
+};
 use crate::io::Expiry;
 use crate::state::{Backend, Snapshot};
 
@@ -55,29 +61,41 @@ pub(super) struct Answer {
 impl Proxy {
     /// Runs attempts for a bodiless request (its head rewritten for the backend) until a
     /// backend answers or no safe retry is left.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempts_bare(
         &self,
         snap: &Snapshot,
         pool: usize,
         parts: &mut Parts,
+        conn: &ConnInfo,
         input: affinity::Input,
         idempotent: bool,
         now: &Now,
     ) -> Result<Answer, ProxyError> {
         let mut tries = Retries::new(snap, pool);
         let method = method(&parts.method);
-        // Sized for the usual head; written again per attempt (the replication fields differ).
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_replication(&mut parts.headers);
         let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
+        write_head(
+            &mut head,
+            parts,
+            &Adds {
+                peer: conn.peer_value.as_bytes(),
+                trusted: snap.is_trusted(conn.peer.ip()),
+                proto: if conn.tls { b"https" } else { b"http" },
+                via: snap.via(parts.version).map(HeaderValue::as_bytes),
+            },
+        );
+        let head_len = head.len();
         loop {
             let route = tries.route(snap, input, now)?;
             let backend = &snap.backends[route.backend];
+            // Each attempt's replication fields replace the one's before it.
+            head.truncate(head_len);
             if let Some(r) = tries.replica(snap, &route) {
-                // A retry's fields replace the attempt's before it.
-                crate::headers::strip_replication(&mut parts.headers);
-                set_replica(&mut parts.headers, &r);
+                write::replica_fields(&mut head, head_len, &r);
             }
-            head.clear();
-            write_head(&mut head, parts);
             let guard = InFlight::start(&backend.live);
             let sent = self
                 .send_bare(
@@ -307,32 +325,94 @@ fn method(m: &http::Method) -> Method {
     }
 }
 
-/// Writes the HTTP/1.1 head of a rewritten request (origin form, hop-by-hop fields already
-/// out, stickyd's fields in). HTTP/2's cookie crumbs become one `Cookie` line, joined with
-/// "; " (RFC 9113 section 8.2.3): an HTTP/1.1 backend reads one.
-pub(super) fn write_head(out: &mut Vec<u8>, parts: &Parts) {
+/// What the head sent to a backend adds to the request's own fields.
+pub(super) struct Adds<'a> {
+    /// The client's address, for X-Forwarded-For.
+    pub peer: &'a [u8],
+    /// The client is a trusted proxy: its X-Forwarded-* are kept (its -For extended).
+    pub trusted: bool,
+    /// `http` or `https`, for X-Forwarded-Proto.
+    pub proto: &'static [u8],
+    /// The Via value, when `[server] via` is on.
+    pub via: Option<&'a [u8]>,
+}
+
+/// Writes the HTTP/1.1 head for the backend straight from a request hyper parsed (its
+/// hop-by-hop and replication fields already out), as `request::rewrite` rewrites a head and
+/// with no edit of the header map: the origin-form target; Host from the authority (an HTTP/2
+/// `:authority`), else the request's Host; X-Forwarded-For with the client appended (after a
+/// trusted proxy's list) or alone; X-Forwarded-Proto and -Host as received from a trusted
+/// proxy, else ours; the request's Via lines and ours after them; HTTP/2's cookie crumbs as
+/// one `Cookie` line, joined with "; " (RFC 9113 section 8.2.3): an HTTP/1.1 backend reads
+/// one. A property test holds it to the map rewrite's result.
+pub(super) fn write_head(out: &mut Vec<u8>, parts: &Parts, adds: &Adds<'_>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    let target = match parts.uri.path_and_query().map(|p| p.as_str()) {
+        Some(t) if t.starts_with('/') || t == "*" => t,
+        _ => "/",
+    };
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut cookies = 0;
-    for (name, value) in &parts.headers {
-        if name == header::COOKIE {
-            cookies += 1;
-            continue;
-        }
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+    let h = &parts.headers;
+    let host = match parts.uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => h.get(header::HOST).map(HeaderValue::as_bytes),
+    };
+    if let Some(host) = host {
+        line(out, b"host", host);
     }
-    if cookies > 0 {
+    // One pass over the names (compared, not hashed) says what is there.
+    let (mut xff, mut xfp, mut xfh, mut cookies) = (false, false, false, false);
+    for name in h.keys() {
+        if name == X_FORWARDED_FOR {
+            xff = true;
+        } else if name == X_FORWARDED_PROTO {
+            xfp = true;
+        } else if name == X_FORWARDED_HOST {
+            xfh = true;
+        } else if name == header::COOKIE {
+            cookies = true;
+        }
+    }
+    let keep_proto = keeps_forwarded(adds.trusted, xfp);
+    let keep_host = keeps_forwarded(adds.trusted, xfh);
+    for (name, value) in h {
+        let ours = name == header::HOST
+            || name == X_FORWARDED_FOR
+            || name == header::COOKIE
+            || (name == X_FORWARDED_PROTO && !keep_proto)
+            || (name == X_FORWARDED_HOST && !keep_host);
+        if !ours {
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if cookies {
         out.extend_from_slice(b"cookie: ");
-        for (i, v) in parts.headers.get_all(header::COOKIE).iter().enumerate() {
+        for (i, v) in h.get_all(header::COOKIE).iter().enumerate() {
             if i > 0 {
                 out.extend_from_slice(b"; ");
             }
             out.extend_from_slice(v.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    let received = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    let trusted = adds.trusted && xff;
+    write_forwarded_for(out, trusted, received, adds.peer);
+    out.extend_from_slice(b"\r\n");
+    if !keep_proto {
+        line(out, b"x-forwarded-proto", adds.proto);
+    }
+    if !keep_host && let Some(host) = host {
+        line(out, b"x-forwarded-host", host);
+    }
+    if let Some(via) = adds.via {
+        line(out, b"via", via);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -420,27 +500,57 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    const ADDS: Adds<'static> = Adds {
+        peer: b"192.0.2.7",
+        trusted: false,
+        proto: b"https",
+        via: Some(b"2 stickyd"),
+    };
+
+    fn written(p: &Parts, adds: &Adds<'_>) -> String {
+        let mut out = Vec::new();
+        write_head(&mut out, p, adds);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
-    fn the_head_is_http11_with_cookie_crumbs_joined() {
+    fn the_head_is_http11_with_ours_added_and_cookie_crumbs_joined() {
         let p = parts(
             "GET",
-            "/a?b=1",
+            "http://example.com/a?b=1",
             &[
-                ("host", "example.com"),
+                ("host", "other.example"),
                 ("cookie", "a=1"),
                 ("x-one", "1"),
                 ("cookie", "b=2"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "gopher"),
             ],
         );
-        let mut out = Vec::new();
-        write_head(&mut out, &p);
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            "GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-one: 1\r\ncookie: a=1; b=2\r\n\r\n"
+            written(&p, &ADDS),
+            "GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-one: 1\r\ncookie: a=1; b=2\r\n\
+             x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: example.com\r\nvia: 2 stickyd\r\n\r\n"
         );
-        let mut out = Vec::new();
-        write_head(&mut out, &parts("OPTIONS", "*", &[]));
-        assert_eq!(out, b"OPTIONS * HTTP/1.1\r\n\r\n");
+        // From a trusted proxy its list is extended and its -Proto kept.
+        let trusted = Adds {
+            trusted: true,
+            via: None,
+            ..ADDS
+        };
+        let head = written(&p, &trusted);
+        assert!(
+            head.contains("x-forwarded-for: 6.6.6.6, 192.0.2.7\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("x-forwarded-proto: gopher\r\n"), "{head}");
+        assert!(!head.contains("via:"), "{head}");
+        let head = written(&parts("OPTIONS", "*", &[]), &ADDS);
+        assert!(
+            head.starts_with("OPTIONS * HTTP/1.1\r\nx-forwarded-for: "),
+            "{head}"
+        );
     }
 
     #[test]
@@ -455,18 +565,117 @@ mod tests {
                 ("cookie", "s=1"),
             ],
         );
-        let mut out = Vec::new();
-        write_head(&mut out, &p);
+        let out = written(&p, &ADDS);
         let limits = Limits {
             max_head: 8192,
             max_headers: 64,
         };
         let mut fields = Vec::new();
-        let h = request(&out, &limits, &mut fields).unwrap().unwrap();
+        let h = request(out.as_bytes(), &limits, &mut fields)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.len, out.len());
         assert_eq!(h.method, Method::Delete);
         assert_eq!(h.body, Body::None);
-        assert_eq!(fields.len(), 3);
+        // host, cookie, x-forwarded-for, -proto, -host, via
+        assert_eq!(fields.len(), 6);
+    }
+
+    /// The map rewrite of the hyper path (`request::rewrite`'s steps on the header map), then
+    /// the map written line by line: what `write_head` must equal.
+    fn through_the_map(mut p: Parts, adds: &Adds<'_>) -> String {
+        headers::strip_hop_by_hop(&mut p.headers);
+        headers::strip_replication(&mut p.headers);
+        if let Some(a) = p.uri.authority() {
+            let v = HeaderValue::from_str(a.as_str()).unwrap();
+            p.headers.insert(header::HOST, v);
+        }
+        let host = p.headers.get(header::HOST).cloned();
+        let peer = HeaderValue::from_bytes(adds.peer).unwrap();
+        let via = adds.via.map(|v| HeaderValue::from_bytes(v).unwrap());
+        headers::add_forwarded(
+            &mut p.headers,
+            &headers::Forwarded {
+                peer: &peer,
+                trusted: adds.trusted,
+                proto: std::str::from_utf8(adds.proto).unwrap(),
+                host: host.as_ref(),
+                via: via.as_ref(),
+            },
+        );
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\n",
+            p.method,
+            p.uri.path_and_query().map_or("/", |t| t.as_str())
+        );
+        for name in p.headers.keys() {
+            let values: Vec<&str> = p
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            if name == header::COOKIE {
+                out += &format!("cookie: {}\r\n", values.join("; "));
+            } else {
+                for v in values {
+                    out += &format!("{name}: {v}\r\n");
+                }
+            }
+        }
+        out + "\r\n"
+    }
+
+    /// A head's request line, and its field lines grouped by name in their order (the order of
+    /// names may differ; the order of one name's lines may not).
+    fn normal(head: &str) -> (String, std::collections::BTreeMap<String, Vec<String>>) {
+        let mut lines = head.split("\r\n");
+        let first = lines.next().unwrap().to_string();
+        let mut fields = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for l in lines.filter(|l| !l.is_empty()) {
+            let (n, v) = l.split_once(": ").unwrap();
+            fields.entry(n.to_string()).or_default().push(v.to_string());
+        }
+        (first, fields)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_head_is_the_map_rewrites(
+            authority in proptest::option::of("[a-z]{1,8}\\.example(:[0-9]{2,4})?"),
+            host in proptest::option::of("[a-z]{1,8}"),
+            xff in proptest::collection::vec("[0-9.]{1,15}", 0..3),
+            xfp in proptest::option::of("https?"),
+            xfh in proptest::option::of("[a-z]{1,8}"),
+            via in proptest::collection::vec("1\\.1 [a-z]{1,6}", 0..2),
+            cookies in proptest::collection::vec("[a-z]{1,4}=[a-z0-9]{0,6}", 0..3),
+            others in proptest::collection::vec(("x-[a-z]{1,6}", "[ -~]{0,12}"), 0..4),
+            hop in proptest::option::of(proptest::sample::select(vec!["te", "keep-alive", "x-stickyd-backend"])),
+            trusted: bool,
+            with_via: bool,
+            path in "/[a-z0-9/?=&]{0,16}",
+        ) {
+            let target = match &authority {
+                Some(a) => format!("http://{a}{path}"),
+                None => path.clone(),
+            };
+            let mut b = http::Request::builder().method("GET").uri(target);
+            if let Some(h) = &host { b = b.header("host", h.as_str()); }
+            for v in &xff { b = b.header("x-forwarded-for", v.as_str()); }
+            if let Some(v) = &xfp { b = b.header("x-forwarded-proto", v.as_str()); }
+            if let Some(v) = &xfh { b = b.header("x-forwarded-host", v.as_str()); }
+            for v in &via { b = b.header("via", v.as_str()); }
+            for v in &cookies { b = b.header("cookie", v.as_str()); }
+            for (n, v) in &others { b = b.header(n.as_str(), v.trim()); }
+            if let Some(n) = hop { b = b.header(n, "trailers"); }
+            let p = b.body(()).unwrap().into_parts().0;
+            let adds = Adds { trusted, via: if with_via { ADDS.via } else { None }, ..ADDS };
+            let mut direct = p.clone();
+            headers::strip_hop_by_hop(&mut direct.headers);
+            headers::strip_replication(&mut direct.headers);
+            let ours = written(&direct, &adds);
+            proptest::prop_assert_eq!(normal(&ours), normal(&through_the_map(p, &adds)));
+        }
     }
 
     #[test]
