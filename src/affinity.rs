@@ -18,7 +18,7 @@ mod input;
 use crate::balance;
 use crate::token::{Claims, Invalid, NO_BACKUP, Verified};
 
-pub use input::{Input, Rings, Source, extract, read_fields};
+pub use input::{Input, Rings, Source, extract, peek, read_fields};
 
 /// What stickyd does with a valid token whose backend cannot take the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -168,21 +168,18 @@ impl Proxy {
         if let Some(p) = log.as_mut() {
             p.pool(pool.name.clone());
         }
-        let input = affinity::extract(
-            &pool.source,
-            &pool.rings,
-            &mut parts.headers,
-            conn.peer.ip(),
-            |ip| snap.is_trusted(ip),
-        );
-        if !pool.other_cookies.is_empty() {
-            crate::headers::drop_cookies(&mut parts.headers, &pool.other_cookies);
-        }
         if plan.upgrade.is_none()
             && !plan.close_after
             && hyper::body::Body::is_end_stream(&body)
             && !pool.has_h2
         {
+            let input = affinity::peek(
+                &pool.source,
+                &pool.rings,
+                &parts.headers,
+                conn.peer.ip(),
+                |ip| snap.is_trusted(ip),
+            );
             // No body to stream: the HTTP/1 engine's backend connections, the head written
             // straight from the request as `request::rewrite` would rewrite it (see `bridge`).
             drop(body);
@@ -199,6 +196,16 @@ impl Proxy {
                 now.unix_u32(),
                 conn.tls,
             ));
+        }
+        let input = affinity::extract(
+            &pool.source,
+            &pool.rings,
+            &mut parts.headers,
+            conn.peer.ip(),
+            |ip| snap.is_trusted(ip),
+        );
+        if !pool.other_cookies.is_empty() {
+            crate::headers::drop_cookies(&mut parts.headers, &pool.other_cookies);
         }
         request::rewrite(snap, &mut parts, conn, &plan);
         let body = Replay::new(body, snap.config.server.client_timeout);

@@ -108,14 +108,32 @@ pub fn extract(
             let v = headers.remove(name);
             header_input(v.as_ref().map(HeaderValue::as_bytes), *trusted, ring)
         }
-        Source::Ip => ip_input(headers::client_ip(
-            headers
-                .get_all(&headers::X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes),
-            peer,
-            trusted,
-        )),
+        Source::Ip => forwarded_client(headers, peer, trusted),
+        Source::None => Input::Nothing,
+    }
+}
+
+/// [`extract`] without removing anything: the caller's head writer leaves the affinity cookie
+/// and the token header out of what it sends (HTTP/2 requests on the engine's connections).
+pub fn peek(
+    source: &Source,
+    ring: &Rings,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> Input {
+    match source {
+        Source::Cookie(name) => {
+            let values = headers.get_all(http::header::COOKIE);
+            let found =
+                headers::find_cookie(values.iter().map(HeaderValue::as_bytes), name.as_bytes());
+            cookie_input(&Found::of(found), ring)
+        }
+        Source::Header { name, trusted } => {
+            let v = headers.get(name).map(HeaderValue::as_bytes);
+            header_input(v, *trusted, ring)
+        }
+        Source::Ip => forwarded_client(headers, peer, trusted),
         Source::None => Input::Nothing,
     }
 }
@@ -183,6 +201,18 @@ fn header_input(value: Option<&[u8]>, trusted: bool, ring: &Rings) -> Input {
 }
 
 /// `ip` mode: the client's address, hashed.
+/// `ip` mode's input on a header map: the client X-Forwarded-For names when `peer` is trusted.
+fn forwarded_client(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) -> bool) -> Input {
+    ip_input(headers::client_ip(
+        headers
+            .get_all(&headers::X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        peer,
+        trusted,
+    ))
+}
+
 fn ip_input(client: IpAddr) -> Input {
     Input::Key(match client {
         IpAddr::V4(v4) => balance::key_hash(&v4.octets()),
@@ -229,6 +259,39 @@ mod tests {
     }
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+
+    proptest! {
+        /// `peek` finds what `extract` finds, in every mode, without touching the map.
+        #[test]
+        fn peek_reads_what_extract_takes(
+            mode in 0..5usize,
+            cookie in proptest::collection::vec(
+                proptest::sample::select(vec!["a=1", "sid=forged", "sid=", "b=2; sid=x", "sid=TOKEN"]), 0..3),
+            session in proptest::option::of(proptest::sample::select(vec!["TOKEN", "plain", ""])),
+            xff in proptest::collection::vec(proptest::sample::select(vec!["203.0.113.9", "10.0.0.7, 198.51.100.1", "junk"]), 0..2),
+            trusted_peer: bool,
+        ) {
+            let token = token();
+            let mut pairs: Vec<(&str, String)> = Vec::new();
+            for c in &cookie { pairs.push(("cookie", c.replace("TOKEN", &token))); }
+            if let Some(v) = session { pairs.push(("x-session", v.replace("TOKEN", &token))); }
+            for x in &xff { pairs.push(("x-forwarded-for", x.to_string())); }
+            let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let h = headers(&refs);
+            let name = HeaderName::from_static("x-session");
+            let src = match mode {
+                0 => Source::Cookie("sid".into()),
+                1 => Source::Header { name, trusted: false },
+                2 => Source::Header { name, trusted: true },
+                3 => Source::Ip,
+                _ => Source::None,
+            };
+            let peeked = peek(&src, &ring(), &h, PEER, |_| trusted_peer);
+            let mut taken = h.clone();
+            let extracted = extract(&src, &ring(), &mut taken, PEER, |_| trusted_peer);
+            prop_assert_eq!(peeked, extracted);
+        }
+    }
 
     #[test]
     fn the_cookie_token_is_verified_and_taken_out_other_cookies_kept() {

@@ -44,8 +44,8 @@ use crate::h1::parse::{self, Limits};
 use crate::h1::write;
 use crate::h1::{Body, Field, Method, Name, ResponseHead};
 use crate::headers::{
-    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, keeps_forwarded,
-    write_forwarded_for,
+    self, Strip, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, keeps_forwarded,
+    strip_cookie_where, write_forwarded_for, write_without_cookie_where,
 };
 use crate::io::Expiry;
 use crate::state::{Backend, Snapshot};
@@ -85,6 +85,15 @@ impl Proxy {
                 trusted: snap.is_trusted(conn.peer.ip()),
                 proto: if conn.tls { b"https" } else { b"http" },
                 via: snap.via(parts.version).map(HeaderValue::as_bytes),
+                cookie: match &snap.pools[pool].source {
+                    affinity::Source::Cookie(name) => Some(name.as_bytes()),
+                    _ => None,
+                },
+                other_cookies: &snap.pools[pool].other_cookies,
+                token: match &snap.pools[pool].source {
+                    affinity::Source::Header { name, .. } => Some(name),
+                    _ => None,
+                },
             },
         );
         let head_len = head.len();
@@ -335,6 +344,19 @@ pub(super) struct Adds<'a> {
     pub proto: &'static [u8],
     /// The Via value, when `[server] via` is on.
     pub via: Option<&'a [u8]>,
+    /// The pool's affinity cookie, left out of what the backend reads.
+    pub cookie: Option<&'a [u8]>,
+    /// Other pools' affinity cookies, left out too.
+    pub other_cookies: &'a [Box<[u8]>],
+    /// The token header (`header` mode), left out.
+    pub token: Option<&'a HeaderName>,
+}
+
+impl Adds<'_> {
+    /// A cookie stickyd keeps from the backend.
+    fn ours(&self, name: &[u8]) -> bool {
+        self.cookie == Some(name) || self.other_cookies.iter().any(|o| **o == *name)
+    }
 }
 
 /// Writes the HTTP/1.1 head for the backend straight from a request hyper parsed (its
@@ -382,20 +404,14 @@ pub(super) fn write_head(out: &mut Vec<u8>, parts: &Parts, adds: &Adds<'_>) {
             || name == X_FORWARDED_FOR
             || name == header::COOKIE
             || (name == X_FORWARDED_PROTO && !keep_proto)
-            || (name == X_FORWARDED_HOST && !keep_host);
+            || (name == X_FORWARDED_HOST && !keep_host)
+            || adds.token == Some(name);
         if !ours {
             line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     if cookies {
-        out.extend_from_slice(b"cookie: ");
-        for (i, v) in h.get_all(header::COOKIE).iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b"; ");
-            }
-            out.extend_from_slice(v.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
+        cookie_line(out, h.get_all(header::COOKIE).iter(), adds);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     let received = h
@@ -415,6 +431,40 @@ pub(super) fn write_head(out: &mut Vec<u8>, parts: &Parts, adds: &Adds<'_>) {
         line(out, b"via", via);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The request's cookies without stickyd's, in one line: a field holding none passes as
+/// received, one holding some is rewritten without them (and left out when nothing is left),
+/// as the header map's rewrite (`headers::take_cookie`, `drop_cookies`) leaves them.
+fn cookie_line<'v>(
+    out: &mut Vec<u8>,
+    values: impl Iterator<Item = &'v HeaderValue>,
+    adds: &Adds<'_>,
+) {
+    let start = out.len();
+    out.extend_from_slice(b"cookie: ");
+    let first = out.len();
+    for v in values {
+        let raw = v.as_bytes();
+        let before = out.len();
+        if before > first {
+            out.extend_from_slice(b"; ");
+        }
+        match strip_cookie_where(raw, |n| adds.ours(n)) {
+            Strip::Keep => out.extend_from_slice(raw),
+            Strip::Drop => out.truncate(before),
+            Strip::Rewrite => {
+                if !write_without_cookie_where(out, raw, |n| adds.ours(n)) {
+                    out.truncate(before);
+                }
+            }
+        }
+    }
+    if out.len() == first {
+        out.truncate(start);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -505,6 +555,9 @@ mod tests {
         trusted: false,
         proto: b"https",
         via: Some(b"2 stickyd"),
+        cookie: None,
+        other_cookies: &[],
+        token: None,
     };
 
     fn written(p: &Parts, adds: &Adds<'_>) -> String {
@@ -584,6 +637,13 @@ mod tests {
     /// The map rewrite of the hyper path (`request::rewrite`'s steps on the header map), then
     /// the map written line by line: what `write_head` must equal.
     fn through_the_map(mut p: Parts, adds: &Adds<'_>) -> String {
+        if let Some(name) = adds.cookie {
+            headers::take_cookie(&mut p.headers, std::str::from_utf8(name).unwrap());
+        }
+        headers::drop_cookies(&mut p.headers, adds.other_cookies);
+        if let Some(t) = adds.token {
+            p.headers.remove(t);
+        }
         headers::strip_hop_by_hop(&mut p.headers);
         headers::strip_replication(&mut p.headers);
         if let Some(a) = p.uri.authority() {
@@ -648,12 +708,15 @@ mod tests {
             xfp in proptest::option::of("https?"),
             xfh in proptest::option::of("[a-z]{1,8}"),
             via in proptest::collection::vec("1\\.1 [a-z]{1,6}", 0..2),
-            cookies in proptest::collection::vec("[a-z]{1,4}=[a-z0-9]{0,6}", 0..3),
+            cookies in proptest::collection::vec("(a|b|c|sid|zz)=[a-z0-9]{0,6}(; ?(a|b|c|sid)=[a-z0-9]{0,4}){0,2}", 0..3),
             others in proptest::collection::vec(("x-[a-z]{1,6}", "[ -~]{0,12}"), 0..4),
             hop in proptest::option::of(proptest::sample::select(vec!["te", "keep-alive", "x-stickyd-backend"])),
             trusted: bool,
             with_via: bool,
             path in "/[a-z0-9/?=&]{0,16}",
+            ours in proptest::option::of(proptest::sample::select(vec!["a", "sid", "b"])),
+            others_out in proptest::sample::subsequence(vec!["b", "c", "zz"], 0..3),
+            token in proptest::option::of(("x-session", "[a-z0-9]{1,8}")),
         ) {
             let target = match &authority {
                 Some(a) => format!("http://{a}{path}"),
@@ -668,8 +731,19 @@ mod tests {
             for v in &cookies { b = b.header("cookie", v.as_str()); }
             for (n, v) in &others { b = b.header(n.as_str(), v.trim()); }
             if let Some(n) = hop { b = b.header(n, "trailers"); }
+            if let Some((n, v)) = &token { b = b.header(n.as_str(), v.as_str()); }
             let p = b.body(()).unwrap().into_parts().0;
-            let adds = Adds { trusted, via: if with_via { ADDS.via } else { None }, ..ADDS };
+            let other_cookies: Vec<Box<[u8]>> =
+                others_out.iter().map(|n| n.as_bytes().into()).collect();
+            let token_name = token.map(|_| HeaderName::from_static("x-session"));
+            let adds = Adds {
+                trusted,
+                via: if with_via { ADDS.via } else { None },
+                cookie: ours.map(str::as_bytes),
+                other_cookies: &other_cookies,
+                token: token_name.as_ref(),
+                ..ADDS
+            };
             let mut direct = p.clone();
             headers::strip_hop_by_hop(&mut direct.headers);
             headers::strip_replication(&mut direct.headers);
