@@ -234,7 +234,9 @@ impl Default for Upstream {
             connect_timeout: dflt(Dur(Duration::from_secs(3))),
             response_timeout: dflt(Dur(Duration::from_secs(60))),
             pool_idle_timeout: Dur(Duration::from_secs(90)),
-            pool_max_idle: 256,
+            // Above what HTTP/2 clients keep in flight to one backend at once (64 connections of
+            // 8 streams is 512): a cap below it closed connections the next requests reopened.
+            pool_max_idle: 1024,
             retries: dflt(1),
             tunnel_idle_timeout: Dur(Duration::from_secs(600)),
         }
