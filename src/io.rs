@@ -70,7 +70,9 @@ impl Wait {
 
     /// Still waiting: `Ready` once `timeout` has passed since this wait began.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>, d: &mut Deadline) -> Poll<()> {
-        let at = *self.at.get_or_insert_with(|| Instant::now() + self.timeout);
+        let at = *self
+            .at
+            .get_or_insert_with(|| later(Instant::now(), self.timeout));
         d.poll_at(cx, at)
     }
 }
@@ -117,6 +119,15 @@ pub const SWEEP: Duration = Duration::from_millis(50);
 pub struct Expiry {
     timeout: Duration,
     slot: Option<usize>,
+    /// Its slot is in this thread's table: never moved to another thread.
+    _here: std::marker::PhantomData<*const ()>,
+}
+
+/// `timeout` after `now`; a timeout too long for the clock (a config of centuries) is about
+/// thirty years, which no wait reaches.
+fn later(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 struct Entry {
@@ -142,6 +153,7 @@ impl Expiry {
         Expiry {
             timeout,
             slot: None,
+            _here: std::marker::PhantomData,
         }
     }
 
@@ -161,7 +173,7 @@ impl Expiry {
                 return Poll::Pending;
             }
             let entry = Entry {
-                at: std::time::Instant::now() + self.timeout,
+                at: later(Instant::now(), self.timeout).into_std(),
                 waker: cx.waker().clone(),
                 fired: false,
             };
@@ -440,6 +452,27 @@ mod tests {
                 assert_eq!(table(), (1, slots, true), "the freed slot is taken again");
             })
             .await;
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_is_far_away_not_a_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(365 * 24 * 3600));
+        let mut w = Wait::new(Duration::MAX);
+        let mut d = Deadline::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            assert!(w.poll_expired(&mut cx, &mut d).is_pending());
+        });
     }
 
     #[tokio::test]

@@ -186,9 +186,18 @@ impl Proxy {
             let bridge::Answer { route, got, guard } = self
                 .attempts_bare(snap, ix, &mut parts, conn, input, plan.idempotent, now)
                 .await?;
-            self.record(snap, ix, &route, got.status(), now, log);
             let backend = &snap.backends[route.backend];
-            let resp = got.into_response(self, route.backend, backend, guard, log, now)?;
+            let ready = match got.prepare() {
+                Ok(r) => r,
+                Err(e) => {
+                    // The backend's answer cannot be carried: its failure, not a response.
+                    drop(guard);
+                    self.attempt_failed(snap, backend, &e);
+                    return Err(e);
+                }
+            };
+            self.record(snap, ix, &route, ready.status(), now, log);
+            let resp = ready.into_response(self, route.backend, backend, guard, log, now);
             return Ok(response::with_token(
                 pool,
                 resp,

@@ -179,3 +179,68 @@ async fn a_request_answered_with_an_error_is_sent_once_and_answered_once() {
     let m = &lb.shared().metrics;
     assert_eq!(m.upstream_errors(stickyd::error::UpstreamKind::Protocol), 2);
 }
+
+#[tokio::test]
+async fn a_request_the_backend_acknowledged_with_a_1xx_is_never_sent_again() {
+    // The backend read the POST (it sent 102) and closed before a final answer, on a reused
+    // connection: that close must not look like one that never reached the backend.
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = posts.clone();
+    let backend = raw_server(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let post = buf.starts_with(b"POST");
+                buf.drain(..end);
+                if post {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let lb = stickyd(
+        &Cfg {
+            server: "worker_threads = 1",
+            ..Cfg::default()
+        },
+        &[("a", backend)],
+    )
+    .await;
+    let mut s = TcpStream::connect(lb.local_addrs()[0]).await.unwrap();
+    s.write_all(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "a pooled connection to reuse"
+    );
+    s.write_all(
+        b"POST /order HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let out = read_all(&mut s).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the POST reached the backend once"
+    );
+}

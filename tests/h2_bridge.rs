@@ -177,6 +177,11 @@ async fn answer(s: &mut TcpStream, path: &str, head: bool) -> bool {
             .await;
             false
         }
+        "/interim-then-close" => {
+            // Reads the request, says so with a 102, then goes away without a final answer.
+            w(s, b"HTTP/1.1 102 Processing\r\n\r\n").await;
+            false
+        }
         "/silent" => {
             let mut b = [0u8; 1];
             let _ = s.read(&mut b).await;
@@ -511,4 +516,62 @@ async fn a_session_stays_pinned_and_its_valid_token_is_not_reissued() {
         home.last().headers.get("cookie").is_none(),
         "the affinity cookie is not forwarded"
     );
+}
+
+#[tokio::test]
+async fn a_request_the_backend_acknowledged_with_a_1xx_is_never_sent_again() {
+    // The backend read the POST (it sent 102) and closed before a final answer: a reused
+    // connection's close must not look like one that never reached the backend.
+    let b = Scripted::start().await;
+    let lb = lb_for(&b, "").await;
+    let mut send = h2(&lb).await;
+    let (status, _, _, _) = fetch(&mut send, get("/warm")).await;
+    assert_eq!(status, 200, "a pooled connection to reuse");
+    let post = Request::post("http://bridge.test/interim-then-close")
+        .body(Empty::new())
+        .unwrap();
+    let (status, _, _, _) = fetch(&mut send, post).await;
+    assert_eq!(status, 502);
+    let posts = b
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("POST /interim-then-close"))
+        .count();
+    assert_eq!(posts, 1, "the POST reached the backend once");
+}
+
+#[tokio::test]
+async fn the_access_log_counts_every_body_byte_of_a_bridged_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let log: &'static str = Box::leak(
+        format!("access = \"json\"\naccess_file = \"{}\"", path.display()).into_boxed_str(),
+    );
+    let b = Scripted::start().await;
+    let lb = stickyd(
+        &Cfg {
+            server: "worker_threads = 1",
+            log,
+            ..Cfg::default()
+        },
+        &[("a", b.addr)],
+    )
+    .await;
+    let mut send = h2(&lb).await;
+    // Whole with the head, chunked in its own writes, and 1 MiB streamed.
+    for (path, want) in [("/", 2), ("/chunked", 11), ("/big", BIG)] {
+        let (_, _, body, _) = fetch(&mut send, get(path)).await;
+        assert_eq!(body.len(), want, "{path}");
+    }
+    drop(send);
+    drop(lb);
+    let lines = access_lines(&path, 3).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, want) in lines.iter().zip([2, 11, BIG]) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["bytes"], want, "{line}");
+        assert_eq!(v["status"], 200, "{line}");
+    }
 }

@@ -91,15 +91,7 @@ async fn the_access_log_has_one_json_line_per_request_with_backend_and_affinity(
     assert_eq!(forger.get("/forged").await.status, 200);
     drop(lb);
 
-    let mut lines = Vec::new();
-    for _ in 0..500 {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        lines = text.lines().map(str::to_string).collect::<Vec<_>>();
-        if lines.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let lines = access_lines(&path, 3).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     let v: Vec<serde_json::Value> = lines
         .iter()

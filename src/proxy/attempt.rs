@@ -107,7 +107,7 @@ impl Proxy {
 
     /// Counts a failed attempt against its backend; consecutive connect failures eject it
     /// (passive health, logged once per ejection).
-    fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
+    pub(super) fn attempt_failed(&self, snap: &Snapshot, backend: &Backend, e: &ProxyError) {
         backend.live.counters.record_failure();
         self.shared.metrics.upstream_error(e);
         if let ProxyError::Connect(_) = e {

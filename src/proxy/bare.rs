@@ -98,9 +98,13 @@ impl BareBody {
         Poll::Ready(Some(Err(why.into())))
     }
 
-    fn data(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    /// A data frame, counted for the access log before the body's end (`last`) closes the line.
+    fn data(&mut self, bytes: Bytes, last: bool) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some((_, n)) = self.log.as_mut() {
             *n += bytes.len() as u64;
+        }
+        if last {
+            self.ended();
         }
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
@@ -117,10 +121,8 @@ impl BareBody {
                             .map_or(self.buf.len(), |l| l.min(self.buf.len()));
                         let bytes = self.buf.split_to(n).freeze();
                         *left -= n as u64;
-                        if *left == 0 {
-                            self.ended();
-                        }
-                        return self.data(bytes);
+                        let last = *left == 0;
+                        return self.data(bytes, last);
                     }
                     From::Chunked(d) => {
                         let step = match d.decode(&self.buf) {
@@ -132,13 +134,11 @@ impl BareBody {
                         if let Some(r) = step.trailers {
                             self.trailers = Some(trailer_fields(&taken[r]));
                         }
+                        if let Some(bytes) = data {
+                            return self.data(bytes, step.done);
+                        }
                         if step.done {
                             self.ended();
-                        }
-                        if let Some(bytes) = data {
-                            return self.data(bytes);
-                        }
-                        if step.done {
                             return Poll::Ready(
                                 self.trailers.take().map(|t| Ok(Frame::trailers(t))),
                             );
@@ -149,7 +149,7 @@ impl BareBody {
                     }
                     From::Close => {
                         let bytes = self.buf.split().freeze();
-                        return self.data(bytes);
+                        return self.data(bytes, false);
                     }
                     From::Done => {}
                 }

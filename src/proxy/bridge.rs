@@ -200,24 +200,10 @@ pub(super) struct Got {
 }
 
 impl Got {
-    /// The response's status.
-    pub(super) fn status(&self) -> u16 {
-        self.head.status
-    }
-
-    /// The response for the client: the backend's status and fields (hop-by-hop ones out),
-    /// and its body: whole when it came with the head (the connection is parked at once, the
-    /// in-flight count ends and the access log line is written), else read as the client's
-    /// stream takes it. A head whose fields cannot be carried is the backend's error (502).
-    pub(super) fn into_response(
-        self,
-        proxy: &Proxy,
-        index: usize,
-        backend: &Backend,
-        guard: InFlight,
-        log: &mut Option<Pending>,
-        now: &Now,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    /// The response's status and fields (hop-by-hop ones out), as HTTP/2 carries them, and
+    /// its body's bytes apart: nothing counted or parked yet. A head whose fields cannot be
+    /// carried is the backend's error (502).
+    pub(super) fn prepare(self) -> Result<Prepared, ProxyError> {
         let Got {
             up,
             head,
@@ -225,12 +211,6 @@ impl Got {
             fields,
         } = self;
         let status = StatusCode::from_u16(head.status).map_err(|_| bad_field())?;
-        let park = Park {
-            pool: proxy.pool.clone(),
-            backend: index,
-            addr: backend.authority.clone(),
-            since: now.mono,
-        };
         let avail = buf.len() - head.len;
         let whole = match head.body {
             Body::None => Some(0),
@@ -241,44 +221,98 @@ impl Got {
             Some(n) => {
                 let bytes = buf.freeze();
                 let headers = fields_map(&bytes, &fields, head.body)?;
+                let body = bytes.slice(head.len..head.len + n);
                 // Nothing may follow a response on a connection that is kept.
-                if head.keep_alive && avail == n {
-                    park.put(up);
-                }
-                drop(guard);
-                if let Some(p) = log.take() {
-                    p.finish(0, n as u64);
-                }
-                (
-                    headers,
-                    ProxyBody::full(bytes.slice(head.len..head.len + n)),
-                )
+                (headers, Rest::Whole(body, head.keep_alive && avail == n))
             }
             None => {
                 let rest = buf.split_off(head.len);
                 let headers = fields_map(&buf.freeze(), &fields, head.body)?;
-                let from = match head.body {
+                (headers, Rest::Read(rest, head.body, head.keep_alive))
+            }
+        };
+        Ok(Prepared {
+            up,
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A response head ready for the client, its body still to be set up.
+pub(super) struct Prepared {
+    up: Stream,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Rest,
+}
+
+/// What of the body came with the head.
+enum Rest {
+    /// All of it; whether the connection may be kept after it.
+    Whole(Bytes, bool),
+    /// The start of it, its framing, whether the backend keeps the connection.
+    Read(BytesMut, Body, bool),
+}
+
+impl Prepared {
+    /// The response's status.
+    pub(super) fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The response for the client. A body that came whole with the head is sent as one frame:
+    /// the connection is parked at once, the in-flight count ends and the access log line is
+    /// written. A longer one is read as the client's stream takes it ([`BareBody`]).
+    pub(super) fn into_response(
+        self,
+        proxy: &Proxy,
+        index: usize,
+        backend: &Backend,
+        guard: InFlight,
+        log: &mut Option<Pending>,
+        now: &Now,
+    ) -> Response<ProxyBody> {
+        let park = Park {
+            pool: proxy.pool.clone(),
+            backend: index,
+            addr: backend.authority.clone(),
+            since: now.mono,
+        };
+        let body = match self.body {
+            Rest::Whole(bytes, keep) => {
+                if keep {
+                    park.put(self.up);
+                }
+                drop(guard);
+                if let Some(p) = log.take() {
+                    p.finish(0, bytes.len() as u64);
+                }
+                ProxyBody::full(bytes)
+            }
+            Rest::Read(rest, framing, keep) => {
+                let from = match framing {
                     Body::Length(n) => From::Left(n),
                     Body::Chunked => From::Chunked(Decoder::new()),
                     _ => From::Close,
                 };
-                let body = BareBody {
-                    up: Some(up),
+                ProxyBody::Bare(Box::new(BareBody {
+                    up: Some(self.up),
                     buf: rest,
                     from,
-                    keep: head.keep_alive,
+                    keep,
                     park: Some(park),
                     guard: Some(guard),
                     log: log.take().map(|p| (p, 0)),
                     trailers: None,
-                };
-                (headers, ProxyBody::Bare(Box::new(body)))
+                }))
             }
         };
         let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        Ok(resp)
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
     }
 }
 
@@ -492,11 +526,15 @@ async fn exchange(
     let protocol = |why: &str| (ProxyError::Protocol(why.into()), false);
     // Hundreds of streams wait at once on a busy worker: a coarse timeout, not a timer each.
     let mut expiry = Expiry::new(timeout);
+    let mut answered = false;
     loop {
         if !buf.is_empty() {
             match parse::response(buf, limits, method, fields) {
                 Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                    // An interim response: dropped. The backend has read the request: it is
+                    // never sent again.
                     let _ = buf.split_to(h.len);
+                    answered = true;
                     continue;
                 }
                 Ok(Some(h)) if h.status == 101 => {
@@ -519,7 +557,7 @@ async fn exchange(
             Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
         });
         match read.await {
-            Ok(0) if buf.is_empty() => {
+            Ok(0) if buf.is_empty() && !answered => {
                 return Err((
                     ProxyError::Reset("connection closed before the response".into()),
                     true,
@@ -531,7 +569,7 @@ async fn exchange(
                 return Err((ProxyError::Timeout, false));
             }
             Err(e) => {
-                let nothing = buf.is_empty();
+                let nothing = buf.is_empty() && !answered;
                 return Err((ProxyError::Reset(e.to_string()), nothing));
             }
         }

@@ -959,12 +959,16 @@ async fn exchange_on<S: ClientIo>(
     // The response head, within the response timeout.
     let mut wait = Wait::new(ucfg.response_timeout);
     let mut fields = std::mem::take(&mut c.rfields);
+    // An interim response came: the request was read, whatever happens next.
+    let mut answered = false;
     loop {
         if c.down.len() > HEADROOM {
             match parse::response(&c.down[HEADROOM..], &limits, head.method, &mut fields) {
                 Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                    // An interim response: dropped, and the final one read after it.
+                    // An interim response: dropped, and the final one read after it. The
+                    // backend has read the request: it is never sent again.
                     c.down.drain(HEADROOM..HEADROOM + h.len);
+                    answered = true;
                     continue;
                 }
                 Ok(Some(h)) if h.status == 101 && head.upgrade.is_none() => {
@@ -992,7 +996,7 @@ async fn exchange_on<S: ClientIo>(
         c.down.reserve(DOWN_BUF);
         let got = read_within(up, &mut c.down, &mut wait, &mut c.deadline).await;
         match got {
-            Ok(0) if c.down.len() == HEADROOM => {
+            Ok(0) if c.down.len() == HEADROOM && !answered => {
                 return Err(Failure::Backend {
                     error: ProxyError::Reset("connection closed before the response".into()),
                     replayable,
@@ -1014,7 +1018,7 @@ async fn exchange_on<S: ClientIo>(
             Err(e) => {
                 return Err(Failure::Backend {
                     error: ProxyError::Reset(e.to_string()),
-                    replayable: replayable && c.down.len() == HEADROOM,
+                    replayable: replayable && c.down.len() == HEADROOM && !answered,
                 });
             }
         }

@@ -697,3 +697,18 @@ pub async fn tls_over(
         )
         .await
 }
+
+/// The first `n` lines of the access log at `path`, waiting (10 ms at a time, 5 s at most) for
+/// the writer thread to have written them; fewer if it never does.
+pub async fn access_lines(path: &Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        lines = text.lines().map(str::to_string).collect::<Vec<_>>();
+        if lines.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lines
+}
