@@ -40,6 +40,18 @@ pub enum Source {
     None,
 }
 
+impl Source {
+    /// Where the token travels: the cookie's name (`cookie` mode), the header's (`header`
+    /// mode). A head written for a backend leaves both out.
+    pub fn carriers(&self) -> (Option<&str>, Option<&HeaderName>) {
+        match self {
+            Source::Cookie(name) => (Some(name), None),
+            Source::Header { name, .. } => (None, Some(name)),
+            Source::Ip | Source::None => (None, None),
+        }
+    }
+}
+
 /// The key rings one pool checks tokens with: its own, and those of the other pools whose
 /// tokens come in the same cookie or header (to tell another pool's token from a forged one).
 /// Each pool's ring binds its MACs to that pool ([`crate::state`]), so a token verifies under
@@ -200,7 +212,6 @@ fn header_input(value: Option<&[u8]>, trusted: bool, ring: &Rings) -> Input {
     }
 }
 
-/// `ip` mode: the client's address, hashed.
 /// `ip` mode's input on a header map: the client X-Forwarded-For names when `peer` is trusted.
 fn forwarded_client(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) -> bool) -> Input {
     ip_input(headers::client_ip(
@@ -213,6 +224,7 @@ fn forwarded_client(headers: &HeaderMap, peer: IpAddr, trusted: impl Fn(IpAddr) 
     ))
 }
 
+/// `ip` mode: the client's address, hashed.
 fn ip_input(client: IpAddr) -> Input {
     Input::Key(match client {
         IpAddr::V4(v4) => balance::key_hash(&v4.octets()),

@@ -125,7 +125,7 @@ impl Proxy {
 
 /// Sets replication's fields on a hyper request head (the header map's twin of
 /// `h1::write::replica_fields`).
-pub(super) fn set_replica(h: &mut http::HeaderMap, r: &Replica<'_>) {
+fn set_replica(h: &mut http::HeaderMap, r: &Replica<'_>) {
     use crate::headers::{X_STICKYD_BACKEND, X_STICKYD_BACKUP, X_STICKYD_TAKEOVER};
     let Ok(backend) = HeaderValue::from_bytes(r.backend) else {
         return;

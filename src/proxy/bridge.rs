@@ -31,7 +31,7 @@ use super::ConnInfo;
 use super::Proxy;
 use super::attempt::Retries;
 use super::bare::{BareBody, DOWN_BUF, From, Park};
-use super::engine::dial;
+use super::engine::{dial, limits};
 use super::response::ProxyBody;
 use crate::access::Pending;
 use crate::affinity::{self, Route};
@@ -59,8 +59,8 @@ pub(super) struct Answer {
 }
 
 impl Proxy {
-    /// Runs attempts for a bodiless request (its head rewritten for the backend) until a
-    /// backend answers or no safe retry is left.
+    /// Writes the backend's head for a bodiless request ([`write_head`]) and runs attempts
+    /// until a backend answers or no safe retry is left.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempts_bare(
         &self,
@@ -76,6 +76,7 @@ impl Proxy {
         let method = method(&parts.method);
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_replication(&mut parts.headers);
+        let (cookie, token) = snap.pools[pool].source.carriers();
         let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
         write_head(
             &mut head,
@@ -85,15 +86,9 @@ impl Proxy {
                 trusted: snap.is_trusted(conn.peer.ip()),
                 proto: if conn.tls { b"https" } else { b"http" },
                 via: snap.via(parts.version).map(HeaderValue::as_bytes),
-                cookie: match &snap.pools[pool].source {
-                    affinity::Source::Cookie(name) => Some(name.as_bytes()),
-                    _ => None,
-                },
+                cookie: cookie.map(str::as_bytes),
                 other_cookies: &snap.pools[pool].other_cookies,
-                token: match &snap.pools[pool].source {
-                    affinity::Source::Header { name, .. } => Some(name),
-                    _ => None,
-                },
+                token,
             },
         );
         let head_len = head.len();
@@ -143,11 +138,7 @@ impl Proxy {
         now: Instant,
     ) -> Result<Got, (ProxyError, bool)> {
         let ucfg = &snap.config.upstream;
-        let scfg = &snap.config.server;
-        let limits = Limits {
-            max_head: scfg.max_header_bytes,
-            max_headers: scfg.max_headers,
-        };
+        let limits = limits(snap);
         let mut reused = self.idle(index, backend, careful, now);
         loop {
             let was_reused = reused.is_some();

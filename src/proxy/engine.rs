@@ -36,7 +36,7 @@ use super::attempt::Retries;
 use super::response::{Issued, issue};
 use super::{ConnInfo, Proxy};
 use crate::access::Pending;
-use crate::affinity::{self, Route, Source};
+use crate::affinity::{self, Route};
 use crate::backend::InFlight;
 use crate::clock::Now;
 use crate::connect::{self, Direct as Stream};
@@ -103,16 +103,18 @@ impl<S: ClientIo> ClientIo for crate::io::SendTimeout<S> {
     }
 }
 
+/// The bounds of a head, request or response, from `[server]`.
+pub(super) fn limits(snap: &Snapshot) -> Limits {
+    let cfg = &snap.config.server;
+    Limits {
+        max_head: cfg.max_header_bytes,
+        max_headers: cfg.max_headers,
+    }
+}
+
 /// The bounds of a request head and of the wait for it, from `[server]`.
 fn bounds(snap: &Snapshot) -> (Limits, Duration) {
-    let cfg = &snap.config.server;
-    (
-        Limits {
-            max_head: cfg.max_header_bytes,
-            max_headers: cfg.max_headers,
-        },
-        cfg.header_read_timeout,
-    )
+    (limits(snap), snap.config.server.header_read_timeout)
 }
 
 /// The client side of a connection: its stream and buffers.
@@ -322,11 +324,7 @@ impl Proxy {
         );
         c.up.clear();
         ready(&mut c.up, READ_BUF);
-        let (cookie, token_header) = match &pool.source {
-            Source::Cookie(name) => (Some(name.as_bytes()), None),
-            Source::Header { name, .. } => (None, Some(name.as_str().as_bytes())),
-            _ => (None, None),
-        };
+        let (cookie, token_header) = pool.source.carriers();
         write::request_head(
             &mut c.up,
             &c.buf,
@@ -342,9 +340,9 @@ impl Proxy {
                         Version::H11 => http::Version::HTTP_11,
                     })
                     .map(|v| v.as_bytes()),
-                cookie,
+                cookie: cookie.map(str::as_bytes),
                 other_cookies: &pool.other_cookies,
-                token_header,
+                token_header: token_header.map(|n| n.as_str().as_bytes()),
                 close: head.close_after,
             },
         );
@@ -896,10 +894,7 @@ async fn exchange_on<S: ClientIo>(
 ) -> Result<(ResponseHead, Vec<Field>, usize, Option<RestOfBody>), Failure> {
     let ucfg = &snap.config.upstream;
     let scfg = &snap.config.server;
-    let limits = Limits {
-        max_head: scfg.max_header_bytes,
-        max_headers: scfg.max_headers,
-    };
+    let limits = limits(snap);
     let reset = |e: io::Error| Failure::Backend {
         error: ProxyError::Reset(e.to_string()),
         replayable: true,
